@@ -1,0 +1,36 @@
+"""gcm_jax: multimodal (text + audio) conditional video diffusion in JAX."""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "absl-py>=2.1,<3",
+    "array-record>=0.8,<0.9",
+    "einops>=0.8,<0.9",
+    "espeakng-loader>=0.2.4,<0.3",
+    "flax>=0.12.8,<0.13",
+    "grain>=0.2.18,<0.3",
+    "imageio>=2.37,<3",
+    "imageio-ffmpeg>=0.6,<0.9",
+    "jax>=0.10.2,<0.11",
+    "mediapy>=1.2,<2",
+    "ml-collections>=1.1,<2",
+    "numpy>=2.0,<3",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "tensorboardX>=2.6,<3",
+    "tensorflow-datasets>=4.9.10,<5",
+    "tqdm>=4.67,<5",
+]
+
+setuptools.setup(
+    name="gcm_jax",
+    version="0.1.0",
+    description="Multimodal conditional video diffusion (text + voice -> lip-synced video) in JAX.",
+    packages=setuptools.find_packages(include=["gcm_jax", "gcm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "scipy>=1.13,<2"],
+        "notebook": ["jupyter", "nbclient>=0.10,<1", "ipykernel"],
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+    },
+)
