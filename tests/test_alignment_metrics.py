@@ -1,0 +1,124 @@
+"""LSE-D / LSE-C / AV offset vs a float64 port of syncnet_python, and the shift test."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gcm_jax.alignment import metrics
+from gcm_jax.alignment import syncnet as sn
+
+
+def syncnet_python_ref(video_emb, audio_emb, vshift):
+  """float64 numpy transcription of syncnet_python's calc_pdist + evaluate."""
+  v, a = np.float64(video_emb), np.float64(audio_emb)
+  win = 2 * vshift + 1
+  ap = np.pad(a, ((vshift, vshift), (0, 0)))
+  dists = [np.linalg.norm(v[i][None] - ap[i:i + win] + 1e-6, axis=-1) for i in range(len(v))]
+  mdist = np.mean(np.stack(dists, 1), 1)
+  minidx = int(np.argmin(mdist))
+  return {"lse_d": mdist[minidx], "lse_c": np.median(mdist) - mdist[minidx],
+          "offset": vshift - minidx, "mdist": mdist, "dists": np.stack(dists)}
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _sequence(n, d=16, seed=0):
+  """Unit embeddings e[-20 .. n+20) of a synthetic 'phoneme' sequence."""
+  return _unit(np.random.default_rng(seed).normal(size=(n + 40, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("vshift", [15, 4])
+def test_matches_syncnet_python_float64(vshift):
+  rng = np.random.default_rng(1)
+  v = rng.normal(size=(20, 8)).astype(np.float32)
+  a = (v + rng.normal(size=(20, 8))).astype(np.float32)
+  got = metrics.sync_scores(jnp.asarray(v), jnp.asarray(a), vshift)
+  want = syncnet_python_ref(v, a, vshift)
+  np.testing.assert_allclose(metrics.calc_pdist(jnp.asarray(v), jnp.asarray(a), vshift),
+                             want["dists"], rtol=1e-5, atol=1e-5)
+  for name in ("lse_d", "lse_c", "mdist"):
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+  assert int(got["offset"]) == want["offset"]
+
+
+@pytest.mark.parametrize("k", [-7, -3, -1, 0, 1, 2, 5, 15])
+def test_delaying_audio_by_k_frames_lowers_offset_by_k(k):
+  """Oracle embeddings: video window i and audio window i embed the same 'phoneme' e[i]."""
+  n = 40
+  e = _sequence(n)
+  video_emb = e[20:20 + n]
+  audio_emb = e[20 - k:20 - k + n]  # audio delayed by k: audio window t holds e[t - k]
+  got = metrics.sync_scores(jnp.asarray(video_emb), jnp.asarray(audio_emb))
+  want = syncnet_python_ref(video_emb, audio_emb, metrics.VSHIFT)
+  assert int(got["offset"]) == want["offset"] == -k
+  assert float(got["lse_c"]) > 0.5  # a clear minimum
+
+
+class _OracleSync(nn.Module):
+  """SyncNet stand-in whose embeddings are exact: each frame / mel window carries codes.
+
+  Video embedding of a 5-frame window = the per-frame codes (pixel means); audio embedding =
+  the first 5 mel rows, which the test fills with the codes of frames t-2 .. t+2.
+  """
+
+  @nn.compact
+  def __call__(self, frames, mel):
+    return jnp.mean(frames, axis=(2, 3, 4)), mel[:, :5, 0]
+
+
+@pytest.mark.parametrize("k", [-4, -1, 0, 2, 3])
+def test_delaying_mel_windows_by_k_lowers_lse_offset_by_k(k):
+  """End to end through `lse_metrics` (windowing, audio_frame_offset=2) and
+  `shift_mel_windows`: delaying the audio by k frames moves the offset by -k."""
+  b, t, h, w = 2, 30, 8, 8
+  codes = np.random.default_rng(0).normal(size=(b, t)).astype(np.float32)
+  video = np.broadcast_to(codes[:, :, None, None, None], (b, t, h, w, 3))
+  padded = np.pad(codes, ((0, 0), (2, 2)))
+  mel = np.zeros((b, t, 16, 80), np.float32)
+  for i in range(5):
+    mel[:, :, i, :] = padded[:, i:i + t, None]  # window of frame t: codes of t-2 .. t+2
+  mel = jnp.asarray(mel)
+  shifted = metrics.shift_mel_windows(mel, k)
+  np.testing.assert_array_equal(shifted[:, max(k, 0):t + min(k, 0)],
+                                mel[:, max(-k, 0):t - max(k, 0)])
+  assert np.all(np.asarray(shifted[:, :max(k, 0)]) == -4.0)
+  aligned = metrics.lse_metrics(_OracleSync(), {}, jnp.asarray(video), mel)
+  np.testing.assert_array_equal(aligned["offset"], 0)
+  # Exact match: only torch's eps (sqrt(5) * 1e-6) and float32 rounding of the pixel means.
+  np.testing.assert_allclose(aligned["mdist"][:, metrics.VSHIFT], np.sqrt(5) * 1e-6, atol=1e-7)
+  got = metrics.lse_metrics(_OracleSync(), {}, jnp.asarray(video), shifted)
+  np.testing.assert_array_equal(got["offset"], -k)
+
+
+def test_lse_metrics_batched_equals_per_clip_reference():
+  b, t, h, w = 2, 12, 16, 16
+  rng = np.random.default_rng(2)
+  video = jnp.asarray(rng.uniform(-1, 1, (b, t, h, w, 3)).astype(np.float32))
+  mel = jnp.asarray(rng.uniform(-4, 4, (b, t, 16, 80)).astype(np.float32))
+  net = sn.SyncNet(image_size=(h, w), embed_dim=8, visual_widths=(8,), audio_widths=(8,))
+  params = net.init(jax.random.PRNGKey(1), jnp.zeros((1, 5, h // 2, w, 3)), jnp.zeros((1, 16, 80)))
+  got = jax.jit(lambda p, v, m: metrics.lse_metrics(net, p, v, m, vshift=3))(params, video, mel)
+  for i in range(b):
+    frames = np.stack([np.asarray(video[i, s:s + 5, h // 2:]) for s in range(t - 5)])
+    v, a = net.apply(params, jnp.asarray(frames), mel[i, 2:t - 3])
+    want = syncnet_python_ref(v, a, 3)
+    np.testing.assert_allclose(got["lse_d"][i], want["lse_d"], rtol=1e-5)
+    np.testing.assert_allclose(got["lse_c"][i], want["lse_c"], rtol=1e-4, atol=1e-6)
+    assert int(got["offset"][i]) == want["offset"]
+  with pytest.raises(ValueError, match="T >= 6"):
+    metrics.lse_metrics(net, params, video[:, :5], mel[:, :5])
+
+
+def test_sync_accuracy_and_text_video_score():
+  v = jnp.asarray(_unit(np.abs(np.random.default_rng(0).normal(size=(4, 8)))).astype(np.float32))
+  a = jnp.concatenate([v[:2], jnp.roll(v[2:], 1, axis=-1) * 0 + jnp.eye(8)[:2]], 0)
+  label = jnp.array([1, 1, 0, 0])
+  cos = np.sum(np.float64(v) * np.float64(a), -1)
+  want = np.mean((cos > 0.5) == (np.asarray(label) > 0.5))
+  np.testing.assert_allclose(metrics.sync_accuracy(v, a, label), want)
+  score = metrics.text_video_score(v, -v)
+  np.testing.assert_allclose(score, 0.0)
+  np.testing.assert_allclose(metrics.text_video_score(v, 3 * v), 100.0, rtol=1e-5)
