@@ -122,3 +122,33 @@ def test_sync_accuracy_and_text_video_score():
   score = metrics.text_video_score(v, -v)
   np.testing.assert_allclose(score, 0.0)
   np.testing.assert_allclose(metrics.text_video_score(v, 3 * v), 100.0, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def rendered_clips():
+  """Ground-truth synthetic clips (32 px, 25 frames) from the talking-faces generator."""
+  from gcm_jax.data.talking_faces import captions, corpus, generate_example
+  rng = np.random.default_rng(0)
+  clips = [generate_example(corpus.TRAIN_PHRASES[i], captions.sample_attributes(rng),
+                            voice=corpus.TRAIN_VOICES[i % 3], resolution=32, num_frames=25, seed=i)
+           for i in range(6)]
+  video = np.stack([c.video for c in clips]).astype(np.float32) / 127.5 - 1
+  return jnp.asarray(video), jnp.asarray(np.stack([c.mouth_open for c in clips]))
+
+
+def test_oracle_metric_on_ground_truth_and_time_shifted_frames(rendered_clips):
+  video, mouth_open = rendered_clips
+  gt = metrics.oracle_lipsync(video, mouth_open)
+  assert float(jnp.mean(gt["mouth_corr"])) > 0.9
+  assert float(jnp.mean(gt["mouth_mae"])) < 0.12
+  # Frames 3 steps late vs the audio's mouth track: agreement drops.
+  late = metrics.oracle_lipsync(video[:, 3:], mouth_open[:, :-3])
+  assert float(jnp.mean(late["mouth_corr"])) < float(jnp.mean(gt["mouth_corr"])) - 0.3
+  # Pearson correlation vs the float64 reference on the same areas.
+  area = np.float64(metrics.mouth_area(video))
+  want = [np.corrcoef(a, m)[0, 1] for a, m in zip(area, np.float64(mouth_open))]
+  np.testing.assert_allclose(gt["mouth_corr"], want, rtol=1e-4, atol=1e-5)
+  still = metrics.oracle_lipsync(jnp.repeat(video[:, :1], 25, axis=1), mouth_open)
+  np.testing.assert_array_equal(still["mouth_corr"], 0.0)  # constant mouth: defined as 0
+  with pytest.raises(ValueError, match="mouth_open must be"):
+    metrics.oracle_lipsync(video, mouth_open[:, :5])
