@@ -8,3 +8,7 @@ from gcm_jax.data.talking_faces.captions import make_caption
 from gcm_jax.data.talking_faces.captions import parse_caption
 from gcm_jax.data.talking_faces.example import Example
 from gcm_jax.data.talking_faces.example import generate_example
+from gcm_jax.data.talking_faces.talking_faces import build
+from gcm_jax.data.talking_faces.talking_faces import get_builder
+from gcm_jax.data.talking_faces.talking_faces import TalkingFaces
+from gcm_jax.data.talking_faces.talking_faces import TalkingFacesConfig
