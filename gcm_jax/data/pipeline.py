@@ -1,0 +1,213 @@
+"""Input pipeline: TFDS array_record data source -> grain -> per-host batches -> global arrays.
+
+`make_dataset(config, split, mesh)` returns a `DataIterator` whose `next()` is a dict of
+global `jax.Array`s sharded along the batch axis over `batch_axes` of the mesh (see
+docs/data.md for keys and shapes). Each JAX process reads a disjoint shard of the records
+(grain `ShardOptions(process_index, process_count)`), preprocesses them on the CPU (log-mel
+windows, text tokens, video to [-1, 1]) and batches `batch_size / process_count` of them;
+`jax.make_array_from_process_local_data` assembles the global batch.
+
+Order is a pure function of (seed, split, number of batches consumed): the iterator's
+`get_state()` bytes (grain's DataLoader state) saved with a checkpoint and passed to
+`set_state()` resume exactly. `DataIterator` follows grain's iterator protocol, so
+`grain.checkpoint.CheckpointHandler` / `CheckpointSave` can checkpoint it with orbax.
+"""
+from typing import Any, Sequence
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gcm_jax.data import audio
+from gcm_jax.data.talking_faces import talking_faces
+from gcm_jax.models import tokenizer
+
+SPLITS = ("train", "validation", "test")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Proposed `config.data` fields with their defaults (documented in docs/data.md)."""
+  return ml_collections.ConfigDict({
+      "name": "talking_faces",
+      "data_dir": "/tmp/tensorflow_datasets",
+      "build_if_missing": True,
+      "resolution": 32,
+      "num_frames": 16,
+      "num_train": 2000,
+      "num_validation": 200,
+      "num_test": 200,
+      "dataset_seed": 0,
+      "batch_size": 8,
+      "mel_window": 16,
+      "mel_alignment": "center",
+      "text_max_len": 128,
+      "shuffle": True,
+      "worker_count": 0,
+  })
+
+
+def preprocess(features: dict[str, Any], mel_window: int = 16,
+               mel_alignment: audio.Alignment = "center", text_max_len: int = 128
+               ) -> dict[str, np.ndarray]:
+  """One TFDS record (or `Example.features()`) -> model inputs (numpy, no batch axis).
+
+  Returns:
+    'video' float32 [T, R, R, 3] in [-1, 1]; 'mel' float32 [T, W, 80]; 'text_tokens' int32
+    [L]; 'text_mask' bool [L]; 'audio' float32 [T * 640]; 'visemes' int32 [T];
+    'mouth_open' float32 [T]; 'keypoints' float32 [T, K, 2]; 'face_color',
+    'background_color', 'motion' int32 []; 'mask' bool [] (True: a real example).
+  """
+  caption = features["caption"]
+  if isinstance(caption, bytes):
+    caption = caption.decode("utf-8")
+  video = np.asarray(features["video"])
+  num_frames = video.shape[0]
+  wav = np.asarray(features["audio"], np.float32)
+  if wav.shape != (num_frames * audio.SAMPLES_PER_VIDEO_FRAME,):
+    raise ValueError(f"audio has shape {wav.shape}, expected "
+                     f"({num_frames * audio.SAMPLES_PER_VIDEO_FRAME},) for {num_frames} frames")
+  mel = audio.frame_windows(audio.melspectrogram(wav), num_frames, mel_window, mel_alignment)
+  tokens = tokenizer.encode(caption, text_max_len)
+  return {
+      "video": video.astype(np.float32) / 127.5 - 1.0,
+      "mel": mel,
+      "text_tokens": tokens,
+      "text_mask": tokenizer.padding_mask(tokens),
+      "audio": wav,
+      "visemes": np.asarray(features["visemes"], np.int32),
+      "mouth_open": np.asarray(features["mouth_open"], np.float32),
+      "keypoints": np.asarray(features["keypoints"], np.float32),
+      "face_color": np.int32(features["face_color"]),
+      "background_color": np.int32(features["background_color"]),
+      "motion": np.int32(features["motion"]),
+      "mask": np.bool_(True),
+  }
+
+
+class _Preprocess(grain.transforms.Map):
+  """grain transform wrapping `preprocess` with the config's settings."""
+
+  def __init__(self, mel_window: int, mel_alignment: audio.Alignment, text_max_len: int):
+    self._kwargs = dict(mel_window=mel_window, mel_alignment=mel_alignment,
+                        text_max_len=text_max_len)
+
+  def map(self, element):
+    return preprocess(element, **self._kwargs)
+
+
+def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Pads a short final batch to `size` with zeros; padded rows have mask False."""
+  n = len(batch["mask"])
+  if n == size:
+    return batch
+  return {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
+
+
+def batch_sharding(mesh: Mesh, batch_axes: Sequence[str]) -> NamedSharding:
+  """Sharding of a batch: leading axis over the mesh axes in `batch_axes` present in `mesh`."""
+  axes = tuple(a for a in batch_axes if a in mesh.axis_names)
+  if not axes:
+    raise ValueError(f"none of batch_axes {tuple(batch_axes)} is an axis of the mesh "
+                     f"{mesh.axis_names}")
+  return NamedSharding(mesh, PartitionSpec(axes))
+
+
+class DataIterator:
+  """Iterator of global batches with grain-compatible `get_state` / `set_state`."""
+
+  def __init__(self, loader: grain.DataLoader, sharding: NamedSharding, local_batch: int,
+               num_batches: int | None):
+    self._iterator = iter(loader)
+    self._sharding = sharding
+    self._local_batch = local_batch
+    self.num_batches = num_batches  # Batches until exhaustion; None if infinite.
+
+  def __iter__(self) -> "DataIterator":
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    local = _pad_batch(next(self._iterator), self._local_batch)
+    return {k: jax.make_array_from_process_local_data(self._sharding, v)
+            for k, v in local.items()}
+
+  def get_state(self) -> bytes:
+    """Serialized position (JSON bytes); save it with the model checkpoint."""
+    return self._iterator.get_state()
+
+  def set_state(self, state: bytes) -> None:
+    """Resumes from a `get_state()` value of an iterator built with the same config."""
+    self._iterator.set_state(state)
+
+
+def _data_source(data_cfg: ml_collections.ConfigDict, split: str):
+  if data_cfg.name != "talking_faces":
+    raise ValueError(f"unknown dataset {data_cfg.name!r}; only 'talking_faces' exists")
+  builder = talking_faces.get_builder(
+      data_cfg.data_dir, data_cfg.resolution, data_cfg.num_frames, data_cfg.num_train,
+      data_cfg.num_validation, data_cfg.num_test, data_cfg.dataset_seed)
+  if not builder.is_prepared():
+    if not data_cfg.build_if_missing:
+      raise FileNotFoundError(
+          f"{builder.name}/{builder.builder_config.name} is not built in "
+          f"{data_cfg.data_dir}; set config.data.build_if_missing or run "
+          f"gcm_jax.data.talking_faces.build(...)")
+    builder.download_and_prepare()
+  return builder.as_data_source(split)
+
+
+def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
+                 batch_axes: Sequence[str] = ("data", "fsdp"), seed: int = 0,
+                 num_epochs: int | None = None, shuffle: bool | None = None,
+                 process_index: int | None = None, process_count: int | None = None
+                 ) -> DataIterator:
+  """Global-batch iterator over `split` of `config.data`.
+
+  Args:
+    config: experiment config with a `data` ConfigDict (fields: `default_config()`).
+    split: 'train', 'validation' or 'test'.
+    mesh: device mesh; batches are sharded along their leading axis over `batch_axes`.
+    batch_axes: mesh axes of the batch dimension (names absent from the mesh are skipped).
+    seed: shuffling seed.
+    num_epochs: None = repeat forever (training); an int = that many passes, the last batch
+      zero-padded with 'mask' False so no example is dropped (evaluation).
+    shuffle: defaults to `config.data.shuffle` for 'train', False otherwise.
+    process_index, process_count: this host's shard; default `jax.process_index()` /
+      `jax.process_count()` (overridable to test multi-host sharding on one host).
+
+  Returns:
+    A `DataIterator` of dicts of global arrays `[batch_size, ...]`.
+  """
+  data_cfg = config.data
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  sharding = batch_sharding(mesh, batch_axes)
+  shards = int(np.prod([mesh.shape[a] for a in sharding.spec[0]]))
+  batch_size = data_cfg.batch_size
+  if batch_size % shards or batch_size % process_count:
+    raise ValueError(f"config.data.batch_size={batch_size} must be divisible by the batch "
+                     f"mesh size {shards} and the process count {process_count}")
+  local_batch = batch_size // process_count
+  source = _data_source(data_cfg, split)
+  if shuffle is None:
+    shuffle = split == "train" and data_cfg.shuffle
+  shard_options = grain.sharding.ShardOptions(process_index, process_count,
+                                              drop_remainder=num_epochs is None)
+  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options,
+                                        shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[_Preprocess(data_cfg.mel_window, data_cfg.mel_alignment,
+                              data_cfg.text_max_len),
+                  grain.transforms.Batch(local_batch, drop_remainder=num_epochs is None)],
+      worker_count=data_cfg.worker_count)
+  num_batches = None
+  if num_epochs is not None:
+    # grain's even split without drop_remainder: the first n % count shards get one extra.
+    num_local = len(source) // process_count + (process_index < len(source) % process_count)
+    num_batches = -(-num_epochs * num_local // local_batch)
+  return DataIterator(loader, sharding, local_batch, num_batches)
