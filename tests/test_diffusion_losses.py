@@ -1,0 +1,130 @@
+"""Denoising losses: targets, weightings (uniform / min-SNR / EDM), masks, noise-level sampling."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gcm_jax.diffusion import losses, parameterization, schedules
+
+SCHEDULES = [schedules.LinearSchedule(), schedules.CosineSchedule(), schedules.EDMSchedule()]
+B = 6
+
+
+def noised_inputs(key, x0, cfg):
+  """Recomputes what denoising_loss draws from `key`: t [B], alpha, sigma [B, 1...], x_t."""
+  k_t, k_eps = jax.random.split(key)
+  t = losses.sample_times(k_t, x0.shape[0], cfg)
+  alpha, sigma = schedules.alpha_sigma(cfg.schedule, t)
+  a, s = parameterization.expand_to(alpha, x0), parameterization.expand_to(sigma, x0)
+  return t, alpha, sigma, a * x0 + s * jax.random.normal(k_eps, x0.shape, x0.dtype), a, s
+
+
+def model_with_x0_error(x0, delta, key, cfg):
+  """A model_fn whose implied x0 prediction is x0 + delta (inverted through the param.)."""
+  _, _, _, x_t, a, s = noised_inputs(key, x0, cfg)
+  x0_hat = x0 + delta
+  eps_hat = (x_t - a * x0_hat) / s
+  out = parameterization.training_target(cfg.prediction, x0_hat, eps_hat, a, s, cfg.sigma_data)
+  return lambda x_in, t, cond: out
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("weighting", losses.WEIGHTINGS)
+def test_weighted_loss_in_x0_space_matches_definition(schedule, weighting):
+  """min-SNR and EDM weightings are defined on the x0 error, so every parameterization gives
+  the same value; uniform is the target-space MSE."""
+  x0 = jax.random.normal(jax.random.key(0), (B, 3, 4))
+  delta = 0.1 * jax.random.normal(jax.random.key(1), x0.shape)
+  key = jax.random.key(2)
+  values = []
+  for prediction in parameterization.PREDICTIONS:
+    cfg = losses.LossConfig(schedule, prediction, weighting, min_snr_gamma=5.0)
+    loss, per_example = losses.denoising_loss(model_with_x0_error(x0, delta, key, cfg), key, x0,
+                                              None, cfg)
+    _, alpha, sigma, _, _, _ = noised_inputs(key, x0, cfg)
+    snr, mse_x0 = np.asarray(alpha**2 / sigma**2), np.mean(np.asarray(delta)**2, axis=(1, 2))
+    s_hat = np.asarray(sigma / alpha)
+    ratio = {"eps": snr, "x0": 1.0, "v": (alpha**2 + sigma**2)**2 / sigma**2,
+             "edm": (s_hat**2 + 0.25) / (0.5 * s_hat)**2}[prediction]
+    want = {"uniform": ratio * mse_x0, "min_snr": np.minimum(snr, 5.0) * mse_x0,
+            "edm": (s_hat**2 + 0.25) / (0.5 * s_hat)**2 * mse_x0}[weighting]
+    np.testing.assert_allclose(per_example, want, rtol=2e-3)
+    np.testing.assert_allclose(loss, np.mean(want), rtol=2e-3)
+    values.append(np.asarray(per_example))
+  if weighting != "uniform":
+    np.testing.assert_allclose(values[1:], [values[0]] * 3, rtol=2e-3)
+
+
+def test_min_snr_weights_match_hang_et_al_for_vp():
+  cfg_eps = losses.LossConfig(schedules.CosineSchedule(), "eps", "min_snr", min_snr_gamma=5.0)
+  cfg_v = losses.LossConfig(schedules.CosineSchedule(), "v", "min_snr", min_snr_gamma=5.0)
+  t = jnp.linspace(0.05, 0.95, 7)
+  alpha, sigma = schedules.alpha_sigma(cfg_eps.schedule, t)
+  snr = alpha**2 / sigma**2
+  np.testing.assert_allclose(losses.loss_weight(cfg_eps, alpha, sigma),
+                             jnp.minimum(snr, 5.0) / snr, rtol=1e-5)
+  np.testing.assert_allclose(losses.loss_weight(cfg_v, alpha, sigma),
+                             jnp.minimum(snr, 5.0) / (snr + 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", parameterization.PREDICTIONS)
+def test_perfect_model_has_zero_loss_and_mask_excludes_given_frames(prediction):
+  cfg = losses.LossConfig(schedules.EDMSchedule(), prediction, "edm", noise_distribution="lognormal")
+  x0 = jax.random.normal(jax.random.key(0), (B, 5, 2, 2, 3))
+  key = jax.random.key(1)
+  perfect, _ = losses.denoising_loss(model_with_x0_error(x0, 0.0, key, cfg), key, x0, None, cfg)
+  assert float(perfect) < 1e-8
+  given = jnp.arange(5) < 2  # First two frames are conditioning frames.
+  delta = jnp.where(given[None, :, None, None, None], 1.0, 0.0) * jnp.ones_like(x0)
+  bad_on_given = model_with_x0_error(x0, delta, key, cfg)
+  masked, _ = losses.denoising_loss(bad_on_given, key, x0, None, cfg,
+                                    loss_mask=jnp.broadcast_to(~given, (B, 5)))
+  unmasked, _ = losses.denoising_loss(bad_on_given, key, x0, None, cfg)
+  assert float(masked) < 1e-8 < float(unmasked)
+
+
+def test_model_sees_schedule_time_and_edm_input_scaling():
+  seen = {}
+
+  def model_fn(x_in, t, cond):
+    seen.update(x_in=x_in, t=t)
+    return jnp.zeros_like(x_in)
+
+  x0 = jnp.ones((B, 4))
+  for cfg in [losses.LossConfig(schedules.LinearSchedule()),
+              losses.LossConfig(schedules.EDMSchedule(), "edm", "edm",
+                                noise_distribution="lognormal")]:
+    losses.denoising_loss(model_fn, jax.random.key(0), x0, None, cfg)
+    t, alpha, sigma, x_t, _, _ = noised_inputs(jax.random.key(0), x0, cfg)
+    np.testing.assert_allclose(seen["t"], cfg.schedule.model_time(t), rtol=1e-6)
+    scale = 1.0 if cfg.prediction == "eps" else 1.0 / jnp.sqrt(sigma**2 + 0.25)
+    np.testing.assert_allclose(seen["x_in"], parameterization.expand_to(scale, x_t) * x_t,
+                               rtol=1e-5)
+  np.testing.assert_allclose(seen["t"], jnp.log(sigma) / 4, rtol=1e-5)
+
+
+def test_noise_level_distributions():
+  cfg = losses.LossConfig(schedules.LinearSchedule(), noise_distribution="uniform")
+  t = np.asarray(losses.sample_times(jax.random.key(0), 20_000, cfg))
+  assert t.min() >= 1e-3 and t.max() <= 1.0 and abs(t.mean() - 0.5005) < 0.01
+  cfg = losses.LossConfig(schedules.EDMSchedule(), noise_distribution="lognormal")
+  log_sigma = np.log(schedules.EDMSchedule().sigma(
+      np.asarray(losses.sample_times(jax.random.key(1), 20_000, cfg), np.float64)))
+  assert abs(log_sigma.mean() + 1.2) < 0.03 and abs(log_sigma.std() - 1.2) < 0.03
+
+
+def test_loss_is_differentiable():
+  cfg = losses.LossConfig(schedules.CosineSchedule(), "v", "min_snr")
+  x0 = jax.random.normal(jax.random.key(0), (B, 4))
+  grad = jax.jit(jax.grad(lambda w: losses.denoising_loss(
+      lambda x, t, c: x @ w, jax.random.key(1), x0, None, cfg)[0]))(jnp.eye(4))
+  assert grad.shape == (4, 4) and bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
+
+
+def test_bad_config_errors():
+  with pytest.raises(ValueError, match="unknown weighting 'p2'"):
+    losses.LossConfig(schedules.EDMSchedule(), weighting="p2")
+  with pytest.raises(ValueError, match="unknown prediction 'score'"):
+    losses.LossConfig(schedules.EDMSchedule(), prediction="score")
+  with pytest.raises(ValueError, match="noise_distribution"):
+    losses.LossConfig(schedules.EDMSchedule(), noise_distribution="beta")
