@@ -1,4 +1,7 @@
 """Tests for the TFDS builder and the grain -> global jax.Array pipeline (8 fake CPU devices)."""
+import json
+import os
+import subprocess
 import sys
 import time
 
@@ -167,3 +170,23 @@ def test_bad_config_raises_clear_errors(data_dir, mesh, tmp_path):
     pipeline.make_dataset(_config(str(tmp_path)), "train", mesh)
   with pytest.raises(ValueError, match="max_len"):
     next(pipeline.make_dataset(_config(data_dir, text_max_len=20), "train", mesh))
+
+
+def test_tfds_build_command_line_builds_the_module(tmp_path):
+  package_dir = os.path.dirname(talking_faces.__file__)
+  config = json.dumps({"resolution": 32, "num_frames": 4, "num_train": 3, "num_validation": 1,
+                       "num_test": 1})
+  subprocess.run([sys.executable, "-m", "gcm_jax.data.talking_faces.tfds_build", package_dir,
+                  f"--data_dir={tmp_path}", "--file_format=array_record", f"--config={config}"],
+                 check=True, capture_output=True)
+  builder = talking_faces.get_builder(str(tmp_path), resolution=32, num_frames=4, num_train=3,
+                                      num_validation=1, num_test=1)
+  assert builder.is_prepared() and len(builder.as_data_source("train")) == 3
+
+
+@pytest.mark.slow
+def test_building_200_examples_takes_well_under_a_minute(tmp_path):
+  start = time.time()
+  talking_faces.build(str(tmp_path), resolution=32, num_frames=16, num_train=200,
+                      num_validation=0, num_test=0)
+  assert time.time() - start < 45

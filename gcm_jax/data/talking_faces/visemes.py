@@ -114,9 +114,11 @@ def mouth_track(phonemes: tuple[speech.Phoneme, ...], start_time: float, num_fra
   width = _gaussian_smooth(table_width[vis], sigma)
   # Gate: distance (s) to the nearest closed sample, ramped over GATE_RAMP.
   idx = np.arange(n)
-  closed_idx = idx[closed]
+  closed_idx = np.flatnonzero(closed)
   if closed_idx.size:
-    nearest = np.abs(idx[:, None] - closed_idx[None, :]).min(axis=1) * _DT
+    right = np.clip(np.searchsorted(closed_idx, idx), 0, closed_idx.size - 1)
+    left = np.clip(right - 1, 0, closed_idx.size - 1)
+    nearest = np.minimum(np.abs(closed_idx[right] - idx), np.abs(closed_idx[left] - idx)) * _DT
     gate = np.clip(nearest / GATE_RAMP, 0.0, 1.0)
   else:
     gate = np.ones(n)
