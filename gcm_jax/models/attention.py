@@ -84,9 +84,8 @@ class MultiHeadAttention(nn.Module):
     context = x if context is None else context
 
     def project(name, inputs):
-      return layers.dense_general(
-          (self.num_heads, head_dim), ("embed", "heads", "kv"), name, self.dtype,
-          self.param_dtype)(inputs)
+      return layers.HeadProjection((self.num_heads, head_dim), True, self.dtype,
+                                   self.param_dtype, name=name)(inputs)
 
     q, k, v = project("query", x), project("key", context), project("value", context)
     if self.rotary:
@@ -95,9 +94,8 @@ class MultiHeadAttention(nn.Module):
       q, k = rotary_embedding(q, positions), rotary_embedding(k, positions)
     q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", "act_kv"))
     out = attend(q, k, v, mask=mask, implementation=self.implementation)
-    return layers.dense_general(
-        width, ("heads", "kv", "embed"), "out", self.dtype, self.param_dtype,
-        axis=(-2, -1))(out)
+    return layers.HeadProjection((width,), False, self.dtype, self.param_dtype,
+                                 name="out")(out)
 
 
 class SpatialSelfAttention(nn.Module):

@@ -7,7 +7,7 @@ Parameter axes: 'embed' (model width), 'mlp' (hidden width), 'heads', 'kv' (head
 Activation axes are prefixed 'act_'.
 """
 import math
-from typing import Sequence, Union
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -21,16 +21,31 @@ def partitioned(init, axes: Sequence[str]):
   return nn.with_logical_partitioning(init, tuple(axes))
 
 
-def dense_general(features: Union[int, Sequence[int]], axes: Sequence[str], name: str,
-                  dtype=jnp.float32, param_dtype=jnp.float32, axis=-1,
-                  kernel_init=nn.initializers.xavier_uniform(),
-                  bias_init=nn.initializers.zeros) -> nn.DenseGeneral:
-  """`nn.DenseGeneral` whose kernel is named `axes` (input axes then output axes)."""
-  n_out = 1 if isinstance(features, int) else len(features)
-  return nn.DenseGeneral(
-      features, axis=axis, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=partitioned(kernel_init, axes),
-      bias_init=partitioned(bias_init, axes[-n_out:]))
+class HeadProjection(nn.Module):
+  """Linear map to or from attention heads, with logically named parameters.
+
+  `to_heads=True`: `[..., D]` -> `[..., H, K]` (kernel `[D, H, K]`: 'embed', 'heads', 'kv').
+  `to_heads=False`: `[..., H, K]` -> `[..., D]` (kernel `[H, K, D]`: 'heads', 'kv', 'embed').
+  (Written out instead of `nn.DenseGeneral`, whose flat-then-reshape init breaks
+  logical sharding constraints of rank-3 kernels.)
+  """
+  shape: tuple[int, ...]
+  to_heads: bool = True
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.to_heads:
+      kernel_shape, axes, eq = (x.shape[-1],) + self.shape, ("embed", "heads", "kv"), "...d,dhk->...hk"
+      init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+    else:
+      kernel_shape, axes, eq = x.shape[-2:] + self.shape, ("heads", "kv", "embed"), "...hk,hkd->...d"
+      init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+    kernel = self.param("kernel", partitioned(init, axes), kernel_shape, self.param_dtype)
+    bias = self.param("bias", partitioned(nn.initializers.zeros, axes[-len(self.shape):]),
+                      self.shape, self.param_dtype)
+    return jnp.einsum(eq, x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 def dense(features: int, axes: Sequence[str], name: str, dtype=jnp.float32,

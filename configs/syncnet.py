@@ -1,0 +1,57 @@
+"""SyncNet + text-video contrastive model on the synthetic talking faces (CPU-sized).
+
+  python -m gcm_jax.alignment.train_syncnet --config=configs/syncnet.py --workdir=/tmp/syncnet
+  (override e.g. --config.train.num_steps=200 for a smoke run)
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = dict(
+      resolution=32,            # 32 or 64 (renderer resolutions)
+      num_frames=25,            # training clip length (1 s)
+      eval_num_frames=40,       # held-out clip length (35 LSE windows)
+      num_train_clips=1024,     # train split: 40 phrases x 7 voices x 3 rates, random cuts
+      num_eval_clips=128,       # validation split: disjoint phrases and voices
+      mel_alignment="center",   # per-frame mel windows as gcm_jax.data.audio ('center'|'start')
+      text_max_len=160,         # caption bytes
+  )
+
+  config.model = dict(
+      embed_dim=128,
+      visual_widths=(16, 32, 64),
+      audio_widths=(16, 32, 64, 64),
+  )
+
+  config.train = dict(
+      batch_size=64,            # in-sync + off-sync pair per row
+      num_steps=1500,
+      learning_rate=1e-3,
+      warmup_steps=100,
+      weight_decay=1e-4,
+      infonce_weight=0.5,       # 0: pure Wav2Lip BCE
+      min_shift=3,              # off-sync audio shift range (frames), same clip
+      max_shift=12,
+      log_every=100,
+  )
+
+  config.eval = dict(
+      vshift=15,                # syncnet_python
+      audio_shifts=(-3, 3),     # delay the audio by k frames: the offset must read -k
+  )
+
+  config.text_video = dict(
+      num_steps=600,
+      batch_size=64,
+      learning_rate=1e-3,
+      warmup_steps=50,
+      embed_dim=64,
+      text_width=64,
+      text_layers=1,
+      text_heads=4,
+      video_widths=(32, 64),
+  )
+  return config

@@ -1,0 +1,130 @@
+"""Tiny config: CPU-sized model and data, used by the README default run and the tests.
+
+Every knob of an experiment lives in this ConfigDict; the other configs start from
+this one and override what differs. Usage:
+  python run_train.py --config=configs/tiny.py --workdir=/tmp/gcm_tiny
+  python run_train.py --config=configs/tiny.py --config.train.num_steps=50 ...
+"""
+import ml_collections
+
+# Logical axis name -> mesh axes. Parameter axes (see gcm_jax/models/layers.py) are
+# fully sharded over 'fsdp' along their model-width axis and split over 'tensor' along
+# heads / MLP width; activations are split over the batch axes.
+LOGICAL_AXIS_RULES = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_frames", None),
+    ("act_tokens", None),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("modulation", "tensor"),
+    ("embed_out", None),
+    ("vocab", None),
+    ("patch", None),
+    ("mel", None),
+    ("cond", None),
+    ("length", None),
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict(dict(
+      in_channels=3,
+      patch_size=4,
+      width=64,
+      depth=2,
+      num_heads=4,
+      mlp_ratio=4.0,
+      attention="factorized",   # or "full3d"
+      temporal_rotary=True,
+      text_max_len=128,
+      text_layers=1,
+      audio_layers=1,
+      num_mels=80,
+      mel_window=16,
+      frame_conditioning=True,
+      time_scale=1000.0,
+      dtype="float32",          # compute dtype; params are always float32
+      remat_policy="none",      # none | full | dots | dots_saveable
+      attention_impl=None,      # None (auto) | "xla" | "cudnn"
+  ))
+
+  config.data = dict(
+      name="talking_faces",
+      data_dir="",              # "" -> <workdir>/data
+      build_if_missing=True,    # build the synthetic dataset on first use
+      resolution=32,
+      num_frames=8,
+      num_train=256,
+      num_validation=32,
+      num_test=32,
+      dataset_seed=0,
+      batch_size=8,             # global batch over all hosts/devices
+      mel_window=config.model.get_ref("mel_window"),
+      mel_alignment="center",
+      text_max_len=config.model.get_ref("text_max_len"),
+      shuffle=True,
+      worker_count=0,
+  )
+
+  config.diffusion = dict(
+      schedule="cosine",        # linear | cosine
+      parameterization="v",     # eps | v | x0
+      loss_weighting="min_snr", # uniform | min_snr
+      min_snr_gamma=5.0,
+      p_drop_text=0.1,          # independent condition dropout for CFG
+      p_drop_audio=0.1,
+      p_drop_both=0.1,          # joint dropout on top of the independent ones
+      p_motion_frames=0.5,      # train with the first frames given as context
+      max_motion_frames=2,
+  )
+
+  config.sampling = dict(
+      sampler="dpmpp_2m",
+      num_steps=20,
+      text_scale=3.0,
+      audio_scale=2.0,
+  )
+
+  config.train = dict(
+      num_steps=200,
+      learning_rate=1e-3,
+      warmup_steps=20,
+      weight_decay=0.01,
+      grad_clip_norm=1.0,
+      ema_decay=0.999,
+      b1=0.9,
+      b2=0.99,
+  )
+
+  config.mesh = dict(
+      shape=dict(data=-1, fsdp=1, tensor=1),  # -1: the remaining devices
+      logical_axis_rules=LOGICAL_AXIS_RULES,
+  )
+
+  config.distributed = dict(
+      coordinator_address="",  # "host:port" for multi-host; "" = auto / single process
+      num_processes=1,
+      process_id=0,
+  )
+
+  config.checkpoint = dict(
+      every_steps=100,
+      keep=3,
+      async_save=True,
+  )
+
+  config.log = dict(
+      every_steps=10,
+      sample_every_steps=0,     # 0 = only at the end of training
+      num_samples=2,
+  )
+  return config

@@ -1,0 +1,87 @@
+"""Device mesh from the config, logical-axis shardings, and multi-host start-up.
+
+The mesh has three named axes:
+  'data'   pure data parallelism (params replicated),
+  'fsdp'   data parallelism with params/optimizer state sharded along 'embed',
+  'tensor' tensor parallelism over heads / MLP width.
+The batch is split over ('data', 'fsdp'). Which array axis goes to which mesh axis is
+decided by config.mesh.logical_axis_rules, never in model code.
+"""
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Returns the (data, fsdp, tensor) sizes, filling one -1 entry with the remainder.
+
+  Raises:
+    ValueError: unknown axis names, more than one -1, or sizes whose product does not
+      equal the number of devices.
+  """
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected {MESH_AXES}")
+  sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(shape)}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh axis sizes must be positive (or -1), got {dict(shape)}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(
+          f"mesh {dict(shape)}: the fixed axes ({known} devices) do not divide the "
+          f"{num_devices} available devices")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
+        f"{num_devices} are available")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config: Mapping[str, Any],
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """Builds the ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = resolve_mesh_shape(mesh_config["shape"], len(devices))
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Sequence[tuple]) -> Any:
+  """NamedShardings for a tree of `nn.Partitioned` (logically named) leaves."""
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, [tuple(r) for r in rules])
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of a batch: leading axis split over the data-parallel mesh axes."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def initialize_distributed(distributed_config: Mapping[str, Any]) -> None:
+  """Starts `jax.distributed` for multi-process runs (no-op for a single process).
+
+  With `coordinator_address` set, uses it with `num_processes` / `process_id`;
+  otherwise multi-process only when `num_processes > 1` is requested, letting JAX
+  auto-detect the cluster (Cloud TPU, SLURM, ...).
+  """
+  address = distributed_config.get("coordinator_address", "")
+  num_processes = int(distributed_config.get("num_processes", 1))
+  if address:
+    jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
+                               process_id=int(distributed_config.get("process_id", 0)))
+  elif num_processes > 1:
+    jax.distributed.initialize()

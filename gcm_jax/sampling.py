@@ -1,0 +1,48 @@
+"""Sampling videos from a trained STDiT: model -> guided x0-denoiser -> sampler.
+
+`sample_videos` is a pure function of (params, cond, key); jit it once per shape.
+"""
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gcm_jax.diffusion import guidance
+from gcm_jax.diffusion import parameterization
+from gcm_jax.diffusion import samplers
+from gcm_jax.models import stdit
+from gcm_jax.train import step as step_lib
+
+
+def sampler_config(config: ml_collections.ConfigDict) -> samplers.SamplerConfig:
+  return samplers.SamplerConfig(name=config.sampling.sampler,
+                                num_steps=config.sampling.num_steps,
+                                schedule=step_lib.make_schedule(config.diffusion))
+
+
+def guided_denoiser(model: stdit.STDiT, params: Any, config: ml_collections.ConfigDict):
+  """x0-denoiser `(x_t, t, cond) -> x0` with text/audio classifier-free guidance."""
+  model_fn = lambda x, t, c: model.apply({"params": params}, x, t, c)
+  denoise_fn = parameterization.make_denoiser(
+      model_fn, step_lib.make_schedule(config.diffusion), config.diffusion.parameterization)
+  return guidance.text_audio_guidance(denoise_fn, config.sampling.text_scale,
+                                      config.sampling.audio_scale)
+
+
+def sample_videos(model: stdit.STDiT, params: Any, cond: Mapping[str, jax.Array],
+                  key: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+  """Generates videos `[B, T, H, W, C]` in [-1, 1] for `cond` (text_tokens, text_mask, mel, ...).
+
+  The video size comes from `cond['mel']` (B, T) and config.data.resolution.
+  """
+  b, t = cond["mel"].shape[:2]
+  r = config.data.resolution
+  cond = dict(cond)
+  cond.setdefault("drop_text", jnp.zeros((b,), bool))
+  cond.setdefault("drop_audio", jnp.zeros((b,), bool))
+  cfg = sampler_config(config)
+  k_init, k_sample = jax.random.split(key)
+  x_T = samplers.initial_noise(k_init, jnp.zeros((b, t, r, r, model.in_channels)), cfg)
+  x0 = samplers.sample(guided_denoiser(model, params, config), k_sample, x_T, cond, cfg)
+  return jnp.clip(x0, -1.0, 1.0)

@@ -1,0 +1,78 @@
+"""Train state, optimizer and EMA.
+
+The optimizer is AdamW with linear warmup + cosine decay and global-norm clipping,
+wrapped in `optax.apply_if_finite`: a step whose gradients contain NaN/Inf leaves
+params, optimizer moments and EMA untouched and is counted in `skipped_steps`.
+"""
+from typing import Any, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes (all jax.Arrays, checkpointed whole).
+
+  Attributes:
+    step: number of optimizer steps taken (including skipped ones), int32 scalar.
+    params: model parameters (float32).
+    ema_params: exponential moving average of `params`, used for sampling.
+    opt_state: optax state (includes the non-finite step counters).
+  """
+  step: jax.Array
+  params: PyTree
+  ema_params: PyTree
+  opt_state: PyTree
+
+
+def learning_rate_schedule(train_config: Mapping[str, Any]) -> optax.Schedule:
+  """Linear warmup to `learning_rate`, then cosine decay to 1% of it at `num_steps`."""
+  peak = train_config["learning_rate"]
+  warmup = min(train_config["warmup_steps"], max(train_config["num_steps"] - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
+      decay_steps=max(train_config["num_steps"], warmup + 1), end_value=0.01 * peak)
+
+
+def _decay_mask(params: PyTree) -> PyTree:
+  """Weight decay on matrices only (not biases, norms or 1-D embeddings)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(train_config: Mapping[str, Any]) -> optax.GradientTransformation:
+  """AdamW + warmup/cosine + clipping, skipping updates with non-finite gradients."""
+  inner = optax.chain(
+      optax.clip_by_global_norm(train_config["grad_clip_norm"]),
+      optax.adamw(learning_rate_schedule(train_config), b1=train_config["b1"],
+                  b2=train_config["b2"], weight_decay=train_config["weight_decay"],
+                  mask=_decay_mask))
+  return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)
+
+
+def create_state(params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.copy, params),
+                    opt_state=optimizer.init(params))
+
+
+def apply_gradients(state: TrainState, grads: PyTree, optimizer: optax.GradientTransformation,
+                    ema_decay: float) -> TrainState:
+  """One optimizer + EMA update (both skipped when the gradients are not finite)."""
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = opt_state.last_finite
+  ema_params = jax.tree.map(
+      lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
+      state.ema_params, params)
+  return TrainState(step=state.step + 1, params=params, ema_params=ema_params,
+                    opt_state=opt_state)
+
+
+def skipped_steps(state: TrainState) -> jax.Array:
+  """How many updates were skipped for non-finite gradients so far."""
+  return state.opt_state.total_notfinite

@@ -1,0 +1,97 @@
+"""The pure train step: `(state, batch) -> (state, metrics)`.
+
+Per example the step draws (from `fold_in(PRNGKey(seed), step)`, so a resumed run
+replays the same randomness): the noise level and noise, classifier-free-guidance
+condition dropout (text / audio independently plus jointly), and with probability
+`p_motion_frames` a number k in [1, max_motion_frames] of leading frames given as
+clean context (`cond['frames']`, `cond['frame_mask']`), which the loss then ignores.
+This teaches the model the motion-frame conditioning used for long-video extension.
+"""
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gcm_jax.diffusion import guidance
+from gcm_jax.diffusion import losses
+from gcm_jax.diffusion import schedules
+from gcm_jax.models import stdit
+from gcm_jax.train import state as state_lib
+
+SCHEDULES = {"linear": schedules.LinearSchedule, "cosine": schedules.CosineSchedule,
+             "edm": schedules.EDMSchedule}
+
+
+def make_schedule(diffusion_config: Mapping[str, Any]) -> schedules.Schedule:
+  name = diffusion_config["schedule"]
+  if name not in SCHEDULES:
+    raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
+  return SCHEDULES[name]()
+
+
+def make_loss_config(diffusion_config: Mapping[str, Any]) -> losses.LossConfig:
+  return losses.LossConfig(
+      schedule=make_schedule(diffusion_config), prediction=diffusion_config["parameterization"],
+      weighting=diffusion_config["loss_weighting"],
+      min_snr_gamma=diffusion_config["min_snr_gamma"])
+
+
+def motion_frame_mask(key: jax.Array, batch_size: int, num_frames: int, p_motion: float,
+                      max_motion: int) -> jax.Array:
+  """Bool `[B, T]`: True for the k leading frames given as context (k = 0 w.p. 1 - p_motion)."""
+  if max_motion >= num_frames:
+    raise ValueError(f"max_motion_frames={max_motion} must be < num_frames={num_frames}")
+  k_use, k_len = jax.random.split(key)
+  use = jax.random.bernoulli(k_use, p_motion, (batch_size,))
+  length = jax.random.randint(k_len, (batch_size,), 1, max_motion + 1) * use
+  return jnp.arange(num_frames)[None, :] < length[:, None]
+
+
+def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
+                      diffusion_config: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """The model's `cond` dict for a training batch, with random dropout and motion frames."""
+  video = batch["video"]
+  b, t = video.shape[:2]
+  k_drop, k_motion = jax.random.split(key)
+  drop_text, drop_audio = guidance.drop_conditions(
+      k_drop, b, diffusion_config["p_drop_text"], diffusion_config["p_drop_audio"],
+      diffusion_config["p_drop_both"])
+  return {
+      "text_tokens": batch["text_tokens"], "text_mask": batch["text_mask"], "mel": batch["mel"],
+      "drop_text": drop_text, "drop_audio": drop_audio, "frames": video,
+      "frame_mask": motion_frame_mask(k_motion, b, t, diffusion_config["p_motion_frames"],
+                                      diffusion_config["max_motion_frames"]),
+  }
+
+
+def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
+               model: stdit.STDiT, optimizer: optax.GradientTransformation,
+               config: ml_collections.ConfigDict) -> tuple[state_lib.TrainState, dict]:
+  """One optimization step on a global batch (`batch['video']` `[B, T, H, W, 3]` etc.).
+
+  Examples with `batch['mask'] == False` (padding) do not contribute. Returns the new
+  state and scalar metrics: loss, grad_norm, learning_rate, skipped_steps.
+  """
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
+  k_cond, k_loss = jax.random.split(key)
+  cond = make_conditioning(k_cond, batch, config.diffusion)
+  loss_cfg = make_loss_config(config.diffusion)
+  example_weight = batch["mask"].astype(jnp.float32)
+
+  def loss_fn(params):
+    model_fn = lambda x, t, c: model.apply({"params": params}, x, t, c)
+    _, per_example = losses.denoising_loss(model_fn, k_loss, batch["video"], cond, loss_cfg,
+                                           loss_mask=~cond["frame_mask"])
+    return jnp.sum(per_example * example_weight) / jnp.maximum(example_weight.sum(), 1.0)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  new_state = state_lib.apply_gradients(state, grads, optimizer, config.train.ema_decay)
+  metrics = {
+      "loss": loss,
+      "grad_norm": optax.global_norm(grads),
+      "learning_rate": state_lib.learning_rate_schedule(config.train)(state.step),
+      "skipped_steps": state_lib.skipped_steps(new_state),
+  }
+  return new_state, metrics
