@@ -53,6 +53,9 @@ def test_builder_writes_array_record_splits_without_tensorflow(data_dir):
   assert record["video"].shape == (8, 32, 32, 3) and record["video"].dtype == np.uint8
   assert record["audio"].shape == (8 * 640,)
   assert record["keypoints"].shape == (8, 8, 2)
+  assert len(record["frame_phonemes"]) == 8
+  starts = np.asarray(record["phonemes"]["start"])
+  assert len(record["phonemes"]["name"]) == len(starts) > 0 and (np.diff(starts) >= 0).all()
   assert "tensorflow" not in sys.modules
 
 

@@ -117,6 +117,9 @@ def test_mouth_open_on_vowels_and_closed_on_bilabials(voice, rate):
           assert ex.visemes[t] in visemes.VOWEL_VISEMES
           checked_open += 1
   assert checked_closed >= 5 and checked_open >= 5
+  # Per-frame labels agree: the viseme of the frame's center phoneme, or closed lips.
+  for t, name in enumerate(ex.frame_phonemes):
+    assert ex.visemes[t] in (visemes.PBM, visemes.phoneme_to_viseme(name)), (t, name)
 
 
 def test_video_and_keypoints_follow_mouth_open():

@@ -36,6 +36,7 @@ class Example:
     mouth_open: float32 `[T]` 0 closed .. 1 wide open.
     keypoints: float32 `[T, K, 2]` (x, y) in [0, 1] (renderer.KEYPOINT_NAMES).
     phonemes: phoneme spans in clip time (seconds; may extend outside [0, T / 25]).
+    frame_phonemes: `T` espeak-ng phoneme names at each frame's center time ('_' if none).
   """
   caption: str
   script: str
@@ -50,9 +51,12 @@ class Example:
   mouth_open: np.ndarray
   keypoints: np.ndarray
   phonemes: tuple[speech.Phoneme, ...]
+  frame_phonemes: tuple[str, ...]
 
   def features(self) -> dict:
     """The TFDS feature dict of this example (see talking_faces.py)."""
+    clip_len = len(self.mouth_open) / FPS
+    inside = [p for p in self.phonemes if p.end > 0 and p.start < clip_len]
     return {
         "caption": self.caption, "script": self.script, "phrase": self.phrase,
         "voice": self.voice, "rate": self.rate,
@@ -61,6 +65,10 @@ class Example:
         "motion": self.attributes.motion_id,
         "video": self.video, "audio": self.audio, "visemes": self.visemes,
         "mouth_open": self.mouth_open, "keypoints": self.keypoints,
+        "frame_phonemes": list(self.frame_phonemes),
+        "phonemes": {"name": [p.name for p in inside],
+                     "start": np.array([p.start for p in inside], np.float32),
+                     "end": np.array([p.end for p in inside], np.float32)},
     }
 
 
@@ -78,6 +86,11 @@ def _clip_script(words: tuple[speech.Word, ...], start: float, end: float) -> st
   if inside:
     return " ".join(inside)
   return max(words, key=overlap).text
+
+
+def _frame_phonemes(phonemes: tuple[speech.Phoneme, ...], num_frames: int) -> tuple[str, ...]:
+  centers = (np.arange(num_frames) + 0.5) / FPS
+  return tuple(next((p.name for p in phonemes if p.start <= c < p.end), "_") for c in centers)
 
 
 def generate_example(phrase: str, attributes: captions.Attributes, voice: str = "en-us",
@@ -125,4 +138,5 @@ def generate_example(phrase: str, attributes: captions.Attributes, voice: str = 
       caption=captions.make_caption(attributes, script), script=script, phrase=phrase,
       voice=voice, rate=rate, attributes=attributes, clip_start=clip_start, video=video,
       audio=wav.astype(np.float32), visemes=track.visemes, mouth_open=track.openness,
-      keypoints=keypoints, phonemes=phonemes)
+      keypoints=keypoints, phonemes=phonemes,
+      frame_phonemes=_frame_phonemes(phonemes, num_frames))

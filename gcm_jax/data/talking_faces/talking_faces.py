@@ -115,6 +115,9 @@ class TalkingFaces(tfds.core.GeneratorBasedBuilder):
             "mouth_open": tfds.features.Tensor(shape=(t,), dtype=np.float32),
             "keypoints": tfds.features.Tensor(shape=(t, renderer.NUM_KEYPOINTS, 2),
                                               dtype=np.float32),
+            "frame_phonemes": tfds.features.Sequence(tfds.features.Text(), length=t),
+            "phonemes": tfds.features.Sequence({"name": tfds.features.Text(),
+                                                "start": np.float32, "end": np.float32}),
         }),
         homepage="https://github.com/espeak-ng/espeak-ng",
     )
