@@ -23,6 +23,8 @@ def test_speech_is_16khz_with_ordered_phoneme_and_word_timings():
   assert [w.text for w in utt.words] == ["Papa", "bought", "a", "map", "and", "Mama", "sees",
                                          "the", "moon"]
   assert not any(p.name.startswith(("'", ",")) for p in utt.phonemes)
+  accented = speech.synthesize("Café crème is très nice.", "en-us", 160)
+  assert [w.text for w in accented.words] == ["Café", "crème", "is", "très", "nice"]
 
 
 def test_speech_energy_follows_phoneme_timings():

@@ -82,6 +82,8 @@ def _speech_span(utt: speech.Utterance) -> tuple[float, float]:
 def _clip_script(words: tuple[speech.Word, ...], start: float, end: float) -> str:
   def overlap(w):
     return max(0.0, min(w.end, end) - max(w.start, start))
+  if not words:
+    raise ValueError("espeak-ng reported no words to put in the caption")
   inside = [w.text for w in words if overlap(w) >= 0.5 * max(w.end - w.start, 1e-6)]
   if inside:
     return " ".join(inside)

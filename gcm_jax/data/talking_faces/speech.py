@@ -62,8 +62,12 @@ class _Client:
   def synth(self, text: str, voice: str, rate: int):
     """Returns (int16 samples, sample rate, event tuples); re-raises the server's errors."""
     with self.lock:
-      espeak_server.write_frame(self.proc.stdin, (text, voice, rate))
-      result = espeak_server.read_frame(self.proc.stdout)
+      try:
+        espeak_server.write_frame(self.proc.stdin, (text, voice, rate))
+        result = espeak_server.read_frame(self.proc.stdout)
+      except (EOFError, BrokenPipeError) as e:
+        _clients.pop(os.getpid(), None)  # The next call starts a new server.
+        raise RuntimeError(f"the espeak-ng server process exited ({e})") from e
     if isinstance(result, Exception):
       raise result
     return result
@@ -127,7 +131,6 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 160) -> Utterance:
 
 def _words(text: str, events, phonemes: tuple[Phoneme, ...]) -> tuple[Word, ...]:
   """Word spans: from the word event to the next word event or pause phoneme."""
-  data = text.encode("utf-8")
   word_events = [(pos / 1000.0, text_pos, length) for typ, pos, text_pos, length, _ in events
                  if typ == _EVENT_WORD]
   pause_starts = [p.start for p in phonemes if is_pause(p.name)]
@@ -136,7 +139,7 @@ def _words(text: str, events, phonemes: tuple[Phoneme, ...]) -> tuple[Word, ...]
   for i, (start, text_pos, length) in enumerate(word_events):
     end = word_events[i + 1][0] if i + 1 < len(word_events) else end_of_speech
     end = min([end] + [s for s in pause_starts if s > start])
-    # text_position is 1-based, counted in bytes of the UTF-8 input.
-    word = data[text_pos - 1:text_pos - 1 + length].decode("utf-8", "replace")
+    # text_position is 1-based, counted in characters of the input.
+    word = text[text_pos - 1:text_pos - 1 + length]
     words.append(Word(word, start, max(end, start)))
   return tuple(words)
