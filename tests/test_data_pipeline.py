@@ -188,6 +188,17 @@ def test_tfds_build_command_line_builds_the_module(tmp_path):
 
 
 @pytest.mark.slow
+def test_parallel_build_writes_the_same_data(tmp_path):
+  sizes = dict(resolution=32, num_frames=4, num_train=20, num_validation=0, num_test=0)
+  sources = [talking_faces.build(str(tmp_path / str(w)), num_workers=w, **sizes)
+             .as_data_source("train") for w in (0, 2)]
+  for a, b in zip(*sources):
+    assert a["caption"] == b["caption"]
+    np.testing.assert_array_equal(a["audio"], b["audio"])
+    np.testing.assert_array_equal(a["video"], b["video"])
+
+
+@pytest.mark.slow
 def test_building_200_examples_takes_well_under_a_minute(tmp_path):
   start = time.time()
   talking_faces.build(str(tmp_path), resolution=32, num_frames=16, num_train=200,

@@ -9,7 +9,11 @@ Writes array_record files (no TensorFlow needed); read them with
 or with custom sizes: `--config='{"resolution": 32, "num_frames": 16, "num_train": 200}'`,
 or from Python with `build(data_dir, resolution=32, num_frames=16, num_train=200, ...)`.
 """
+from concurrent import futures
 import dataclasses
+import functools
+import multiprocessing as mp
+import os
 
 from etils import epath
 import numpy as np
@@ -73,6 +77,10 @@ def make_example(config: TalkingFacesConfig, split: str, index: int
       seed=int(rng.integers(2 ** 31)))
 
 
+def _make_features(config: TalkingFacesConfig, split: str, index: int) -> dict:
+  return make_example(config, split, index).features()
+
+
 class TalkingFaces(tfds.core.GeneratorBasedBuilder):
   """Procedural talking faces saying English phrases with espeak-ng voices."""
 
@@ -127,14 +135,28 @@ class TalkingFaces(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split) for split in SPLIT_IDS
             if self.builder_config.num_examples(split) > 0}
 
+  def __init__(self, *, num_workers: int | None = None, **kwargs):
+    """`num_workers`: generator processes; default one per CPU, at most one per 500 clips."""
+    super().__init__(**kwargs)
+    self._num_workers = num_workers
+
   def _generate_examples(self, split: str):
-    for index in range(self.builder_config.num_examples(split)):
-      yield index, make_example(self.builder_config, split, index).features()
+    num = self.builder_config.num_examples(split)
+    workers = self._num_workers
+    if workers is None:
+      workers = min(os.cpu_count() or 1, num // 500)
+    make = functools.partial(_make_features, self.builder_config, split)
+    if workers <= 1:
+      yield from enumerate(map(make, range(num)))
+      return
+    # Spawned (not forked) workers: forking a process that runs JAX threads is unsafe.
+    with futures.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+      yield from enumerate(pool.map(make, range(num), chunksize=16))
 
 
 def get_builder(data_dir: str, resolution: int = 32, num_frames: int = 16,
                 num_train: int = 2000, num_validation: int = 200, num_test: int = 200,
-                seed: int = 0) -> TalkingFaces:
+                seed: int = 0, num_workers: int | None = None) -> TalkingFaces:
   """The builder for these settings (a predefined config when one matches, else custom)."""
   config = TalkingFacesConfig(resolution=resolution, num_frames=num_frames,
                               num_train=num_train, num_validation=num_validation,
@@ -143,13 +165,19 @@ def get_builder(data_dir: str, resolution: int = 32, num_frames: int = 16,
     if all(getattr(predefined, f) == getattr(config, f) for f in
            ("resolution", "num_frames", "num_train", "num_validation", "num_test", "seed")):
       config = predefined
-  return TalkingFaces(config=config, data_dir=data_dir, file_format="array_record")
+  return TalkingFaces(config=config, data_dir=data_dir, file_format="array_record",
+                      num_workers=num_workers)
 
 
 def build(data_dir: str, resolution: int = 32, num_frames: int = 16, num_train: int = 2000,
-          num_validation: int = 200, num_test: int = 200, seed: int = 0) -> TalkingFaces:
-  """Generates the dataset into `data_dir` (no-op if already there); returns the builder."""
+          num_validation: int = 200, num_test: int = 200, seed: int = 0,
+          num_workers: int | None = None) -> TalkingFaces:
+  """Generates the dataset into `data_dir` (no-op if already there); returns the builder.
+
+  `num_workers` generator processes (default: one per CPU, at most one per 500 clips of a
+  split); the data does not depend on it.
+  """
   builder = get_builder(data_dir, resolution, num_frames, num_train, num_validation,
-                        num_test, seed)
+                        num_test, seed, num_workers)
   builder.download_and_prepare()
   return builder
