@@ -18,6 +18,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gcm_jax.data import audio
@@ -143,18 +144,32 @@ class DataIterator:
 
 
 def _data_source(data_cfg: ml_collections.ConfigDict, split: str):
+  """The split's random-access source, generating the dataset first if allowed.
+
+  Multi-host: process 0 builds, all processes wait at a barrier; a process that still does
+  not see the data (host-local data_dir) builds its own identical copy.
+  """
   if data_cfg.name != "talking_faces":
     raise ValueError(f"unknown dataset {data_cfg.name!r}; only 'talking_faces' exists")
-  builder = talking_faces.get_builder(
-      data_cfg.data_dir, data_cfg.resolution, data_cfg.num_frames, data_cfg.num_train,
-      data_cfg.num_validation, data_cfg.num_test, data_cfg.dataset_seed)
+
+  def get_builder():
+    return talking_faces.get_builder(
+        data_cfg.data_dir, data_cfg.resolution, data_cfg.num_frames, data_cfg.num_train,
+        data_cfg.num_validation, data_cfg.num_test, data_cfg.dataset_seed)
+  builder = get_builder()
   if not builder.is_prepared():
     if not data_cfg.build_if_missing:
       raise FileNotFoundError(
           f"{builder.name}/{builder.builder_config.name} is not built in "
           f"{data_cfg.data_dir}; set config.data.build_if_missing or run "
           f"gcm_jax.data.talking_faces.build(...)")
-    builder.download_and_prepare()
+    if jax.process_index() == 0:
+      builder.download_and_prepare()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("gcm_jax.data.pipeline: dataset built")
+    builder = get_builder()
+    if not builder.is_prepared():
+      builder.download_and_prepare()
   return builder.as_data_source(split)
 
 
