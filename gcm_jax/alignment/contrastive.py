@@ -14,12 +14,14 @@ Every loss works in two settings:
 All losses return a float32 scalar and are differentiable wrt the embeddings (and the
 temperature). Shapes are checked eagerly with clear errors.
 """
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gcm_jax.models import encoders
 
 AxisName = Optional[Union[str, Sequence[str]]]
 
@@ -202,3 +204,48 @@ def siamese_loss(emb_1: jax.Array, emb_2: jax.Array, same: jax.Array, *, margin:
   y = same.astype(jnp.float32)
   terms = y * jnp.sum(diff * diff, axis=-1) + (1.0 - y) * jnp.maximum(margin - d, 0.0) ** 2
   return _psum(jnp.sum(terms), axis_name) / (2.0 * _psum(jnp.float32(emb_1.shape[0]), axis_name))
+
+
+class TextVideoCLIP(nn.Module):
+  """Contrastive text-video model behind the text-video alignment score.
+
+  Text tower: the repo's byte-token `TextEncoder` (gcm_jax/models/encoders.py), masked mean
+  pooling, Dense. Video tower: a conv net on the clip's mean frame (appearance: colors) stacked
+  with last-minus-first frame (head motion), global pooling, Dense. Both outputs are
+  L2-normalized; trained with `clip_loss` and the learnable `LogitScale`.
+  """
+  embed_dim: int = 64
+  text_width: int = 64
+  text_layers: int = 1
+  text_heads: int = 4
+  text_max_len: int = 160
+  video_widths: Sequence[int] = (32, 64)
+
+  def setup(self):
+    self.text_encoder = encoders.TextEncoder(self.text_width, self.text_layers, self.text_heads,
+                                             self.text_max_len)
+    self.text_proj = nn.Dense(self.embed_dim)
+    self.video_convs = [nn.Conv(w, (3, 3), strides=(2, 2)) for w in self.video_widths]
+    self.video_proj = nn.Dense(self.embed_dim)
+    self.logit_scale = LogitScale()
+
+  def embed_text(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """tokens int [B, L], mask bool [B, L] -> [B, D] unit embeddings."""
+    h = self.text_encoder(tokens, mask)
+    m = mask[..., None].astype(h.dtype)
+    pooled = jnp.sum(h * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    return l2_normalize(self.text_proj(pooled))
+
+  def embed_video(self, video: jax.Array) -> jax.Array:
+    """video [B, T, H, W, 3] in [-1, 1] -> [B, D] unit embeddings."""
+    if video.ndim != 5 or video.shape[-1] != 3:
+      raise ValueError(f"video must be [B, T, H, W, 3], got {tuple(video.shape)}")
+    x = jnp.concatenate([jnp.mean(video, axis=1), video[:, -1] - video[:, 0]], axis=-1)
+    for conv in self.video_convs:
+      x = nn.gelu(conv(x))
+    return l2_normalize(self.video_proj(jnp.mean(x, axis=(1, 2))))
+
+  def __call__(self, tokens: jax.Array, mask: jax.Array,
+               video: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns (text_emb [B, D], video_emb [B, D], logit_scale scalar)."""
+    return self.embed_text(tokens, mask), self.embed_video(video), self.logit_scale()

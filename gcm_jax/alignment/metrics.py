@@ -34,7 +34,7 @@ PDIST_EPS = 1e-6  # torch.nn.functional.pairwise_distance default.
 # open mouth in this RGB; its area in the lower half of the frame is ~ linear in the openness.
 MOUTH_INSIDE_RGB = (50, 10, 20)
 MOUTH_COLOR_TOL = 0.2          # max-abs color distance in [-1, 1] units (~25/255)
-AREA_PER_OPENNESS = 0.058      # lower-half area fraction per unit openness (fit on 32/64 px renders)
+AREA_PER_OPENNESS = 0.058      # lower-half area per unit openness (fit on 32/64 px renders)
 
 
 def calc_pdist(video_emb: jax.Array, audio_emb: jax.Array, vshift: int = VSHIFT) -> jax.Array:

@@ -9,9 +9,11 @@ Conventions (DESIGN.md, Wav2Lip `SyncNet_color`, syncnet_python):
 * Both towers end with Dense -> ReLU -> L2 normalization (Wav2Lip), so the cosine similarity of a
   pair lies in [0, 1] and is read as the probability that the pair is in sync.
 * The audio window of the 5-frame video window starting at frame t is `mel[:, t + a]`, where `mel`
-  is the pipeline's per-frame windows `[B, T, 16, 80]` and `a = audio_frame_offset` (config). The
-  data pipeline centers each frame's window on that frame (`gcm_jax.data.audio`), so the window of
-  frame t + 2, the middle of the 5 frames, covers the same 0.2 s as the video window: a = 2.
+  is the pipeline's per-frame windows `[B, T, 16, 80]` and
+  `a = frame_offset_for_alignment(alignment)`.
+  With 'center' alignment (`gcm_jax.data.audio.window_starts`, the pipeline default) the window of
+  frame t + 2, the middle of the 5 frames, covers the same 0.2 s as the video window: a = 2;
+  with Wav2Lip's 'start' alignment a = 0.
 """
 from typing import Sequence, Tuple, Union
 
@@ -211,3 +213,13 @@ def lipsync_weight_schedule(step: jax.Array, max_weight: float, start_step: int,
   if ramp_steps == 0:
     progress = jnp.where(progress >= 0, 1.0, 0.0)
   return max_weight * jnp.clip(progress, 0.0, 1.0)
+
+
+def frame_offset_for_alignment(mel_alignment: str) -> int:
+  """Offset from a 5-frame window's first frame to its mel window, given how the pipeline
+  aligns per-frame mel windows (`gcm_jax.data.audio.window_starts`): 'center' -> 2 (the window
+  of the middle frame spans the 5 frames), 'start' (Wav2Lip) -> 0."""
+  offsets = {"center": SYNC_FRAMES // 2, "start": 0}
+  if mel_alignment not in offsets:
+    raise ValueError(f"mel_alignment must be 'center' or 'start', got {mel_alignment!r}")
+  return offsets[mel_alignment]

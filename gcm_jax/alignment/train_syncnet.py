@@ -1,0 +1,342 @@
+"""Trains SyncNet and the text-video contrastive model on the synthetic talking faces.
+
+  python -m gcm_jax.alignment.train_syncnet --config=configs/syncnet.py --workdir=/tmp/syncnet
+
+Clips come from the data module's one-example generator
+(`gcm_jax.data.talking_faces.generate_example`, train / validation splits: disjoint phrases and
+voices) converted to the pipeline's batch conventions (video in [-1, 1], per-frame 16-frame mel
+windows, byte-tokenized caption). SyncNet sees in-sync pairs (a 5-frame lower-face window and its
+audio window) and off-sync pairs (the audio window of the same clip shifted by
+`min_shift..max_shift` frames), trained with Wav2Lip's cosine-BCE plus an optional InfoNCE term
+with in-batch negatives. Writes to `workdir`: `syncnet.msgpack` (SyncNet variables, load with
+`load_syncnet`), `text_video.msgpack`, `report.json` (held-out metrics).
+"""
+import functools
+import json
+import os
+import time
+from typing import Any, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app
+from absl import flags
+from absl import logging
+from flax import serialization
+from flax.training import train_state
+from ml_collections import config_flags
+
+from gcm_jax.alignment import contrastive
+from gcm_jax.alignment import metrics
+from gcm_jax.alignment import syncnet as syncnet_lib
+from gcm_jax.data import audio
+from gcm_jax.data.talking_faces import captions
+from gcm_jax.data.talking_faces import corpus
+from gcm_jax.data.talking_faces import generate_example
+from gcm_jax.models import tokenizer
+
+Batch = Dict[str, np.ndarray]
+SYNCNET_FILE = "syncnet.msgpack"
+TEXT_VIDEO_FILE = "text_video.msgpack"
+REPORT_FILE = "report.json"
+
+
+def make_clips(split: str, num_clips: int, num_frames: int, resolution: int,
+               mel_alignment: str, text_max_len: int, seed: int) -> Batch:
+  """Generates `num_clips` clips of a split in the pipeline's conventions.
+
+  Returns:
+    {'video': float32 [N, T, R, R, 3] in [-1, 1], 'mel': float32 [N, T, 16, 80],
+     'mouth_open': float32 [N, T], 'text_tokens': int32 [N, L], 'text_mask': bool [N, L]}.
+  """
+  phrases, voices = corpus.SPLITS[split]
+  rng = np.random.default_rng(seed)
+  out = {"video": [], "mel": [], "mouth_open": [], "text_tokens": []}
+  for _ in range(num_clips):
+    ex = generate_example(
+        phrases[rng.integers(len(phrases))], captions.sample_attributes(rng),
+        voice=voices[rng.integers(len(voices))], rate=int(rng.choice(corpus.RATES)),
+        resolution=resolution, num_frames=num_frames, seed=int(rng.integers(2**31)))
+    out["video"].append(ex.video.astype(np.float32) / 127.5 - 1.0)
+    out["mel"].append(audio.frame_windows(audio.melspectrogram(ex.audio), num_frames,
+                                          syncnet_lib.MEL_FRAMES, mel_alignment))
+    out["mouth_open"].append(ex.mouth_open)
+    out["text_tokens"].append(tokenizer.encode(ex.caption, text_max_len))
+  clips = {k: np.stack(v) for k, v in out.items()}
+  clips["text_mask"] = tokenizer.padding_mask(clips["text_tokens"])
+  return clips
+
+
+def _negative_starts(starts: np.ndarray, num_windows: int, min_shift: int, max_shift: int,
+                     rng: np.random.Generator) -> np.ndarray:
+  """For each start, a different window start of the same clip at |shift| in [min, max]."""
+  out = np.empty_like(starts)
+  for i, s in enumerate(starts):
+    cand = np.arange(num_windows)
+    cand = cand[(np.abs(cand - s) >= min_shift) & (np.abs(cand - s) <= max_shift)]
+    if cand.size == 0:
+      raise ValueError(f"no off-sync window with shift in [{min_shift}, {max_shift}] for "
+                       f"{num_windows} windows; use longer clips")
+    out[i] = rng.choice(cand)
+  return out
+
+
+def make_pairs(clips: Batch, clip_idx: np.ndarray, starts: np.ndarray, neg_starts: np.ndarray,
+               frame_offset: int) -> Batch:
+  """SyncNet inputs for windows (clip_idx[b], starts[b]).
+
+  Returns:
+    {'frames': [B, 5, h, W, 3] lower halves, 'mel_pos': [B, 16, 80] the matching audio window,
+     'mel_neg': [B, 16, 80] the audio window starting at neg_starts[b] (off-sync)}.
+  """
+  frame_idx = starts[:, None] + np.arange(syncnet_lib.SYNC_FRAMES)
+  frames = clips["video"][clip_idx[:, None], frame_idx]
+  return {"frames": np.asarray(syncnet_lib.lower_half(frames)),
+          "mel_pos": clips["mel"][clip_idx, starts + frame_offset],
+          "mel_neg": clips["mel"][clip_idx, neg_starts + frame_offset]}
+
+
+def sample_sync_batch(clips: Batch, batch_size: int, min_shift: int, max_shift: int,
+                      frame_offset: int, rng: np.random.Generator) -> Batch:
+  """Random in-sync / off-sync pairs (one of each per row) from random clips and windows."""
+  num_clips, num_frames = clips["video"].shape[:2]
+  num_windows = num_frames - syncnet_lib.SYNC_FRAMES + 1
+  clip_idx = rng.integers(num_clips, size=batch_size)
+  starts = rng.integers(num_windows, size=batch_size)
+  neg = _negative_starts(starts, num_windows, min_shift, max_shift, rng)
+  return make_pairs(clips, clip_idx, starts, neg, frame_offset)
+
+
+def build_syncnet(config: ml_collections.ConfigDict) -> syncnet_lib.SyncNet:
+  """SyncNet from `config.model` and `config.data.resolution`."""
+  res = config.data.resolution
+  return syncnet_lib.SyncNet(image_size=(res, res), embed_dim=config.model.embed_dim,
+                             visual_widths=tuple(config.model.visual_widths),
+                             audio_widths=tuple(config.model.audio_widths))
+
+
+def build_text_video(config: ml_collections.ConfigDict) -> contrastive.TextVideoCLIP:
+  tv = config.text_video
+  return contrastive.TextVideoCLIP(embed_dim=tv.embed_dim, text_width=tv.text_width,
+                                   text_layers=tv.text_layers, text_heads=tv.text_heads,
+                                   text_max_len=config.data.text_max_len,
+                                   video_widths=tuple(tv.video_widths))
+
+
+def _optimizer(lr: float, warmup: int, steps: int, weight_decay: float):
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.05)
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def create_sync_state(config: ml_collections.ConfigDict, key: jax.Array) -> train_state.TrainState:
+  """TrainState with params {'syncnet': SyncNet params, 'temperature': LogitScale params}."""
+  model = build_syncnet(config)
+  res = config.data.resolution
+  k1, k2 = jax.random.split(key)
+  params = {
+      "syncnet": model.init(k1, jnp.zeros((1, syncnet_lib.SYNC_FRAMES, res - res // 2, res, 3)),
+                            jnp.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS)))["params"],
+      "temperature": contrastive.LogitScale().init(k2)["params"],
+  }
+  tx = _optimizer(config.train.learning_rate, config.train.warmup_steps, config.train.num_steps,
+                  config.train.weight_decay)
+  return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def sync_loss(params: Dict[str, Any], model: syncnet_lib.SyncNet, batch: Batch,
+              infonce_weight: float) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """Wav2Lip cosine-BCE on in-sync (label 1) and off-sync (label 0) pairs + w * InfoNCE.
+
+  Args:
+    params: {'syncnet': ..., 'temperature': ...}.
+    batch: from `sample_sync_batch` (frames [B, 5, h, W, 3], mel_pos / mel_neg [B, 16, 80]).
+  Returns:
+    (loss, metrics: loss, bce, infonce, acc = pair classification accuracy at cos 0.5).
+  """
+  variables = {"params": params["syncnet"]}
+  v, a_pos = model.apply(variables, batch["frames"], batch["mel_pos"])
+  a_neg = model.apply(variables, batch["mel_neg"], method=syncnet_lib.SyncNet.embed_audio)
+  cos_pos, cos_neg = jnp.sum(v * a_pos, -1), jnp.sum(v * a_neg, -1)
+  bce = 0.5 * (jnp.mean(syncnet_lib.sync_bce(cos_pos, 1.0)) +
+               jnp.mean(syncnet_lib.sync_bce(cos_neg, 0.0)))
+  scale = contrastive.LogitScale().apply({"params": params["temperature"]})
+  nce = contrastive.clip_loss(v, a_pos, scale, normalize=False)
+  acc = 0.5 * (jnp.mean(cos_pos > 0.5) + jnp.mean(cos_neg <= 0.5))
+  loss = bce + infonce_weight * nce
+  return loss, {"loss": loss, "bce": bce, "infonce": nce, "acc": acc, "logit_scale": scale}
+
+
+def sync_train_step(state: train_state.TrainState, batch: Batch, *, model: syncnet_lib.SyncNet,
+                    infonce_weight: float) -> Tuple[train_state.TrainState, Dict[str, jax.Array]]:
+  """One pure SyncNet optimization step (jit with `model`, `infonce_weight` bound)."""
+  grads, out = jax.grad(sync_loss, has_aux=True)(state.params, model, batch, infonce_weight)
+  return state.apply_gradients(grads=grads), out
+
+
+def evaluate_sync(model: syncnet_lib.SyncNet, variables: Any, clips: Batch,
+                  config: ml_collections.ConfigDict, seed: int) -> Dict[str, float]:
+  """Held-out SyncNet metrics.
+
+  * sync_acc: balanced in-sync vs off-sync classification (cos > 0.5) over every window of
+    every clip, one off-sync partner per window (shift in [min_shift, max_shift]).
+  * LSE-D / LSE-C / offset (syncnet_python) on the clips, and `offset_acc_k<k>`: fraction of
+    clips whose measured offset is exactly -k after delaying the audio by k frames.
+  """
+  frame_offset = syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment)
+  rng = np.random.default_rng(seed)
+  num_clips, num_frames = clips["video"].shape[:2]
+  num_windows = num_frames - syncnet_lib.SYNC_FRAMES + 1
+  clip_idx = np.repeat(np.arange(num_clips), num_windows)
+  starts = np.tile(np.arange(num_windows), num_clips)
+  neg = _negative_starts(starts, num_windows, config.train.min_shift, config.train.max_shift, rng)
+  batch = make_pairs(clips, clip_idx, starts, neg, frame_offset)
+  embed_audio = functools.partial(model.apply, method=syncnet_lib.SyncNet.embed_audio)
+  embed = jax.jit(lambda f, a, n: (*model.apply(variables, f, a), embed_audio(variables, n)))
+  cos_pos, cos_neg = [], []
+  for i in range(0, len(clip_idx), 512):
+    v, a, n = embed(batch["frames"][i:i + 512], batch["mel_pos"][i:i + 512],
+                    batch["mel_neg"][i:i + 512])
+    cos_pos.append(np.sum(v * a, -1))
+    cos_neg.append(np.sum(v * n, -1))
+  cos_pos, cos_neg = np.concatenate(cos_pos), np.concatenate(cos_neg)
+  report = {"sync_acc": float(0.5 * (np.mean(cos_pos > 0.5) + np.mean(cos_neg <= 0.5))),
+            "cos_in_sync": float(cos_pos.mean()), "cos_off_sync": float(cos_neg.mean()),
+            "num_pairs": int(2 * len(cos_pos))}
+  lse = jax.jit(lambda v, m: metrics.lse_metrics(
+      model, variables, v, m, audio_frame_offset=frame_offset, vshift=config.eval.vshift))
+  video, mel = jnp.asarray(clips["video"]), jnp.asarray(clips["mel"])
+  for k in (0, *config.eval.audio_shifts):
+    out = lse(video, metrics.shift_mel_windows(mel, k))
+    suffix = "" if k == 0 else f"_k{k}"
+    report[f"lse_d{suffix}"] = float(jnp.mean(out["lse_d"]))
+    report[f"lse_c{suffix}"] = float(jnp.mean(out["lse_c"]))
+    report[f"offset_acc{suffix}"] = float(jnp.mean(out["offset"] == -k))
+    report[f"offset_median{suffix}"] = float(jnp.median(out["offset"]))
+  return report
+
+
+def create_text_video_state(config: ml_collections.ConfigDict,
+                            key: jax.Array) -> train_state.TrainState:
+  model = build_text_video(config)
+  tv, length = config.text_video, config.data.text_max_len
+  variables = model.init(key, jnp.ones((1, length), jnp.int32), jnp.ones((1, length), bool),
+                         jnp.zeros((1, 2, config.data.resolution, config.data.resolution, 3)))
+  tx = _optimizer(tv.learning_rate, tv.warmup_steps, tv.num_steps, config.train.weight_decay)
+  return train_state.TrainState.create(apply_fn=model.apply, params=nn.unbox(variables["params"]),
+                                       tx=tx)
+
+
+def text_video_train_step(state: train_state.TrainState, batch: Batch, *,
+                          model: contrastive.TextVideoCLIP
+                          ) -> Tuple[train_state.TrainState, Dict[str, jax.Array]]:
+  """One pure CLIP step on (caption tokens, clip) pairs."""
+  def loss_fn(params):
+    t, v, scale = model.apply({"params": params}, batch["text_tokens"], batch["text_mask"],
+                              batch["video"])
+    loss = contrastive.clip_loss(t, v, scale, normalize=False)
+    return loss, {"loss": loss, "acc": contrastive.clip_accuracy(t, v), "logit_scale": scale}
+  grads, out = jax.grad(loss_fn, has_aux=True)(state.params)
+  return state.apply_gradients(grads=grads), out
+
+
+def evaluate_text_video(model: contrastive.TextVideoCLIP, params: Any,
+                        clips: Batch) -> Dict[str, float]:
+  """Held-out text-video score (`metrics.text_video_score`) for matched vs mismatched captions
+  (captions rolled by one clip) and text->video top-1 retrieval accuracy within chunks of 32
+  clips (or all clips if fewer)."""
+  apply = jax.jit(lambda tok, m, v: model.apply({"params": params}, tok, m, v)[:2])
+  t, v = apply(clips["text_tokens"], clips["text_mask"], clips["video"])
+  matched = metrics.text_video_score(t, v)
+  mismatched = metrics.text_video_score(jnp.roll(t, 1, axis=0), v)
+  chunk = min(32, len(t))
+  acc = [float(contrastive.clip_accuracy(t[i:i + chunk], v[i:i + chunk]))
+         for i in range(0, len(t) - chunk + 1, chunk)]
+  return {"text_video_score_matched": float(matched.mean()),
+          "text_video_score_mismatched": float(mismatched.mean()),
+          "text_video_top1_acc": float(np.mean(acc))}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+  """Trains both models, writes them and `report.json` into `workdir`, returns the report."""
+  os.makedirs(workdir, exist_ok=True)
+  d = config.data
+  t0 = time.time()
+  train = make_clips("train", d.num_train_clips, d.num_frames, d.resolution, d.mel_alignment,
+                     d.text_max_len, config.seed)
+  val = make_clips("validation", d.num_eval_clips, d.eval_num_frames, d.resolution,
+                   d.mel_alignment, d.text_max_len, config.seed + 1)
+  logging.info("generated %d train / %d validation clips in %.1fs", d.num_train_clips,
+               d.num_eval_clips, time.time() - t0)
+  key_sync, key_tv = jax.random.split(jax.random.PRNGKey(config.seed))
+  rng = np.random.default_rng(config.seed)
+
+  model = build_syncnet(config)
+  state = create_sync_state(config, key_sync)
+  step_fn = jax.jit(functools.partial(sync_train_step, model=model,
+                                      infonce_weight=config.train.infonce_weight), donate_argnums=0)
+  frame_offset = syncnet_lib.frame_offset_for_alignment(d.mel_alignment)
+  t0 = time.time()
+  for step in range(1, config.train.num_steps + 1):
+    batch = sample_sync_batch(train, config.train.batch_size, config.train.min_shift,
+                              config.train.max_shift, frame_offset, rng)
+    state, out = step_fn(state, batch)
+    if step % config.train.log_every == 0 or step == config.train.num_steps:
+      logging.info("syncnet step %d: %s (%.1fs)", step,
+                   {k: round(float(v), 4) for k, v in out.items()}, time.time() - t0)
+  variables = {"params": state.params["syncnet"]}
+  with open(os.path.join(workdir, SYNCNET_FILE), "wb") as f:
+    f.write(serialization.to_bytes(variables))
+  report = {"syncnet_train_seconds": time.time() - t0}
+  report.update(evaluate_sync(model, variables, val, config, config.seed + 2))
+  logging.info("syncnet held-out: %s", report)
+
+  if config.text_video.num_steps > 0:
+    tv_model = build_text_video(config)
+    tv_state = create_text_video_state(config, key_tv)
+    tv_step = jax.jit(functools.partial(text_video_train_step, model=tv_model), donate_argnums=0)
+    keys = ("video", "text_tokens", "text_mask")
+    for step in range(1, config.text_video.num_steps + 1):
+      idx = rng.choice(d.num_train_clips, config.text_video.batch_size, replace=False)
+      tv_state, out = tv_step(tv_state, {k: train[k][idx] for k in keys})
+      if step % config.train.log_every == 0 or step == config.text_video.num_steps:
+        logging.info("text-video step %d: %s", step,
+                     {k: round(float(v), 4) for k, v in out.items()})
+    with open(os.path.join(workdir, TEXT_VIDEO_FILE), "wb") as f:
+      f.write(serialization.to_bytes({"params": tv_state.params}))
+    report.update(evaluate_text_video(tv_model, tv_state.params, val))
+
+  with open(os.path.join(workdir, REPORT_FILE), "w") as f:
+    json.dump({"report": report, "config": config.to_dict()}, f, indent=2, default=str)
+  logging.info("report: %s", json.dumps(report, indent=2))
+  return report
+
+
+def load_syncnet(config: ml_collections.ConfigDict,
+                 workdir: str) -> Tuple[syncnet_lib.SyncNet, Dict[str, Any]]:
+  """(SyncNet, frozen variables) trained by `train_and_evaluate` with the same config, ready
+  for `syncnet.lipsync_loss` and `metrics.lse_metrics`."""
+  model = build_syncnet(config)
+  res = config.data.resolution
+  template = model.init(jax.random.PRNGKey(0),
+                        jnp.zeros((1, syncnet_lib.SYNC_FRAMES, res - res // 2, res, 3)),
+                        jnp.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS)))
+  with open(os.path.join(workdir, SYNCNET_FILE), "rb") as f:
+    return model, serialization.from_bytes(template, f.read())
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/syncnet.py", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
+
+
+def main(argv):
+  del argv
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
