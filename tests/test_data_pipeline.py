@@ -146,7 +146,20 @@ def test_finite_epoch_pads_the_last_batch_and_drops_nothing(data_dir, mesh):
   assert (np.asarray(batches[0]["text_tokens"])[~mask] == 0).all()
 
 
-def test_hosts_read_disjoint_shards(data_dir, mesh):
+def test_hosts_read_disjoint_shards_in_lockstep(data_dir, mesh):
+  # 6 validation examples over 4 hosts: shards of 2, 2, 1, 1; 5 epochs = 10 or 5 records,
+  # 8 per host batch: hosts 2 and 3 run out after 1 batch and pad a second one.
+  cfg = _config(data_dir, batch_size=32)
+  counts, rows = [], []
+  for host in range(4):
+    batches = list(pipeline.make_dataset(cfg, "validation", mesh, num_epochs=5,
+                                         process_index=host, process_count=4))
+    assert len(batches) == 2
+    masks = [np.asarray(b["mask"]) for b in batches]
+    counts.append(sum(int(m.sum()) for m in masks))
+    rows.append({a.tobytes() for b, m in zip(batches, masks) for a in np.asarray(b["audio"])[m]})
+  assert counts == [10, 10, 5, 5]
+  assert [len(r) for r in rows] == [2, 2, 1, 1] and len(set.union(*rows)) == 6
   cfg = _config(data_dir, batch_size=16)
   seen = []
   for host in range(2):

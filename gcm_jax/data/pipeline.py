@@ -2,8 +2,8 @@
 
 `make_dataset(config, split, mesh)` returns a `DataIterator` whose `next()` is a dict of
 global `jax.Array`s sharded along the batch axis over `batch_axes` of the mesh (see
-docs/data.md for keys and shapes). Each JAX process reads a disjoint shard of the records
-(grain `ShardOptions(process_index, process_count)`), preprocesses them on the CPU (log-mel
+docs/data.md for keys and shapes). Each JAX process reads a disjoint contiguous shard of the records
+(`HostShard`), shuffles it with grain, preprocesses them on the CPU (log-mel
 windows, text tokens, video to [-1, 1]) and batches `batch_size / process_count` of them;
 `jax.make_array_from_process_local_data` assembles the global batch.
 
@@ -116,8 +116,39 @@ def batch_sharding(mesh: Mesh, batch_axes: Sequence[str]) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(axes))
 
 
+class HostShard:
+  """This host's contiguous slice of a random-access source (the first `n % count` hosts get
+  one extra record), so every record belongs to exactly one host."""
+
+  def __init__(self, source, process_index: int, process_count: int):
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    n = len(source)
+    if n < process_count:
+      raise ValueError(f"{n} records cannot be split over {process_count} processes")
+    self._source = source
+    self._start = process_index * (n // process_count) + min(process_index, n % process_count)
+    self._len = n // process_count + (process_index < n % process_count)
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __repr__(self) -> str:  # Stable: grain checks it when restoring iterator state.
+    return f"HostShard({self._source!r}, start={self._start}, len={self._len})"
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < self._len:
+      raise IndexError(f"record {index} out of range [0, {self._len})")
+    return self._source[self._start + index]
+
+
 class DataIterator:
-  """Iterator of global batches with grain-compatible `get_state` / `set_state`."""
+  """Iterator of global batches with grain-compatible `get_state` / `set_state`.
+
+  With `num_batches` set (finite iteration) every host yields exactly that many batches:
+  a host whose shard runs out first yields all-padding batches (mask False), so hosts stay
+  in lockstep.
+  """
 
   def __init__(self, loader: grain.DataLoader, sharding: NamedSharding, local_batch: int,
                num_batches: int | None):
@@ -125,14 +156,28 @@ class DataIterator:
     self._sharding = sharding
     self._local_batch = local_batch
     self.num_batches = num_batches  # Batches until exhaustion; None if infinite.
+    self._yielded = 0
+    self._template: dict[str, np.ndarray] | None = None
 
   def __iter__(self) -> "DataIterator":
     return self
 
+  def _next_local(self) -> dict[str, np.ndarray]:
+    if self.num_batches is not None and self._yielded >= self.num_batches:
+      raise StopIteration
+    try:
+      local = _pad_batch(next(self._iterator), self._local_batch)
+    except StopIteration:
+      if self.num_batches is None or self._template is None:
+        raise
+      local = {k: np.zeros_like(v) for k, v in self._template.items()}
+    self._template = local
+    self._yielded += 1
+    return local
+
   def __next__(self) -> dict[str, jax.Array]:
-    local = _pad_batch(next(self._iterator), self._local_batch)
     return {k: jax.make_array_from_process_local_data(self._sharding, v)
-            for k, v in local.items()}
+            for k, v in self._next_local().items()}
 
   def get_state(self) -> bytes:
     """Serialized position (JSON bytes); save it with the model checkpoint."""
@@ -187,7 +232,8 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
     batch_axes: mesh axes of the batch dimension (names absent from the mesh are skipped).
     seed: shuffling seed.
     num_epochs: None = repeat forever (training); an int = that many passes, the last batch
-      zero-padded with 'mask' False so no example is dropped (evaluation).
+      zero-padded with 'mask' False so no example is dropped (evaluation); every host then
+      yields the same number of batches (`DataIterator.num_batches`).
     shuffle: defaults to `config.data.shuffle` for 'train', False otherwise.
     process_index, process_count: this host's shard; default `jax.process_index()` /
       `jax.process_count()` (overridable to test multi-host sharding on one host).
@@ -210,19 +256,16 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
   source = _data_source(data_cfg, split)
   if shuffle is None:
     shuffle = split == "train" and data_cfg.shuffle
-  shard_options = grain.sharding.ShardOptions(process_index, process_count,
-                                              drop_remainder=num_epochs is None)
-  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options,
-                                        shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  shard = HostShard(source, process_index, process_count)
+  sampler = grain.samplers.IndexSampler(num_records=len(shard), shuffle=shuffle,
+                                        num_epochs=num_epochs, seed=seed)
   loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
+      data_source=shard, sampler=sampler, shard_options=grain.sharding.NoSharding(),
       operations=[_Preprocess(data_cfg.mel_window, data_cfg.mel_alignment,
                               data_cfg.text_max_len),
                   grain.transforms.Batch(local_batch, drop_remainder=num_epochs is None)],
       worker_count=data_cfg.worker_count)
   num_batches = None
-  if num_epochs is not None:
-    # grain's even split without drop_remainder: the first n % count shards get one extra.
-    num_local = len(source) // process_count + (process_index < len(source) % process_count)
-    num_batches = -(-num_epochs * num_local // local_batch)
+  if num_epochs is not None:  # The same on every host: the largest shard's batch count.
+    num_batches = -(-num_epochs * -(-len(source) // process_count) // local_batch)
   return DataIterator(loader, sharding, local_batch, num_batches)
