@@ -17,12 +17,14 @@ from gcm_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gcm_jax_tiny", "Checkpoints, logs, samples.")
+_STOP_AT = flags.DEFINE_integer("stop_at_step", None,
+                                "End this run at that step (checkpointed); rerun to resume.")
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  trainer.train(_CONFIG.value, _WORKDIR.value)
+  trainer.train(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from the newest checkpoint in `workdir`), and runs the jitted train step.
 """
 import functools
 import os
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -111,8 +111,13 @@ def write_samples(config: ml_collections.ConfigDict, state: state_lib.TrainState
   return paths
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
-  """Trains (or resumes) the model described by `config`; returns the final state."""
+def train(config: ml_collections.ConfigDict, workdir: str,
+          stop_at_step: Optional[int] = None) -> state_lib.TrainState:
+  """Trains (or resumes) the model described by `config`; returns the final state.
+
+  `stop_at_step` ends this run early (checkpointing there) without changing the
+  learning-rate schedule, e.g. to fit a job into a fixed time slot; rerunning resumes.
+  """
   from gcm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   mesh_lib.initialize_distributed(config.distributed)
   config = _resolve_data_dir(config, workdir)
@@ -130,24 +135,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   writer = metrics_lib.MetricWriter(workdir)
   start = int(state.step)
   num_steps = config.train.num_steps
+  last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
   batch = None
   with tqdm.tqdm(total=num_steps, initial=start, desc="train",
                  disable=jax.process_index() != 0) as progress:
-    for step in range(start + 1, num_steps + 1):
+    for step in range(start + 1, last_step + 1):
       batch = next(data)
       state, metrics = train_step(state, batch)
-      if step % config.log.every_steps == 0 or step == num_steps:
+      if step % config.log.every_steps == 0 or step == last_step:
         metrics = jax.device_get(metrics)
         writer.write_scalars(step, metrics)
         progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-      checkpointer.maybe_save(step, state, _data_state(data), force=step == num_steps)
+      checkpointer.maybe_save(step, state, _data_state(data), force=step == last_step)
       every = config.log.sample_every_steps
-      if every and step % every == 0:
+      if every and step % every == 0 and config.log.num_samples:
         write_samples(config, state, batch, workdir, step)
       progress.update(1)
   checkpointer.close()
-  if batch is not None:
-    for path in write_samples(config, state, batch, workdir, num_steps):
+  if batch is not None and config.log.num_samples:
+    for path in write_samples(config, state, batch, workdir, last_step):
       print(f"sample: {path}")
   writer.close()
   return state

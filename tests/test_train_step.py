@@ -1,0 +1,91 @@
+"""Train step and state: sharding invariance, FSDP memory, non-finite skipping, mesh errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gcm_jax.parallel import mesh as mesh_lib
+from gcm_jax.train import state as state_lib
+from gcm_jax.train import trainer
+from tests import train_utils
+
+
+def _run_steps(config, mesh_shape, num_steps=2, devices=None):
+  config.mesh.shape = mesh_shape
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  state, shardings = trainer.init_state(config, mesh)
+  step = trainer.compile_train_step(config, mesh, shardings)
+  losses = []
+  for i in range(num_steps):
+    batch = jax.device_put(train_utils.synthetic_batch(config, seed=i),
+                           mesh_lib.batch_sharding(mesh))
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+def test_one_device_and_eight_devices_agree():
+  """Same loss and params (atol 2e-5) on 1 device and on data x fsdp x tensor = 2 x 2 x 2."""
+  assert len(jax.devices()) == 8
+  config = train_utils.micro_config()
+  ref_state, ref_losses = _run_steps(config, dict(data=1, fsdp=1, tensor=1),
+                                     devices=jax.devices()[:1])
+  state, losses = _run_steps(train_utils.micro_config(), dict(data=2, fsdp=2, tensor=2))
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5),
+               state.params, ref_state.params)
+  assert ref_losses[0] > 0 and np.isfinite(ref_losses).all()
+
+
+def test_fsdp_shards_parameters():
+  """With fsdp=8 each device holds about 1/8 of the parameter bytes (at most 20%)."""
+  config = train_utils.micro_config()
+  config.mesh.shape = dict(data=1, fsdp=8, tensor=1)
+  state, _ = trainer.init_state(config, mesh_lib.make_mesh(config.mesh))
+  leaves = jax.tree.leaves(state.params)
+  total = sum(x.nbytes for x in leaves)
+  device0 = jax.devices()[0]
+  on_device0 = sum(s.data.nbytes for x in leaves for s in x.addressable_shards
+                   if s.device == device0)
+  assert on_device0 <= 0.2 * total, (on_device0, total)
+  opt_leaves = jax.tree.leaves(state.opt_state)
+  opt_total = sum(x.nbytes for x in opt_leaves)
+  opt_device0 = sum(s.data.nbytes for x in opt_leaves for s in x.addressable_shards
+                    if s.device == device0)
+  assert opt_device0 <= 0.2 * opt_total
+
+
+def test_non_finite_gradients_skip_update_and_are_counted():
+  config = train_utils.micro_config()
+  config.train.warmup_steps = 0
+  params = {"w": jnp.ones((3, 3)), "b": jnp.zeros((3,))}
+  optimizer = state_lib.make_optimizer(config.train)
+  state = state_lib.create_state(params, optimizer)
+  bad = {"w": jnp.full((3, 3), jnp.nan), "b": jnp.ones((3,))}
+  new = state_lib.apply_gradients(state, bad, optimizer, ema_decay=0.9)
+  jax.tree.map(np.testing.assert_array_equal, new.params, params)
+  jax.tree.map(np.testing.assert_array_equal, new.ema_params, params)
+  assert int(state_lib.skipped_steps(new)) == 1 and int(new.step) == 1
+  good = {"w": jnp.ones((3, 3)), "b": jnp.ones((3,))}
+  newer = state_lib.apply_gradients(new, good, optimizer, ema_decay=0.9)
+  assert int(state_lib.skipped_steps(newer)) == 1
+  assert np.abs(np.asarray(newer.params["w"]) - 1.0).max() > 0
+  # EMA moved 10% of the way towards the new params.
+  np.testing.assert_allclose(newer.ema_params["w"], 0.9 + 0.1 * newer.params["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, message", [
+    (dict(data=3), "needs 3 devices but 8 are available"),
+    (dict(data=-1, fsdp=3), "do not divide the 8 available devices"),
+    (dict(data=-1, fsdp=-1), "at most one mesh axis may be -1"),
+    (dict(data=2, pipeline=4), "unknown mesh axes"),
+    (dict(data=0, fsdp=-1), "must be positive"),
+])
+def test_bad_mesh_shapes_raise_clear_errors(shape, message):
+  with pytest.raises(ValueError, match=message):
+    mesh_lib.make_mesh(dict(shape=shape))
+
+
+def test_mesh_fills_remaining_axis():
+  mesh = mesh_lib.make_mesh(dict(shape=dict(data=-1, fsdp=2, tensor=2)))
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
