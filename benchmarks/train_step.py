@@ -1,0 +1,57 @@
+"""Train-step benchmark: time, cost-analysis FLOPs, achieved FLOP/s vs a same-run matmul ceiling.
+
+One row per (config, compute dtype): the full jitted train step (forward, backward,
+AdamW, EMA, state donated) on one device with a synthetic batch. Time is the median of
+`--repeats` steps, each interleaved with a float32 2048^3 matmul (the ceiling), after
+one warm-up step. See benchmarks/common.py for the tiny / base configs.
+
+  cd /work/main && /work/venv/bin/python -m benchmarks.train_step \
+      [--rows tiny:float32,base:float32,base:bfloat16] [--repeats 5]
+"""
+import argparse
+from typing import Optional
+
+import jax
+
+from benchmarks import common
+
+
+def measure(config_name: str, dtype: str, repeats: int,
+            ceiling: Optional[common.Ceiling] = None) -> dict[str, float]:
+  """Compiles and times one train step of `config_name` with compute `dtype`.
+
+  Returns `common.measure_against_ceiling`'s fields plus 'params' (parameter count) and
+  'tokens' (video tokens per step, B * T * N).
+  """
+  config = common.benchmark_config(config_name, dtype=dtype)
+  bench = common.TrainStepBench(config)
+  result = common.measure_against_ceiling(bench.step, bench.flops, repeats, ceiling)
+  result["params"] = float(sum(x.size for x in jax.tree.leaves(bench.state.params)))
+  n = (config.data.resolution // config.model.patch_size) ** 2
+  result["tokens"] = float(config.data.batch_size * config.data.num_frames * n)
+  return result
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--rows", default="tiny:float32,base:float32,base:bfloat16",
+                      help="comma-separated config:dtype pairs")
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  ceiling = common.matmul_ceiling_fn()
+  rows = []
+  for spec in args.rows.split(","):
+    name, dtype = spec.split(":")
+    r = measure(name, dtype, args.repeats, ceiling)
+    rows.append([name, dtype, f"{r['params'] / 1e6:.2f}M", int(r["tokens"]),
+                 f"{r['seconds'] * 1e3:.1f}", common.gflops(r["flops"]),
+                 common.gflops(r["flop_per_s"]), common.gflops(r["ceiling_flop_per_s"]),
+                 f"{100 * r['ratio']:.1f}%"])
+  print(f"train step, median of {args.repeats} ({common.environment_line()})")
+  print(common.format_table(
+      ["config", "dtype", "params", "tokens/step", "ms/step", "GFLOP/step",
+       "achieved GFLOP/s", "matmul ceiling GFLOP/s", "ratio"], rows))
+
+
+if __name__ == "__main__":
+  main()
