@@ -95,6 +95,19 @@ class DiTBlock(nn.Module):
     return x
 
 
+def patchify(x: Array, patch_size: int) -> Array:
+  """`[B, T, H, W, C]` -> non-overlapping patches `[B, T, (H/p)(W/p), p*p*C]` (row-major)."""
+  p = patch_size
+  return einops.rearrange(x, "b t (gh p1) (gw p2) c -> b t (gh gw) (p1 p2 c)", p1=p, p2=p)
+
+
+def unpatchify(patches: Array, grid_h: int, patch_size: int) -> Array:
+  """Inverse of `patchify`: `[B, T, N, p*p*C]` -> `[B, T, H, W, C]`."""
+  p = patch_size
+  return einops.rearrange(patches, "b t (gh gw) (p1 p2 c) -> b t (gh p1) (gw p2) c",
+                          gh=grid_h, p1=p, p2=p)
+
+
 def _check_inputs(x: Array, t: Array, cond: Mapping[str, Array], in_channels: int,
                   patch_size: int) -> None:
   """Raises ValueError naming the offending input when shapes/dtypes are wrong."""
@@ -175,43 +188,54 @@ class STDiT(nn.Module):
     pooled = (text * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
     return text, text_mask, pooled, audio
 
-  @nn.compact
-  def __call__(self, x: Array, t: Array, cond: Mapping[str, Array]) -> Array:
-    _check_inputs(x, t, cond, self.in_channels, self.patch_size)
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, "
-                       f"got {self.remat_policy!r}")
-    dtype = jnp.dtype(self.dtype)
-    b, t_frames, h, w, ch = x.shape
-    p = self.patch_size
-
+  def _embed_video(self, x: Array, cond: Mapping[str, Array], dtype) -> Array:
+    """Video `[B, T, H, W, C]` (+ context frames) -> tokens `[B, T, N, D]` with positions."""
+    b, t_frames, h, w, _ = x.shape
     if self.frame_conditioning:
       frame_mask = cond.get("frame_mask", jnp.zeros((b, t_frames), bool))
       frame_mask = frame_mask.astype(x.dtype)[:, :, None, None, None]
       frames = cond.get("frames", jnp.zeros_like(x)) * frame_mask
       x = jnp.concatenate(
           [x, frames, jnp.broadcast_to(frame_mask, (b, t_frames, h, w, 1))], axis=-1)
-    patches = einops.rearrange(x, "b t (gh p1) (gw p2) c -> b t (gh gw) (p1 p2 c)", p1=p, p2=p)
     tokens = layers.dense(self.width, ("patch", "embed"), "patch_embed", dtype)(
-        patches.astype(dtype))
+        patchify(x, self.patch_size).astype(dtype))
+    p = self.patch_size
     tokens = tokens + layers.sincos_2d_positions(h // p, w // p, self.width).astype(dtype)
-    tokens = nn.with_logical_constraint(tokens, TOKENS)
+    return nn.with_logical_constraint(tokens, TOKENS)
 
-    text, text_mask, pooled, audio = self._encode_conditions(cond, b, dtype)
+  def _conditioning(self, t: Array, cond: Mapping[str, Array], dtype):
+    """Returns c `[B, D]`, text `[B, L, D]`, text_mask `[B, L]`, audio `[B, T, W, D]`."""
+    text, text_mask, pooled, audio = self._encode_conditions(cond, t.shape[0], dtype)
     temb = layers.sinusoidal_embedding(t * self.time_scale, 256)
     temb = layers.dense(self.width, ("cond", "embed"), "time_fc1", dtype)(temb)
     temb = layers.dense(self.width, ("embed", "embed_out"), "time_fc2", dtype)(nn.silu(temb))
     c = temb + layers.dense(self.width, ("embed", "embed_out"), "text_pool_proj", dtype)(pooled)
+    return c, text, text_mask, audio
 
+  def _block(self, index: int, dtype) -> DiTBlock:
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, "
+                       f"got {self.remat_policy!r}")
     block_cls = DiTBlock
     if self.remat_policy != "none":
       block_cls = nn.remat(DiTBlock, policy=REMAT_POLICIES[self.remat_policy])
-    control = cond.get("control")
+    return block_cls(self.num_heads, self.mlp_ratio, self.attention, self.temporal_rotary,
+                     self.attention_impl, dtype, name=f"block_{index}")
+
+  @nn.compact
+  def __call__(self, x: Array, t: Array, cond: Mapping[str, Array]) -> Array:
+    _check_inputs(x, t, cond, self.in_channels, self.patch_size)
+    dtype = jnp.dtype(self.dtype)
+    _, _, h, w, ch = x.shape
+    p = self.patch_size
+    tokens = self._embed_video(x, cond, dtype)
+    c, text, text_mask, audio = self._conditioning(t, cond, dtype)
+    control = cond.get("control", ())
+    if len(control) > self.depth:
+      raise ValueError(f"got {len(control)} control residuals for a depth-{self.depth} model")
     for i in range(self.depth):
-      tokens = block_cls(self.num_heads, self.mlp_ratio, self.attention, self.temporal_rotary,
-                         self.attention_impl, dtype, name=f"block_{i}")(
-                             tokens, c, text, text_mask, audio)
-      if control is not None and i < len(control):
+      tokens = self._block(i, dtype)(tokens, c, text, text_mask, audio)
+      if i < len(control):
         tokens = tokens + control[i].astype(dtype)
 
     shift, scale = jnp.split(layers.dense(2 * self.width, ("embed", "modulation"),
@@ -221,6 +245,4 @@ class STDiT(nn.Module):
                        shift, scale)
     out = layers.dense(p * p * ch, ("embed", "patch"), "final_proj", dtype,
                        zero_init=True)(tokens)
-    out = einops.rearrange(out, "b t (gh gw) (p1 p2 c) -> b t (gh p1) (gw p2) c",
-                           gh=h // p, p1=p, p2=p)
-    return out.astype(jnp.float32)
+    return unpatchify(out, h // p, p).astype(jnp.float32)
