@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   config.text_video = dict(
-      num_steps=600,
+      num_steps=300,
       batch_size=64,
       learning_rate=1e-3,
       warmup_steps=50,

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from gcm_jax.alignment import syncnet as sn
 
@@ -110,3 +112,18 @@ def test_noise_level_weight_and_schedule_match_reference():
                              [0, 0, 0.1, 0.1, 0.1, 0.1], rtol=1e-6)
   with pytest.raises(ValueError, match="kind"):
     sn.noise_level_weight(jnp.asarray(log_snr), "edm")
+
+
+def test_lipsync_loss_on_batch_sharded_global_arrays(setup):
+  """Inside a jitted train step the batch is sharded over the data axes: same value."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (fake) devices: see tests/conftest.py")
+  video, mel, params = setup
+  video, mel = jnp.tile(video, (4, 1, 1, 1, 1)), jnp.tile(mel, (4, 1, 1, 1))  # B = 8
+  mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+  shard = NamedSharding(mesh, P(("data", "fsdp")))
+  loss_fn = jax.jit(functools.partial(sn.lipsync_loss, SMALL))
+  key = jax.random.PRNGKey(1)
+  want = loss_fn(params, video, mel, key)
+  got = loss_fn(params, jax.device_put(video, shard), jax.device_put(mel, shard), key)
+  np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -23,7 +23,7 @@ def _tiny_config():
   config.train.batch_size = 8
   config.train.num_steps = 3
   config.train.log_every = 1
-  config.text_video.num_steps = 2
+  config.text_video.num_steps = 1
   config.text_video.batch_size = 4
   config.text_video.embed_dim = 16
   config.text_video.text_width = 16
@@ -69,7 +69,7 @@ def test_sync_train_step_is_pure_and_reduces_loss_on_a_fixed_batch(clips):
   state = ts.create_sync_state(config, jax.random.PRNGKey(0))
   batch = ts.sample_sync_batch(clips, 8, 3, 12, 2, np.random.default_rng(0))
   step = jax.jit(functools.partial(ts.sync_train_step, model=model, infonce_weight=0.5))
-  loss0, _ = ts.sync_loss(state.params, model, batch, 0.5)
+  loss0, _ = jax.jit(lambda p, b: ts.sync_loss(p, model, b, 0.5))(state.params, batch)
   s1, out1 = step(state, batch)
   s1b, out1b = step(state, batch)  # same inputs -> same outputs (no hidden state)
   np.testing.assert_array_equal(out1["loss"], out1b["loss"])

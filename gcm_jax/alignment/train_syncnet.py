@@ -4,8 +4,8 @@
 
 Clips come from the data module's one-example generator
 (`gcm_jax.data.talking_faces.generate_example`, train / validation splits: disjoint phrases and
-voices) converted to the pipeline's batch conventions (video in [-1, 1], per-frame 16-frame mel
-windows, byte-tokenized caption). SyncNet sees in-sync pairs (a 5-frame lower-face window and its
+voices) through the pipeline's `preprocess` (video in [-1, 1], per-frame 16-frame mel windows,
+byte-tokenized caption). SyncNet sees in-sync pairs (a 5-frame lower-face window and its
 audio window) and off-sync pairs (the audio window of the same clip shifted by
 `min_shift..max_shift` frames), trained with Wav2Lip's cosine-BCE plus an optional InfoNCE term
 with in-batch negatives. Writes to `workdir`: `syncnet.msgpack` (SyncNet variables, load with
@@ -33,11 +33,10 @@ from ml_collections import config_flags
 from gcm_jax.alignment import contrastive
 from gcm_jax.alignment import metrics
 from gcm_jax.alignment import syncnet as syncnet_lib
-from gcm_jax.data import audio
+from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import corpus
 from gcm_jax.data.talking_faces import generate_example
-from gcm_jax.models import tokenizer
 
 Batch = Dict[str, np.ndarray]
 SYNCNET_FILE = "syncnet.msgpack"
@@ -47,7 +46,8 @@ REPORT_FILE = "report.json"
 
 def make_clips(split: str, num_clips: int, num_frames: int, resolution: int,
                mel_alignment: str, text_max_len: int, seed: int) -> Batch:
-  """Generates `num_clips` clips of a split in the pipeline's conventions.
+  """Generates `num_clips` clips of a split, preprocessed by the data pipeline
+  (`gcm_jax.data.pipeline.preprocess`, so exactly the training batches' conventions).
 
   Returns:
     {'video': float32 [N, T, R, R, 3] in [-1, 1], 'mel': float32 [N, T, 16, 80],
@@ -55,20 +55,18 @@ def make_clips(split: str, num_clips: int, num_frames: int, resolution: int,
   """
   phrases, voices = corpus.SPLITS[split]
   rng = np.random.default_rng(seed)
-  out = {"video": [], "mel": [], "mouth_open": [], "text_tokens": []}
+  keys = ("video", "mel", "mouth_open", "text_tokens", "text_mask")
+  out = {k: [] for k in keys}
   for _ in range(num_clips):
     ex = generate_example(
         phrases[rng.integers(len(phrases))], captions.sample_attributes(rng),
         voice=voices[rng.integers(len(voices))], rate=int(rng.choice(corpus.RATES)),
         resolution=resolution, num_frames=num_frames, seed=int(rng.integers(2**31)))
-    out["video"].append(ex.video.astype(np.float32) / 127.5 - 1.0)
-    out["mel"].append(audio.frame_windows(audio.melspectrogram(ex.audio), num_frames,
-                                          syncnet_lib.MEL_FRAMES, mel_alignment))
-    out["mouth_open"].append(ex.mouth_open)
-    out["text_tokens"].append(tokenizer.encode(ex.caption, text_max_len))
-  clips = {k: np.stack(v) for k, v in out.items()}
-  clips["text_mask"] = tokenizer.padding_mask(clips["text_tokens"])
-  return clips
+    features = pipeline.preprocess(ex.features(), syncnet_lib.MEL_FRAMES, mel_alignment,
+                                   text_max_len)
+    for k in keys:
+      out[k].append(features[k])
+  return {k: np.stack(v) for k, v in out.items()}
 
 
 def _negative_starts(starts: np.ndarray, num_windows: int, min_shift: int, max_shift: int,
@@ -186,6 +184,8 @@ def evaluate_sync(model: syncnet_lib.SyncNet, variables: Any, clips: Batch,
     every clip, one off-sync partner per window (shift in [min_shift, max_shift]).
   * LSE-D / LSE-C / offset (syncnet_python) on the clips, and `offset_acc_k<k>`: fraction of
     clips whose measured offset is exactly -k after delaying the audio by k frames.
+  * lipsync_loss / lipsync_loss_k<k>: `syncnet.lipsync_loss` (unit weight) of the real clips
+    with their own audio and with the audio delayed by k frames.
   """
   frame_offset = syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment)
   rng = np.random.default_rng(seed)
@@ -209,10 +209,14 @@ def evaluate_sync(model: syncnet_lib.SyncNet, variables: Any, clips: Batch,
             "num_pairs": int(2 * len(cos_pos))}
   lse = jax.jit(lambda v, m: metrics.lse_metrics(
       model, variables, v, m, audio_frame_offset=frame_offset, vshift=config.eval.vshift))
+  lipsync = jax.jit(lambda v, m, key: syncnet_lib.lipsync_loss(
+      model, variables, v, m, key, audio_frame_offset=frame_offset))
   video, mel = jnp.asarray(clips["video"]), jnp.asarray(clips["mel"])
   for k in (0, *config.eval.audio_shifts):
-    out = lse(video, metrics.shift_mel_windows(mel, k))
+    shifted = metrics.shift_mel_windows(mel, k)
+    out = lse(video, shifted)
     suffix = "" if k == 0 else f"_k{k}"
+    report[f"lipsync_loss{suffix}"] = float(lipsync(video, shifted, jax.random.PRNGKey(seed)))
     report[f"lse_d{suffix}"] = float(jnp.mean(out["lse_d"]))
     report[f"lse_c{suffix}"] = float(jnp.mean(out["lse_c"]))
     report[f"offset_acc{suffix}"] = float(jnp.mean(out["offset"] == -k))
@@ -293,6 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     f.write(serialization.to_bytes(variables))
   report = {"syncnet_train_seconds": time.time() - t0}
   report.update(evaluate_sync(model, variables, val, config, config.seed + 2))
+  oracle = metrics.oracle_lipsync(jnp.asarray(val["video"]), jnp.asarray(val["mouth_open"]))
+  report["oracle_mouth_corr_ground_truth"] = float(jnp.mean(oracle["mouth_corr"]))
   logging.info("syncnet held-out: %s", report)
 
   if config.text_video.num_steps > 0:
