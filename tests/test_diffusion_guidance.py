@@ -14,7 +14,8 @@ def toy_model(x, t, cond):
   keep_t = 1.0 - cond["drop_text"].astype(x.dtype)[:, None]
   keep_a = 1.0 - cond["drop_audio"].astype(x.dtype)[:, None]
   keep_f = 1.0 - cond.get("drop_frames", jnp.zeros(x.shape[:1], bool)).astype(x.dtype)[:, None]
-  return (0.5 * x * (1 + jnp.reshape(t, (-1, 1))) + keep_t * cond["text"] + 2.0 * keep_a * cond["mel"]
+  return (0.5 * x * (1 + jnp.reshape(t, (-1, 1))) + keep_t * cond["text"]
+          + 2.0 * keep_a * cond["mel"]
           + 3.0 * keep_t * keep_a * cond["text"] * cond["mel"] + 4.0 * keep_f * cond["frames"])
 
 

@@ -69,7 +69,8 @@ def test_min_snr_weights_match_hang_et_al_for_vp():
 
 @pytest.mark.parametrize("prediction", parameterization.PREDICTIONS)
 def test_perfect_model_has_zero_loss_and_mask_excludes_given_frames(prediction):
-  cfg = losses.LossConfig(schedules.EDMSchedule(), prediction, "edm", noise_distribution="lognormal")
+  cfg = losses.LossConfig(schedules.EDMSchedule(), prediction, "edm",
+                          noise_distribution="lognormal")
   x0 = jax.random.normal(jax.random.key(0), (B, 5, 2, 2, 3))
   key = jax.random.key(1)
   perfect, _ = losses.denoising_loss(model_with_x0_error(x0, 0.0, key, cfg), key, x0, None, cfg)
@@ -118,7 +119,8 @@ def test_loss_is_differentiable():
   x0 = jax.random.normal(jax.random.key(0), (B, 4))
   grad = jax.jit(jax.grad(lambda w: losses.denoising_loss(
       lambda x, t, c: x @ w, jax.random.key(1), x0, None, cfg)[0]))(jnp.eye(4))
-  assert grad.shape == (4, 4) and bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
+  assert grad.shape == (4, 4) and bool(jnp.all(jnp.isfinite(grad)))
+  assert float(jnp.abs(grad).sum()) > 0
 
 
 def test_bad_config_errors():

@@ -44,7 +44,8 @@ def ddpm_reference(x, alpha, sigma, variance, z):
     eps = (x - np.sqrt(abar[i]) * d_np(x, alpha[i], sigma[i])) / np.sqrt(1 - abar[i])
     var = beta_t if variance == "beta" else (1 - abar[i + 1]) / (1 - abar[i]) * beta_t
     last = i == len(abar) - 2
-    x = (x - beta_t / np.sqrt(1 - abar[i]) * eps) / np.sqrt(a_t) + (0 if last else np.sqrt(var)) * z[i]
+    z_i = 0.0 if last else z[i]  # Alg. 2: z = 0 on the last step.
+    x = (x - beta_t / np.sqrt(1 - abar[i]) * eps) / np.sqrt(a_t) + np.sqrt(var) * z_i
   return x
 
 
@@ -276,7 +277,8 @@ def test_gaussian_mixture_samples_match_distribution(name, spacing):
   assert toy.sliced_w2(mixture, x0, num_projections=16) < 2.5 * floor
   nearest = np.argmin(np.linalg.norm(x0[:, None] - mixture.means, axis=-1), axis=1)
   np.testing.assert_allclose(np.bincount(nearest, minlength=8) / 4000, 1 / 8, atol=0.025)
-  assert toy.sliced_w2(mixture, 1.3 * true, num_projections=16) > 3 * floor  # The metric can tell a wrong scale.
+  # The metric detects a wrongly scaled distribution.
+  assert toy.sliced_w2(mixture, 1.3 * true, num_projections=16) > 3 * floor
 
 
 def test_bad_config_errors():

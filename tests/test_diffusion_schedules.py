@@ -80,8 +80,8 @@ def test_target_round_trips_to_x0(schedule, prediction):
   delta = 1e-2 * eps
   dx0 = parameterization.output_to_x0(prediction, target + delta, x_t, a, s) - x0
   ratio = parameterization.target_to_x0_error_ratio(prediction, a, s)
-  np.testing.assert_allclose(jnp.sum(delta**2, 1), (ratio * jnp.sum(dx0**2, 1, keepdims=True))[:, 0],
-                             rtol=2e-2)
+  np.testing.assert_allclose(jnp.sum(delta**2, 1),
+                             (ratio * jnp.sum(dx0**2, 1, keepdims=True))[:, 0], rtol=2e-2)
 
 
 def test_v_prediction_matches_salimans_ho_for_vp():

@@ -6,7 +6,7 @@ With x_t = alpha x0 + sigma eps:
   * "v":   the network predicts v = alpha eps - sigma x0 (Salimans & Ho 2022); for general
            (non-VP) alpha, sigma we invert with x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2).
   * "edm": Karras et al. 2022 preconditioning with sigma_hat = sigma / alpha, x_hat = x_t / alpha:
-           D = c_skip x_hat + c_out F(c_in x_hat), so the network also sees its input scaled by c_in.
+           D = c_skip x_hat + c_out F(c_in x_hat); the network also sees its input scaled by c_in.
 
 Samplers consume an x0-denoiser `denoise_fn(x_t, t, cond) -> x0_hat` in schedule time t;
 `make_denoiser` builds one from a raw `model_fn(x_in, model_time [B], cond) -> output`.
@@ -42,14 +42,16 @@ def _edm_coefficients(alpha, sigma, sigma_data):
   return sigma_data**2 / norm, s * sigma_data / jnp.sqrt(norm), 1.0 / jnp.sqrt(norm)
 
 
-def model_input_scale(prediction: str, alpha, sigma, sigma_data: float = 0.5):
+def model_input_scale(prediction: str, alpha: jax.Array, sigma: jax.Array,
+                      sigma_data: float = 0.5) -> jax.Array:
   """Factor applied to x_t before the network: c_in / alpha for "edm", 1 otherwise."""
   if prediction == "edm":
     return _edm_coefficients(alpha, sigma, sigma_data)[2] / alpha
   return jnp.ones_like(alpha)
 
 
-def output_to_x0(prediction: str, output, x_t, alpha, sigma, sigma_data: float = 0.5):
+def output_to_x0(prediction: str, output: jax.Array, x_t: jax.Array, alpha: jax.Array,
+                 sigma: jax.Array, sigma_data: float = 0.5) -> jax.Array:
   """x0 from the raw network output; alpha, sigma broadcast against x_t."""
   if prediction == "eps":
     return (x_t - sigma * output) / alpha
@@ -61,7 +63,8 @@ def output_to_x0(prediction: str, output, x_t, alpha, sigma, sigma_data: float =
   return c_skip * x_t / alpha + c_out * output
 
 
-def training_target(prediction: str, x0, eps, alpha, sigma, sigma_data: float = 0.5):
+def training_target(prediction: str, x0: jax.Array, eps: jax.Array, alpha: jax.Array,
+                    sigma: jax.Array, sigma_data: float = 0.5) -> jax.Array:
   """The regression target for the network output (inverse of `output_to_x0` at the truth)."""
   if prediction == "eps":
     return eps
@@ -73,7 +76,8 @@ def training_target(prediction: str, x0, eps, alpha, sigma, sigma_data: float = 
   return (x0 - c_skip * (alpha * x0 + sigma * eps) / alpha) / c_out
 
 
-def target_to_x0_error_ratio(prediction: str, alpha, sigma, sigma_data: float = 0.5):
+def target_to_x0_error_ratio(prediction: str, alpha: jax.Array, sigma: jax.Array,
+                             sigma_data: float = 0.5) -> jax.Array:
   """k such that ||output - target||^2 = k ||x0_hat - x0||^2 (at fixed x_t)."""
   if prediction == "eps":
     return alpha**2 / sigma**2
