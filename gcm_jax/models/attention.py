@@ -1,9 +1,13 @@
 """Attention primitives for the space-time DiT.
 
-All attention goes through one kernel entry point, `attend`, which calls
-`jax.nn.dot_product_attention` (cuDNN flash attention on GPU when
-`implementation='cudnn'`, XLA elsewhere). The modules only differ in how they fold
-the video token grid `[B, T, N, D]` into attention sequences:
+All attention goes through one kernel entry point, `attend`, whose `implementation`
+(`config.model.attention_impl`) picks the kernel:
+  None          `jax.nn.dot_product_attention`, JAX chooses (XLA on CPU / TPU);
+  'xla'         `jax.nn.dot_product_attention` XLA reference;
+  'cudnn'       `jax.nn.dot_product_attention` cuDNN flash attention (GPU only);
+  'pallas_tpu'  the Pallas splash (flash) attention kernel (TPU only), `splash_attention`.
+The modules only differ in how they fold the video token grid `[B, T, N, D]` into
+attention sequences:
 
 * `SpatialSelfAttention`: each frame attends within itself (sequences of N).
 * `TemporalSelfAttention`: each spatial patch attends across frames (sequences of T),
@@ -13,15 +17,26 @@ the video token grid `[B, T, N, D]` into attention sequences:
 
 Notation: B batch, T frames, N patches per frame, D model width, H heads, K head dim.
 """
+import math
 from typing import Optional
 
 import flax.linen as nn
 import jax
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 import jax.numpy as jnp
 
 from gcm_jax.models import layers
 
 Array = jax.Array
+
+IMPLEMENTATIONS = (None, "xla", "cudnn", "pallas_tpu")
+# Splash attention tiles sequences in blocks of (a multiple of) 128 tokens; sequences
+# shorter than one block (temporal attention over T frames, a frame's audio window)
+# gain nothing from tiling and use the XLA kernel instead.
+SPLASH_BLOCK = 128
+# Logical axes of q / k / v `[B, L, H, K]` (docs/models.md); they give the shard_map
+# specs of the splash kernel under a mesh.
+QKV_AXES = ("act_batch", None, "act_heads", None)
 
 
 def attend(q: Array, k: Array, v: Array, mask: Optional[Array] = None,
@@ -33,12 +48,106 @@ def attend(q: Array, k: Array, v: Array, mask: Optional[Array] = None,
     k: keys `[B, Lk, H, K]`.
     v: values `[B, Lk, H, K]`.
     mask: optional boolean mask broadcastable to `[B, H, Lq, Lk]`; True = attend.
-    implementation: None (let JAX choose), 'xla' or 'cudnn'.
+      'pallas_tpu' supports key padding masks (broadcastable to `[B, 1, 1, Lk]`) only.
+    implementation: None (let JAX choose), 'xla', 'cudnn' (GPU) or 'pallas_tpu' (TPU).
 
   Returns:
     `[B, Lq, H, K]`.
+
+  Raises:
+    ValueError: unknown implementation, or 'pallas_tpu' on a backend other than TPU.
   """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {implementation!r}; "
+                     f"expected one of {IMPLEMENTATIONS}")
+  if implementation == "pallas_tpu":
+    backend = jax.default_backend()
+    if backend != "tpu":
+      raise ValueError(f"attention_impl='pallas_tpu' (Pallas splash attention) runs only on "
+                       f"TPU, but the JAX backend is {backend!r}; use None, 'xla' or "
+                       f"'cudnn' (GPU)")
+    return splash_attention(q, k, v, mask)
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def _key_padding(mask: Optional[Array], batch: int, kv_len: int) -> Optional[Array]:
+  """A key padding mask bool `[B, Lk]` from `mask` broadcastable to `[B, 1, 1, Lk]`."""
+  if mask is None:
+    return None
+  if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
+    raise ValueError(f"attention_impl='pallas_tpu' supports key padding masks "
+                     f"[B, 1, 1, Lk] only, got mask shape {mask.shape}")
+  return jnp.broadcast_to(mask[:, 0, 0, :], (batch, kv_len))
+
+
+def _padded_length(length: int) -> tuple[int, int]:
+  """(length rounded up to a multiple of SPLASH_BLOCK, the block size used for it)."""
+  padded = -(-length // SPLASH_BLOCK) * SPLASH_BLOCK
+  block = next(b for b in (512, 256, SPLASH_BLOCK) if padded % b == 0)
+  return padded, block
+
+
+def _splash_local(q: Array, k: Array, v: Array, keep: Optional[Array],
+                  interpret: bool) -> Array:
+  """Splash attention on one device's shard: q `[B, Lq, H, K]`, keep bool `[B, Lk]` or None."""
+  b, lq, h, head_dim = q.shape
+  lk = k.shape[1]
+  lq_pad, block_q = _padded_length(lq)
+  lk_pad, block_kv = _padded_length(lk)
+  if keep is None:
+    keep = jnp.ones((b, lk), bool)
+  # Padded keys get segment id 1 (never attended by the queries' id 0); padded query
+  # rows are computed against the real keys and dropped.
+  kv_ids = jnp.pad(jnp.where(keep, 0, 1), ((0, 0), (0, lk_pad - lk)), constant_values=1)
+  q_ids = jnp.zeros((b, lq_pad), jnp.int32)
+
+  def to_heads_major(x, length):  # [B, L, H, K] -> [B, H, L_pad, K]
+    return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+  scale = 1.0 / math.sqrt(head_dim)  # splash takes pre-scaled queries
+  kernel = splash.make_splash_mha_single_device(
+      splash.MultiHeadMask([splash.FullMask((lq_pad, lk_pad))] * h),
+      block_sizes=splash.BlockSizes(
+          block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
+          block_q_dkv=block_q, block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv,
+          block_q_dq=block_q, block_kv_dq=block_kv),
+      interpret=interpret)
+  out = jax.vmap(kernel)(to_heads_major(q * jnp.asarray(scale, q.dtype), lq_pad),
+                         to_heads_major(k, lk_pad), to_heads_major(v, lk_pad),
+                         segment_ids=splash.SegmentIds(q=q_ids, kv=kv_ids.astype(jnp.int32)))
+  return out.transpose(0, 2, 1, 3)[:, :lq].astype(q.dtype)
+
+
+def splash_attention(q: Array, k: Array, v: Array, mask: Optional[Array] = None,
+                     interpret: bool = False) -> Array:
+  """Pallas TPU splash (flash) attention with the `attend` interface.
+
+  q `[B, Lq, H, K]`, k / v `[B, Lk, H, K]`, mask None or a key padding mask
+  broadcastable to `[B, 1, 1, Lk]` -> `[B, Lq, H, K]`. Sequences are padded to
+  multiples of `SPLASH_BLOCK`; padding keys and masked keys are excluded through
+  splash segment ids. If Lq or Lk is shorter than one block, the XLA kernel is used
+  (nothing to tile). Under a mesh (`jax.set_mesh`) the kernel runs per shard in a
+  `jax.shard_map` whose specs come from the logical axis rules (`QKV_AXES`).
+  `interpret=True` runs the kernel in the Pallas interpreter (any backend; tests).
+
+  Raises:
+    ValueError: a mask other than a key padding mask.
+  """
+  keep = _key_padding(mask, q.shape[0], k.shape[1])
+  if min(q.shape[1], k.shape[1]) < SPLASH_BLOCK:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+  local = lambda q_, k_, v_, keep_: _splash_local(q_, k_, v_, keep_, interpret)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return local(q, k, v, keep)
+  spec = nn.logical_to_mesh_axes(QKV_AXES) or jax.sharding.PartitionSpec()
+  keep_spec = jax.sharding.PartitionSpec(spec[0] if len(spec) else None, None)
+  # check_vma=False: the Pallas kernel's outputs carry no varying-manual-axes types.
+  if keep is None:
+    return jax.shard_map(lambda q_, k_, v_: local(q_, k_, v_, None), in_specs=(spec,) * 3,
+                         out_specs=spec, check_vma=False)(q, k, v)
+  return jax.shard_map(local, in_specs=(spec,) * 3 + (keep_spec,), out_specs=spec,
+                       check_vma=False)(q, k, v, keep)
 
 
 def rotary_embedding(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Array:
