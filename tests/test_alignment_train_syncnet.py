@@ -96,7 +96,7 @@ def test_train_and_evaluate_writes_loadable_syncnet(tmp_path):
 
 @pytest.mark.slow
 def test_trained_syncnet_detects_sync_and_offsets(tmp_path):
-  """A short real run (~2 min on CPU): held-out pairs are classified well above chance and
+  """A short real run (3-5 min on CPU): held-out pairs are classified well above chance and
   delaying the audio by 3 frames moves the measured offset to -3 on most clips."""
   config = syncnet_config.get_config()
   config.data.num_train_clips = 512

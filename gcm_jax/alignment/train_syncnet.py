@@ -118,6 +118,7 @@ def build_syncnet(config: ml_collections.ConfigDict) -> syncnet_lib.SyncNet:
 
 
 def build_text_video(config: ml_collections.ConfigDict) -> contrastive.TextVideoCLIP:
+  """TextVideoCLIP from `config.text_video` and `config.data.text_max_len`."""
   tv = config.text_video
   return contrastive.TextVideoCLIP(embed_dim=tv.embed_dim, text_width=tv.text_width,
                                    text_layers=tv.text_layers, text_heads=tv.text_heads,
@@ -226,6 +227,7 @@ def evaluate_sync(model: syncnet_lib.SyncNet, variables: Any, clips: Batch,
 
 def create_text_video_state(config: ml_collections.ConfigDict,
                             key: jax.Array) -> train_state.TrainState:
+  """TrainState of the TextVideoCLIP params (logical-partitioning boxes removed)."""
   model = build_text_video(config)
   tv, length = config.text_video, config.data.text_max_len
   variables = model.init(key, jnp.ones((1, length), jnp.int32), jnp.ones((1, length), bool),
