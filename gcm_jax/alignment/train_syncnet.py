@@ -269,8 +269,11 @@ def evaluate_text_video(model: contrastive.TextVideoCLIP, params: Any,
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
   """Trains both models, writes them and `report.json` into `workdir`, returns the report."""
-  os.makedirs(workdir, exist_ok=True)
   d = config.data
+  if config.text_video.num_steps > 0 and config.text_video.batch_size > d.num_train_clips:
+    raise ValueError(f"text_video.batch_size={config.text_video.batch_size} needs at least as "
+                     f"many distinct clips, got data.num_train_clips={d.num_train_clips}")
+  os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   train = make_clips("train", d.num_train_clips, d.num_frames, d.resolution, d.mel_alignment,
                      d.text_max_len, config.seed)
