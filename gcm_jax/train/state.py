@@ -4,7 +4,7 @@ The optimizer is AdamW with linear warmup + cosine decay and global-norm clippin
 wrapped in `optax.apply_if_finite`: a step whose gradients contain NaN/Inf leaves
 params, optimizer moments and EMA untouched and is counted in `skipped_steps`.
 """
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax.struct
 import jax
@@ -44,13 +44,22 @@ def _decay_mask(params: PyTree) -> PyTree:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(train_config: Mapping[str, Any]) -> optax.GradientTransformation:
-  """AdamW + warmup/cosine + clipping, skipping updates with non-finite gradients."""
+def make_optimizer(train_config: Mapping[str, Any],
+                   param_labels: Optional[Callable[[PyTree], PyTree]] = None
+                   ) -> optax.GradientTransformation:
+  """AdamW + warmup/cosine + clipping, skipping updates with non-finite gradients.
+
+  `param_labels(params)` may label each parameter "train" or "freeze"; frozen ones get
+  zero updates and no optimizer state (e.g. a base model under a ControlNet branch).
+  """
   inner = optax.chain(
       optax.clip_by_global_norm(train_config["grad_clip_norm"]),
       optax.adamw(learning_rate_schedule(train_config), b1=train_config["b1"],
                   b2=train_config["b2"], weight_decay=train_config["weight_decay"],
                   mask=_decay_mask))
+  if param_labels is not None:
+    inner = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()},
+                                  param_labels)
   return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)
 
 

@@ -7,7 +7,7 @@ condition dropout (text / audio independently plus jointly), and with probabilit
 clean context (`cond['frames']`, `cond['frame_mask']`), which the loss then ignores.
 This teaches the model the motion-frame conditioning used for long-video extension.
 """
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,9 @@ def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
   drop_text, drop_audio = guidance.drop_conditions(
       k_drop, b, diffusion_config["p_drop_text"], diffusion_config["p_drop_audio"],
       diffusion_config["p_drop_both"])
+  passthrough = {k: batch[k] for k in ("keypoints",) if k in batch}  # For control branches.
   return {
+      **passthrough,
       "text_tokens": batch["text_tokens"], "text_mask": batch["text_mask"], "mel": batch["mel"],
       "drop_text": drop_text, "drop_audio": drop_audio, "frames": video,
       "frame_mask": motion_frame_mask(k_motion, b, t, diffusion_config["p_motion_frames"],
@@ -66,13 +68,23 @@ def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
   }
 
 
+ApplyFn = Callable[[Any, jax.Array, jax.Array, Mapping[str, jax.Array]], jax.Array]
+
+
+def model_apply_fn(model: stdit.STDiT) -> ApplyFn:
+  """`(params, x_t, t, cond) -> output` for a plain STDiT."""
+  return lambda params, x, t, cond: model.apply({"params": params}, x, t, cond)
+
+
 def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
-               model: stdit.STDiT, optimizer: optax.GradientTransformation,
+               apply_fn: ApplyFn, optimizer: optax.GradientTransformation,
                config: ml_collections.ConfigDict) -> tuple[state_lib.TrainState, dict]:
   """One optimization step on a global batch (`batch['video']` `[B, T, H, W, 3]` etc.).
 
-  Examples with `batch['mask'] == False` (padding) do not contribute. Returns the new
-  state and scalar metrics: loss, grad_norm, learning_rate, skipped_steps.
+  `apply_fn(state.params, x_t, t, cond)` is the network (e.g. `model_apply_fn(model)`, or
+  a base model plus ControlNet branch). Examples with `batch['mask'] == False` (padding)
+  do not contribute. Returns the new state and scalar metrics: loss, grad_norm,
+  learning_rate, skipped_steps.
   """
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
   k_cond, k_loss = jax.random.split(key)
@@ -81,7 +93,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
   example_weight = batch["mask"].astype(jnp.float32)
 
   def loss_fn(params):
-    model_fn = lambda x, t, c: model.apply({"params": params}, x, t, c)
+    model_fn = lambda x, t, c: apply_fn(params, x, t, c)
     _, per_example = losses.denoising_loss(model_fn, k_loss, batch["video"], cond, loss_cfg,
                                            loss_mask=~cond["frame_mask"])
     return jnp.sum(per_example * example_weight) / jnp.maximum(example_weight.sum(), 1.0)

@@ -70,7 +70,7 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
                        state_shardings: Any):
   """The jitted train step: (state, batch) -> (state, metrics), state donated."""
   step_fn = functools.partial(
-      step_lib.train_step, model=make_model(config),
+      step_lib.train_step, apply_fn=step_lib.model_apply_fn(make_model(config)),
       optimizer=state_lib.make_optimizer(config.train), config=config)
   jitted = jax.jit(step_fn, in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
                    out_shardings=(state_shardings, mesh_lib.replicated(mesh)),

@@ -1,0 +1,103 @@
+"""ControlNet branch: identity at init, copies the base, trains alone; control maps."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gcm_jax.data.talking_faces import captions
+from gcm_jax.data.talking_faces import generate_example
+from gcm_jax.models import controlnet
+from gcm_jax.models import stdit
+from gcm_jax.train import control
+from gcm_jax.train import state as state_lib
+from tests import train_utils
+from tests.test_stdit import SMALL, _inputs, _randomize
+
+B, T, R, K = 2, 3, 8, 8
+
+
+def _keypoints(key=5):
+  return jax.random.uniform(jax.random.PRNGKey(key), (B, T, K, 2), minval=0.2, maxval=0.8)
+
+
+@pytest.fixture(scope="module")
+def models_and_params():
+  base = stdit.STDiT(**SMALL)
+  branch = controlnet.ControlBranch(**SMALL, num_blocks=1)
+  x, t, cond = _inputs()
+  base_params = _randomize(nn.meta.unbox(base.init(jax.random.PRNGKey(0), x, t, cond))["params"])
+  maps = controlnet.control_maps(_keypoints(), R)
+  branch_params = nn.meta.unbox(branch.init(jax.random.PRNGKey(1), x, t, cond, maps))["params"]
+  return base, branch, base_params, controlnet.init_from_base(branch_params, base_params)
+
+
+def test_branch_copies_base_and_starts_as_identity(models_and_params):
+  base, branch, base_params, branch_params = models_and_params
+  jax.tree.map(np.testing.assert_array_equal, branch_params["block_0"], base_params["block_0"])
+  assert "block_1" not in branch_params
+  np.testing.assert_array_equal(branch_params["zero_proj_0"]["kernel"], 0.0)
+  x, t, cond = _inputs()
+  apply = control.controlled_apply_fn(base, branch)
+  params = {"base": base_params, "control": branch_params}
+  controlled = apply(params, x, t, dict(cond, keypoints=_keypoints()))
+  np.testing.assert_array_equal(controlled, base.apply({"params": base_params}, x, t, cond))
+  # Once the zero layers are trained (here: perturbed), the keypoints steer the output.
+  params["control"] = _randomize(branch_params, key=3)
+  out_a = apply(params, x, t, dict(cond, keypoints=_keypoints(5)))
+  out_b = apply(params, x, t, dict(cond, keypoints=_keypoints(6)))
+  assert np.abs(np.asarray(out_a - out_b)).max() > 1e-4
+
+
+def test_only_the_branch_trains(models_and_params):
+  base, branch, base_params, branch_params = models_and_params
+  config = train_utils.micro_config()
+  config.train.warmup_steps = 0
+  optimizer = state_lib.make_optimizer(config.train, control.param_labels)
+  params = {"base": base_params, "control": branch_params}
+  state = state_lib.create_state(params, optimizer)
+  x, t, cond = _inputs()
+  cond = dict(cond, keypoints=_keypoints())
+  loss = lambda p: jnp.mean((control.controlled_apply_fn(base, branch)(p, x, t, cond) - x)**2)
+  grads = jax.grad(loss)(params)
+  for leaf in jax.tree.leaves(grads["base"]):
+    np.testing.assert_array_equal(leaf, 0.0)
+  state = state_lib.apply_gradients(state, grads, optimizer, ema_decay=0.9)
+  jax.tree.map(np.testing.assert_array_equal, state.params["base"], base_params)
+  changed = optax.global_norm(jax.tree.map(lambda a, b: a - b, state.params["control"],
+                                           branch_params))
+  assert float(changed) > 1e-4
+
+
+def test_keypoint_heatmap_peaks_at_keypoint():
+  keypoints = jnp.array([[[[4.5 / 16, 12.5 / 16]]]])  # (x, y) at the center of pixel (4, 12)
+  maps = controlnet.keypoint_heatmaps(keypoints, 16, sigma_pixels=1.0)
+  assert maps.shape == (1, 1, 16, 16, 1)
+  y, x = np.unravel_index(np.argmax(maps[0, 0, :, :, 0]), (16, 16))
+  assert (x, y) == (4, 12)
+  np.testing.assert_allclose(maps[0, 0, 12, 4, 0], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(maps[0, 0, 12, 5, 0], np.exp(-0.5), rtol=1e-5)  # one sigma away
+
+
+def test_head_layout_matches_rendered_face():
+  attributes = captions.Attributes("green", "purple", "left")
+  ex = generate_example("the big bad wolf", attributes, resolution=64, num_frames=4, seed=1)
+  layout = np.asarray(controlnet.head_layout(jnp.asarray(ex.keypoints)[None], 64))[0, ..., 0]
+  face_rgb = captions.COLOR_RGB[attributes.face_color_id].astype(float)
+  bg_rgb = captions.COLOR_RGB[attributes.background_color_id].astype(float)
+  video = ex.video.astype(float)
+  is_face = (np.linalg.norm(video - face_rgb, axis=-1) < np.linalg.norm(video - bg_rgb, axis=-1))
+  predicted = layout > 0.5
+  iou = (is_face & predicted).sum() / (is_face | predicted).sum()
+  assert iou > 0.85, iou
+
+
+def test_bad_control_maps_error(models_and_params):
+  base, branch, base_params, branch_params = models_and_params
+  x, t, cond = _inputs()
+  with pytest.raises(ValueError, match="control maps"):
+    branch.apply({"params": branch_params}, x, t, cond, jnp.zeros((B, T, 4, 4, 9)))
+  with pytest.raises(ValueError, match="needs cond\\['keypoints'\\]"):
+    control.controlled_apply_fn(base, branch)(
+        {"base": base_params, "control": branch_params}, x, t, cond)
