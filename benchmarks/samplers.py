@@ -8,8 +8,10 @@ samples by their tails). First row: fresh i.i.d. mixture samples (mean +- sd ove
 the 1000-step DDPM ancestral reference.
 
 Overhead (20-NFE rows): a 2-layer MLP eps-model (x [1024, 256], hidden 2048, ~2 GFLOP per call)
-wrapped by `make_denoiser`; overhead = time(jitted sampler) / (NFE x time(one jitted denoiser
-call)), both the minimum over interleaved repeats (robust to other processes on the machine).
+wrapped by `make_denoiser`. ovh/call = time(jitted sampler) / (NFE x time(one jitted denoiser
+call)); ovh/scan = time(jitted sampler) / time(bare lax.scan chaining the same NFE denoiser calls),
+which isolates the sampler's own work from the cost of chaining calls. Times are minima over
+interleaved repeats (robust to other processes on the machine).
 
   /work/venv/bin/python benchmarks/samplers.py [--schedule edm|linear|cosine] [--num_samples N]
 """
@@ -58,9 +60,9 @@ def steps_for(name, target_nfe):
   return (target_nfe + 1) // 2 if name == "heun" else target_nfe
 
 
-def row(label, spacing, steps, nfe, mmd2, w2, ref_w2, wall_ms, ovh):
+def row(label, spacing, steps, nfe, mmd2, w2, ref_w2, wall_ms, ovh_call, ovh_scan):
   cells = [f"{label:<18}", f"{spacing:<8}", f"{steps:>6}", f"{nfe:>6}", f"{mmd2:>15}",
-           f"{w2:>11}", f"{ref_w2:>9}", f"{wall_ms:>9}", f"{ovh:>9}"]
+           f"{w2:>11}", f"{ref_w2:>9}", f"{wall_ms:>9}", f"{ovh_call:>10}", f"{ovh_scan:>10}"]
   return "".join(cells)
 
 
@@ -69,7 +71,7 @@ def main():
   parser.add_argument("--schedule", default="edm", choices=sorted(SCHEDULES))
   parser.add_argument("--num_samples", type=int, default=200_000)
   parser.add_argument("--mode_std", type=float, default=0.15)
-  parser.add_argument("--overhead_repeats", type=int, default=7)
+  parser.add_argument("--overhead_repeats", type=int, default=7, help="0 skips the overhead")
   args = parser.parse_args()
   schedule, mixture = SCHEDULES[args.schedule], toy.ring_mixture(std=args.mode_std)
   exact = toy.exact_denoiser(mixture, schedule)
@@ -89,13 +91,17 @@ def main():
     return metrics(x0) + (1e3 * wall_time(run, jax.random.key(2), x_T),)
 
   def overhead(cfg):
+    """(sampler / (NFE x one call), sampler / bare lax.scan of NFE chained denoiser calls)."""
     run = jax.jit(lambda k, x: samplers.sample(mlp, k, x, None, cfg))
-    jax.block_until_ready(run(jax.random.key(4), x_mlp))
-    t_run, t_one = np.inf, np.inf
+    ts = jnp.linspace(1.0, 0.0, samplers.nfe(cfg))
+    bare = jax.jit(lambda x: jax.lax.scan(lambda c, t: (mlp(c, t, None), None), x, ts)[0])
+    jax.block_until_ready((run(jax.random.key(4), x_mlp), bare(x_mlp)))
+    t_run = t_one = t_bare = np.inf
     for _ in range(args.overhead_repeats):
       t_one = min(t_one, min(wall_time(one_call, x_mlp) for _ in range(3)))
       t_run = min(t_run, wall_time(run, jax.random.key(4), x_mlp))
-    return f"{t_run / (samplers.nfe(cfg) * t_one):.3f}"
+      t_bare = min(t_bare, wall_time(bare, x_mlp))
+    return f"{t_run / (samplers.nfe(cfg) * t_one):.3f}", f"{t_run / t_bare:.3f}"
 
   iid = np.array([metrics(mixture.sample(np.random.default_rng(seed), args.num_samples))
                   for seed in range(3)])
@@ -104,21 +110,21 @@ def main():
         f"{args.mode_std}), samples={args.num_samples}, device={jax.devices()[0].platform}, "
         f"one MLP call={1e3 * t_model:.2f} ms")
   header = row("sampler", "spacing", "steps", "NFE", "MMD^2 x1e6", "sliced W2", "/ ref", "wall ms",
-               "overhead")
+               "ovh/call", "ovh/scan")
   print(header + "\n" + "-" * len(header))
   mean, sd = iid.mean(0), iid.std(0)
   print(row("iid true samples", "-", "-", "-", f"{mean[0]:.2f}+-{sd[0]:.2f}",
-            f"{mean[1]:.4f}", f"{mean[1] / ref_w2:.3f}", "-", "-"))
+            f"{mean[1]:.4f}", f"{mean[1] / ref_w2:.3f}", "-", "-", "-"))
   print(row("ddpm (reference)", "time", 1000, 1000, f"{ref_mmd:.2f}", f"{ref_w2:.4f}", "1.000",
-            f"{ref_wall:.1f}", "-"))
+            f"{ref_wall:.1f}", "-", "-"))
   for name, spacing, extra in ROWS:
     for target in NFES:
       cfg = samplers.SamplerConfig(name, steps_for(name, target), schedule, spacing=spacing,
                                    **extra)
       mmd2, w2, wall = quality(cfg)
+      ovh = overhead(cfg) if target == 20 and args.overhead_repeats else ("-", "-")
       print(row(name + ("+churn" if extra else ""), spacing, cfg.num_steps, samplers.nfe(cfg),
-                f"{mmd2:.2f}", f"{w2:.4f}", f"{w2 / ref_w2:.3f}", f"{wall:.1f}",
-                overhead(cfg) if target == 20 else "-"), flush=True)
+                f"{mmd2:.2f}", f"{w2:.4f}", f"{w2 / ref_w2:.3f}", f"{wall:.1f}", *ovh), flush=True)
 
 
 if __name__ == "__main__":
