@@ -6,6 +6,7 @@ installed system-wide.
 import os
 import subprocess
 import tempfile
+import warnings
 import wave
 
 import imageio_ffmpeg
@@ -46,7 +47,10 @@ def write_mp4(path: str, video: np.ndarray, audio: np.ndarray | None = None,
   factor = max(1, -(-min_size // min(frames.shape[1:3])))
   frames = frames.repeat(factor, axis=1).repeat(factor, axis=2)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with tempfile.TemporaryDirectory() as tmp:
+  # ffmpeg is started with fork+exec; Python's warning about forking a multithreaded (JAX)
+  # process does not apply to a child that immediately execs.
+  with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     silent = os.path.join(tmp, "video.mp4")
     writer = imageio_ffmpeg.write_frames(
         silent, frames.shape[2:0:-1], fps=fps, codec="libx264", pix_fmt_out="yuv420p",
@@ -62,5 +66,5 @@ def write_mp4(path: str, video: np.ndarray, audio: np.ndarray | None = None,
     write_wav(wav, audio, sample_rate)
     subprocess.run(
         [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", silent, "-i", wav,
-         "-c:v", "copy", "-c:a", "aac", "-shortest", path], check=True, close_fds=False)
+         "-c:v", "copy", "-c:a", "aac", "-shortest", path], check=True)
   return path

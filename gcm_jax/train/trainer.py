@@ -22,6 +22,9 @@ from gcm_jax.train import state as state_lib
 from gcm_jax.train import step as step_lib
 
 
+CONFIG_FILE = "config.json"  # The run's resolved config, read back by gcm_jax.generate.
+
+
 def make_model(config: ml_collections.ConfigDict) -> stdit.STDiT:
   return stdit.STDiT(**config.model.to_dict())
 
@@ -46,9 +49,8 @@ def example_inputs(config: ml_collections.ConfigDict, batch_size: int) -> dict[s
   }
 
 
-def init_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-               ) -> tuple[state_lib.TrainState, Any]:
-  """Initializes the TrainState directly into its shardings. Returns (state, shardings)."""
+def _init_fn(config: ml_collections.ConfigDict):
+  """`key -> TrainState` with logically boxed (nn.Partitioned) parameters."""
   model = make_model(config)
   optimizer = state_lib.make_optimizer(config.train)
   inputs = example_inputs(config, batch_size=1)
@@ -57,10 +59,23 @@ def init_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
     boxed = model.init(key, inputs["x"], inputs["t"], inputs["cond"])["params"]
     return state_lib.create_state(boxed, optimizer)
 
-  rules = config.mesh.logical_axis_rules
-  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
-  shardings = mesh_lib.logical_shardings(abstract, mesh, rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  return init_fn
+
+
+def state_shardings(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                    ) -> tuple[state_lib.TrainState, Any]:
+  """(abstract TrainState of ShapeDtypeStructs, its NamedShardings on `mesh`); no FLOPs."""
+  abstract = jax.eval_shape(_init_fn(config), jax.random.PRNGKey(config.seed))
+  shardings = mesh_lib.logical_shardings(abstract, mesh, config.mesh.logical_axis_rules)
+  return nn.meta.unbox(abstract), shardings
+
+
+def init_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+               ) -> tuple[state_lib.TrainState, Any]:
+  """Initializes the TrainState directly into its shardings. Returns (state, shardings)."""
+  _, shardings = state_shardings(config, mesh)
+  init_fn = _init_fn(config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
     state = jax.jit(lambda k: nn.meta.unbox(init_fn(k)), out_shardings=shardings)(
         jax.random.PRNGKey(config.seed))
   return state, shardings
@@ -121,6 +136,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   from gcm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   mesh_lib.initialize_distributed(config.distributed)
   config = _resolve_data_dir(config, workdir)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+      f.write(config.to_json(indent=2))
   mesh = mesh_lib.make_mesh(config.mesh)
   state, shardings = init_state(config, mesh)
   data = pipeline.make_dataset(config, "train", mesh, batch_axes=mesh_lib.BATCH_AXES,
