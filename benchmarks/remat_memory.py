@@ -10,19 +10,10 @@ shows up here) and the median step time interleaved with the same-run matmul cei
       [--config base] [--policies none,full,dots,dots_saveable] [--repeats 3]
 """
 import argparse
-from typing import Optional
 
 from benchmarks import common
+from benchmarks import train_step
 from gcm_jax.models import stdit
-
-
-def measure(config_name: str, policy: str, repeats: int,
-            ceiling: Optional[common.Ceiling] = None) -> dict[str, float]:
-  """Compiles and times the train step with `policy`; returns timing + memory fields."""
-  bench = common.TrainStepBench(common.benchmark_config(config_name, remat_policy=policy))
-  result = common.measure_against_ceiling(bench.step, bench.flops, repeats, ceiling)
-  result.update({f"{k}_bytes": float(v) for k, v in bench.memory.items()})
-  return result
 
 
 def main() -> None:
@@ -32,7 +23,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
   ceiling = common.matmul_ceiling_fn()
-  results = {p: measure(args.config, p, args.repeats, ceiling)
+  results = {p: train_step.measure(common.benchmark_config(args.config, remat_policy=p),
+                                   args.repeats, ceiling)
              for p in args.policies.split(",")}
   first = next(iter(results.values()))
   rows = [[policy, f"{common.mib(r['temp_bytes']):.1f}", f"{common.mib(r['peak_bytes']):.1f}",

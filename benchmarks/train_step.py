@@ -12,23 +12,25 @@ import argparse
 from typing import Optional
 
 import jax
+import ml_collections
 
 from benchmarks import common
 
 
-def measure(config_name: str, dtype: str, repeats: int,
+def measure(config: ml_collections.ConfigDict, repeats: int,
             ceiling: Optional[common.Ceiling] = None) -> dict[str, float]:
-  """Compiles and times one train step of `config_name` with compute `dtype`.
+  """Compiles and times one train step of `config`.
 
-  Returns `common.measure_against_ceiling`'s fields plus 'params' (parameter count) and
-  'tokens' (video tokens per step, B * T * N).
+  Returns `common.measure_against_ceiling`'s fields plus 'params' (parameter count),
+  'tokens' (video tokens per step, B * T * N) and '<kind>_bytes' for the memory-analysis
+  kinds of `common.memory_bytes` (argument, output, temp, alias, peak).
   """
-  config = common.benchmark_config(config_name, dtype=dtype)
   bench = common.TrainStepBench(config)
   result = common.measure_against_ceiling(bench.step, bench.flops, repeats, ceiling)
   result["params"] = float(sum(x.size for x in jax.tree.leaves(bench.state.params)))
   n = (config.data.resolution // config.model.patch_size) ** 2
   result["tokens"] = float(config.data.batch_size * config.data.num_frames * n)
+  result.update({f"{k}_bytes": float(v) for k, v in bench.memory.items()})
   return result
 
 
@@ -42,7 +44,7 @@ def main() -> None:
   rows = []
   for spec in args.rows.split(","):
     name, dtype = spec.split(":")
-    r = measure(name, dtype, args.repeats, ceiling)
+    r = measure(common.benchmark_config(name, dtype=dtype), args.repeats, ceiling)
     rows.append([name, dtype, f"{r['params'] / 1e6:.2f}M", int(r["tokens"]),
                  f"{r['seconds'] * 1e3:.1f}", common.gflops(r["flops"]),
                  common.gflops(r["flop_per_s"]), common.gflops(r["ceiling_flop_per_s"]),
