@@ -34,9 +34,7 @@ def reference_video(mel, num_frames, window, motion):
   return video
 
 
-@pytest.mark.parametrize("num_frames,window,motion,name", [(16, 16, 4, "ddim"),
-                                                           (28, 8, 2, "dpmpp_2m"),
-                                                           (30, 8, 3, "dpmpp_2m"),
+@pytest.mark.parametrize("num_frames,window,motion,name", [(30, 8, 3, "dpmpp_2m"),
                                                            (9, 8, 0, "ddpm")])
 def test_long_video_matches_window_loop(num_frames, window, motion, name):
   cfg = samplers.SamplerConfig(name, 4, schedules.EDMSchedule())
@@ -64,7 +62,7 @@ def gaussian_denoiser(schedule):
   return denoise_fn
 
 
-@pytest.mark.parametrize("name", samplers.SAMPLERS)
+@pytest.mark.parametrize("name", ["ddpm", "dpmpp_3m", "heun"])
 def test_replacement_reproduces_known_frames_and_infills_others(name):
   cfg = samplers.SamplerConfig(name, 6, schedules.LinearSchedule(), eta=1.0, s_churn=10.0)
   known = jax.random.normal(jax.random.key(0), (B, 9, H, W, C))

@@ -145,8 +145,7 @@ def test_ddpm_matches_ho_alg2(variance, num_steps):
     np.testing.assert_allclose(run(cfg, x_T, key), want, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-@pytest.mark.parametrize("spacing", ["time", "logsnr"])
+@pytest.mark.parametrize("eta,spacing", [(0.0, "time"), (0.5, "logsnr"), (1.0, "time")])
 def test_ddim_matches_eq12(eta, spacing):
   with jax.enable_x64(True):
     cfg = samplers.SamplerConfig("ddim", 12, schedules.CosineSchedule(), spacing=spacing, eta=eta)
@@ -169,7 +168,7 @@ def test_ddim_eta1_equals_ddpm_posterior_on_ve_schedule():
 @pytest.mark.parametrize("schedule,spacing", [(schedules.LinearSchedule(), "logsnr"),
                                               (schedules.CosineSchedule(), "time"),
                                               (schedules.EDMSchedule(), "karras")])
-@pytest.mark.parametrize("num_steps", [1, 3, 10])
+@pytest.mark.parametrize("num_steps", [1, 10])
 def test_dpm_solver_pp_matches_reference(name, reference, schedule, spacing, num_steps):
   with jax.enable_x64(True):
     cfg = samplers.SamplerConfig(name, num_steps, schedule, spacing=spacing)
