@@ -145,27 +145,30 @@ def generate(trained: TrainedModel, text: str, samples: np.ndarray, sample_rate:
   return video[:num_frames], wav[:num_frames * audio_lib.SAMPLES_PER_VIDEO_FRAME]
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "run_train.py workdir with a checkpoint.")
-_TEXT = flags.DEFINE_string("text", None, "Caption + script, e.g. 'a green face ... says: hi'.")
-_AUDIO = flags.DEFINE_string("audio", None, "Voice recording (PCM WAV, any rate, mono/stereo).")
-_OUTPUT = flags.DEFINE_string("output", "generated.mp4", "Output mp4 (video + audio).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_STEPS = flags.DEFINE_integer("num_steps", None, "Sampler steps (default: the config's).")
-
-
 def _main(argv) -> None:
   del argv
-  trained = load_trained(_WORKDIR.value)
-  if _STEPS.value is not None:
-    trained.config.sampling.num_steps = _STEPS.value
-  samples, rate = read_wav(_AUDIO.value)
-  video, wav = generate(trained, _TEXT.value, samples, rate, jax.random.PRNGKey(_SEED.value))
-  path = video_io.write_mp4(_OUTPUT.value, video, wav)
+  f = flags.FLAGS
+  trained = load_trained(f.workdir)
+  if f.num_steps is not None:
+    trained.config.sampling.num_steps = f.num_steps
+  samples, rate = read_wav(f.audio)
+  video, wav = generate(trained, f.text, samples, rate, jax.random.PRNGKey(f.seed))
+  path = video_io.write_mp4(f.output, video, wav)
   print(f"wrote {path}: {video.shape[0]} frames ({video.shape[0] / 25:.2f} s) at "
         f"{video.shape[1]}x{video.shape[2]}")
 
 
 def main() -> None:
-  """Console entry point `gcm-generate`."""
+  """Console entry point `gcm-generate` (flags are defined here, not on import)."""
+  flags.DEFINE_string("workdir", None, "run_train.py workdir with a checkpoint.")
+  flags.DEFINE_string("text", None, "Caption + script, e.g. 'a green face ... says: hi'.")
+  flags.DEFINE_string("audio", None, "Voice recording (PCM WAV, any rate, mono/stereo).")
+  flags.DEFINE_string("output", "generated.mp4", "Output mp4 (video + audio).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_integer("num_steps", None, "Sampler steps (default: the config's).")
   flags.mark_flags_as_required(["workdir", "text", "audio"])
   app.run(_main, argv=sys.argv)
+
+
+if __name__ == "__main__":
+  main()

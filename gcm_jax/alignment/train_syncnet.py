@@ -44,18 +44,22 @@ TEXT_VIDEO_FILE = "text_video.msgpack"
 REPORT_FILE = "report.json"
 
 
+CLIP_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask")
+
+
 def make_clips(split: str, num_clips: int, num_frames: int, resolution: int,
-               mel_alignment: str, text_max_len: int, seed: int) -> Batch:
+               mel_alignment: str, text_max_len: int, seed: int,
+               keys: Tuple[str, ...] = CLIP_KEYS) -> Batch:
   """Generates `num_clips` clips of a split, preprocessed by the data pipeline
   (`gcm_jax.data.pipeline.preprocess`, so exactly the training batches' conventions).
 
   Returns:
-    {'video': float32 [N, T, R, R, 3] in [-1, 1], 'mel': float32 [N, T, 16, 80],
-     'mouth_open': float32 [N, T], 'text_tokens': int32 [N, L], 'text_mask': bool [N, L]}.
+    the `keys` of `pipeline.preprocess` stacked, by default {'video': float32
+    [N, T, R, R, 3] in [-1, 1], 'mel': float32 [N, T, 16, 80], 'mouth_open': float32
+    [N, T], 'text_tokens': int32 [N, L], 'text_mask': bool [N, L]}.
   """
   phrases, voices = corpus.SPLITS[split]
   rng = np.random.default_rng(seed)
-  keys = ("video", "mel", "mouth_open", "text_tokens", "text_mask")
   out = {k: [] for k in keys}
   for _ in range(num_clips):
     ex = generate_example(
@@ -340,14 +344,18 @@ def load_syncnet(config: ml_collections.ConfigDict,
     return model, serialization.from_bytes(template, f.read())
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/syncnet.py", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
-
-
-def main(argv):
+def _main(argv):
   del argv
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+def main() -> None:
+  """CLI entry point (flags are defined here, not on import, so importing this module
+  from other programs does not clash with their flags)."""
+  config_flags.DEFINE_config_file("config", None, "configs/syncnet.py", lock_config=True)
+  flags.DEFINE_string("workdir", None, "output directory", required=True)
+  app.run(_main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

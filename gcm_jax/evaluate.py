@@ -1,0 +1,166 @@
+"""Evaluates a trained model on held-out talking faces: colors, lip sync, LSE.
+
+  python -m gcm_jax.evaluate --workdir=/tmp/recipe --syncnet_workdir=/tmp/syncnet
+
+For `num_clips` clips of the test split (phrases and voices never seen in training),
+each `clip_frames` long, the model generates a video from the clip's caption and audio
+(long-video extension over windows of the training length). Measured:
+  * color accuracy: the generated face / background color, read as the nearest palette
+    color to the median pixel inside the head (from the clip's keypoints) / on the image
+    border, equals the color the caption asks for;
+  * lip sync against the audio that drove the generation ("matched") and against another
+    clip's audio ("shuffled"): the oracle mouth-opening correlation
+    (`alignment.metrics.oracle_lipsync`) and SyncNet LSE-D / LSE-C
+    (`alignment.metrics.lse_metrics`, syncnet_python's definitions).
+The same numbers for the ground-truth clips bound what is reachable.
+"""
+import json
+import os
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gcm_jax import generate
+from gcm_jax import sampling
+from gcm_jax.alignment import metrics
+from gcm_jax.alignment import syncnet as syncnet_lib
+from gcm_jax.alignment import train_syncnet
+from gcm_jax.data.talking_faces import captions
+from gcm_jax.diffusion import extension
+from gcm_jax.models import controlnet
+
+EVAL_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask", "keypoints",
+             "face_color", "background_color")
+
+
+def nearest_color(rgb: np.ndarray) -> np.ndarray:
+  """Palette index of the nearest caption color to `rgb` `[..., 3]` in [-1, 1]."""
+  palette = captions.COLOR_RGB.astype(np.float32) / 127.5 - 1.0
+  return np.argmin(np.linalg.norm(rgb[..., None, :] - palette, axis=-1), axis=-1)
+
+
+def read_colors(video: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(face, background) palette indices `[B]` of videos `[B, T, R, R, 3]`.
+
+  Face: median pixel where the head layout of `keypoints` `[B, T, K, 2]` is > 0.9;
+  background: median pixel of the 2-pixel image border.
+  """
+  r = video.shape[2]
+  inside = np.asarray(controlnet.head_layout(jnp.asarray(keypoints), r))[..., 0] > 0.9
+  border = np.ones((r, r), bool)
+  border[2:-2, 2:-2] = False
+  face = np.stack([np.median(v[m], axis=0) for v, m in zip(video, inside)])
+  background = np.stack([np.median(v[:, border], axis=(0, 1)) for v in video])
+  return nearest_color(face), nearest_color(background)
+
+
+def sync_metrics(video: jax.Array, mel: jax.Array, mouth_open: jax.Array, syncnet: Any,
+                 syncnet_vars: Any, audio_frame_offset: int) -> dict[str, float]:
+  """Mean oracle mouth correlation, LSE-D and LSE-C of `video` against the audio `mel`."""
+  oracle = metrics.oracle_lipsync(video, mouth_open)
+  lse = metrics.lse_metrics(syncnet, syncnet_vars, video, mel,
+                            audio_frame_offset=audio_frame_offset)
+  return {"mouth_corr": float(jnp.mean(oracle["mouth_corr"])),
+          "lse_d": float(jnp.mean(lse["lse_d"])), "lse_c": float(jnp.mean(lse["lse_c"]))}
+
+
+def generate_for_clips(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+                       key: jax.Array, batch_size: int = 16) -> np.ndarray:
+  """Videos `[N, T, R, R, 3]` for the clips' captions and audio (long-video extension)."""
+  config = trained.config
+  cfg = sampling.sampler_config(config)
+  denoise = sampling.guided_denoiser(trained.model, trained.params, config)
+  n, t, r = clips["video"].shape[:3]
+  window = config.data.num_frames
+
+  @jax.jit
+  def run(k, cond):
+    b = cond["mel"].shape[0]
+    cond = dict(cond, drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
+    return extension.generate_long_video(denoise, k, cond, cfg, (b, t, r, r, 3), window,
+                                         config.diffusion.max_motion_frames)
+
+  videos = []
+  for start in range(0, n, batch_size):
+    cond = {k: jnp.asarray(clips[k][start:start + batch_size])
+            for k in ("text_tokens", "text_mask", "mel")}
+    videos.append(np.asarray(jnp.clip(run(jax.random.fold_in(key, start), cond), -1, 1)))
+  return np.concatenate(videos)
+
+
+def evaluate(workdir: str, syncnet_workdir: str, num_clips: int = 32, clip_frames: int = 40,
+             seed: int = 0) -> dict[str, Any]:
+  """Runs the evaluation described in the module docstring; returns a JSON-able report."""
+  trained = generate.load_trained(workdir)
+  config = trained.config
+  sync_config = ml_collections.ConfigDict(train_syncnet_config(syncnet_workdir))
+  if sync_config.data.resolution != config.data.resolution:
+    raise ValueError(f"SyncNet was trained at {sync_config.data.resolution}px but the model "
+                     f"generates {config.data.resolution}px")
+  syncnet, syncnet_vars = train_syncnet.load_syncnet(sync_config, syncnet_workdir)
+  if config.data.mel_window != syncnet_lib.MEL_FRAMES:
+    raise ValueError(f"LSE needs {syncnet_lib.MEL_FRAMES}-frame mel windows, the model uses "
+                     f"{config.data.mel_window}")
+  offset = syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment)
+  clips = train_syncnet.make_clips("test", num_clips, clip_frames, config.data.resolution,
+                                   config.data.mel_alignment, config.model.text_max_len, seed,
+                                   keys=EVAL_KEYS)
+  videos = generate_for_clips(trained, clips, jax.random.PRNGKey(seed))
+  face, background = read_colors(videos, clips["keypoints"])
+  gt_face, gt_background = read_colors(clips["video"], clips["keypoints"])
+  shuffled = np.roll(np.arange(num_clips), 1)
+  mel, mouth = jnp.asarray(clips["mel"]), jnp.asarray(clips["mouth_open"])
+  report = {
+      "num_clips": num_clips, "clip_frames": clip_frames,
+      "face_color_accuracy": float(np.mean(face == clips["face_color"])),
+      "background_color_accuracy": float(np.mean(background == clips["background_color"])),
+      "ground_truth_face_color_accuracy": float(np.mean(gt_face == clips["face_color"])),
+      "ground_truth_background_color_accuracy":
+          float(np.mean(gt_background == clips["background_color"])),
+      "generated_matched": sync_metrics(jnp.asarray(videos), mel, mouth, syncnet, syncnet_vars,
+                                        offset),
+      "generated_shuffled": sync_metrics(jnp.asarray(videos), mel[shuffled], mouth[shuffled],
+                                         syncnet, syncnet_vars, offset),
+      "ground_truth_matched": sync_metrics(jnp.asarray(clips["video"]), mel, mouth, syncnet,
+                                           syncnet_vars, offset),
+      "ground_truth_shuffled": sync_metrics(jnp.asarray(clips["video"]), mel[shuffled],
+                                            mouth[shuffled], syncnet, syncnet_vars, offset),
+  }
+  return report
+
+
+def train_syncnet_config(syncnet_workdir: str) -> dict:
+  """The config a `train_syncnet` run saved in its report."""
+  with open(os.path.join(syncnet_workdir, train_syncnet.REPORT_FILE), encoding="utf-8") as f:
+    return json.load(f)["config"]
+
+
+def _main(argv) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
+  f = flags.FLAGS
+  report = evaluate(f.workdir, f.syncnet_workdir, f.num_clips, f.clip_frames)
+  path = os.path.join(f.workdir, "eval.json")
+  with open(path, "w", encoding="utf-8") as out:
+    json.dump(report, out, indent=2)
+  print(json.dumps(report, indent=2))
+
+
+def main() -> None:
+  """CLI entry point (flags are defined here, not on import)."""
+  flags.DEFINE_string("workdir", None, "run_train.py workdir.")
+  flags.DEFINE_string("syncnet_workdir", None, "train_syncnet workdir.")
+  flags.DEFINE_integer("num_clips", 32, "Held-out clips to generate.")
+  flags.DEFINE_integer("clip_frames", 40, "Frames per clip (>= 6 for LSE).")
+  flags.mark_flags_as_required(["workdir", "syncnet_workdir"])
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()
