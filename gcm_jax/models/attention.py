@@ -71,7 +71,7 @@ def attend(q: Array, k: Array, v: Array, mask: Optional[Array] = None,
 
 
 def _key_padding(mask: Optional[Array], batch: int, kv_len: int) -> Optional[Array]:
-  """A key padding mask bool `[B, Lk]` from `mask` broadcastable to `[B, 1, 1, Lk]`."""
+  """A key padding mask bool `[B, Lk]` from `mask` broadcastable to `[B, 1, 1, Lk]` (or None)."""
   if mask is None:
     return None
   if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
@@ -87,18 +87,16 @@ def _padded_length(length: int) -> tuple[int, int]:
   return padded, block
 
 
-def _splash_local(q: Array, k: Array, v: Array, keep: Optional[Array],
-                  interpret: bool) -> Array:
-  """Splash attention on one device's shard: q `[B, Lq, H, K]`, keep bool `[B, Lk]` or None."""
+def _splash_local(q: Array, k: Array, v: Array, keep: Array, interpret: bool) -> Array:
+  """Splash attention on one device's shard: q `[B, Lq, H, K]`, keep bool `[B, Lk]`."""
   b, lq, h, head_dim = q.shape
   lk = k.shape[1]
   lq_pad, block_q = _padded_length(lq)
   lk_pad, block_kv = _padded_length(lk)
-  if keep is None:
-    keep = jnp.ones((b, lk), bool)
   # Padded keys get segment id 1 (never attended by the queries' id 0); padded query
   # rows are computed against the real keys and dropped.
-  kv_ids = jnp.pad(jnp.where(keep, 0, 1), ((0, 0), (0, lk_pad - lk)), constant_values=1)
+  kv_ids = jnp.pad(jnp.where(keep, 0, 1).astype(jnp.int32), ((0, 0), (0, lk_pad - lk)),
+                   constant_values=1)
   q_ids = jnp.zeros((b, lq_pad), jnp.int32)
 
   def to_heads_major(x, length):  # [B, L, H, K] -> [B, H, L_pad, K]
@@ -114,7 +112,7 @@ def _splash_local(q: Array, k: Array, v: Array, keep: Optional[Array],
       interpret=interpret)
   out = jax.vmap(kernel)(to_heads_major(q * jnp.asarray(scale, q.dtype), lq_pad),
                          to_heads_major(k, lk_pad), to_heads_major(v, lk_pad),
-                         segment_ids=splash.SegmentIds(q=q_ids, kv=kv_ids.astype(jnp.int32)))
+                         segment_ids=splash.SegmentIds(q=q_ids, kv=kv_ids))
   return out.transpose(0, 2, 1, 3)[:, :lq].astype(q.dtype)
 
 
@@ -136,6 +134,8 @@ def splash_attention(q: Array, k: Array, v: Array, mask: Optional[Array] = None,
   keep = _key_padding(mask, q.shape[0], k.shape[1])
   if min(q.shape[1], k.shape[1]) < SPLASH_BLOCK:
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+  if keep is None:
+    keep = jnp.ones((q.shape[0], k.shape[1]), bool)
   local = lambda q_, k_, v_, keep_: _splash_local(q_, k_, v_, keep_, interpret)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
@@ -143,9 +143,6 @@ def splash_attention(q: Array, k: Array, v: Array, mask: Optional[Array] = None,
   spec = nn.logical_to_mesh_axes(QKV_AXES) or jax.sharding.PartitionSpec()
   keep_spec = jax.sharding.PartitionSpec(spec[0] if len(spec) else None, None)
   # check_vma=False: the Pallas kernel's outputs carry no varying-manual-axes types.
-  if keep is None:
-    return jax.shard_map(lambda q_, k_, v_: local(q_, k_, v_, None), in_specs=(spec,) * 3,
-                         out_specs=spec, check_vma=False)(q, k, v)
   return jax.shard_map(local, in_specs=(spec,) * 3 + (keep_spec,), out_specs=spec,
                        check_vma=False)(q, k, v, keep)
 
