@@ -30,8 +30,9 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     entry_points={"console_scripts": ["gcm-generate=gcm_jax.generate:main"]},
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "scipy>=1.13,<2"],
-        "notebook": ["jupyter", "nbclient>=0.10,<1", "ipykernel"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "scipy>=1.13,<2", "nbclient>=0.10,<1",
+                 "nbformat>=5.9,<6", "ipykernel>=6.29,<8"],
+        "notebook": ["jupyter"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
     },
 )
