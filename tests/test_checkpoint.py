@@ -64,17 +64,23 @@ def test_kill_during_async_save_keeps_previous_checkpoint(tmp_path):
   assert float(state.params["w"][0, 0]) == 1.0 and data_state == {"iterator": "one"}
 
 
-def test_restore_onto_a_different_mesh(tmp_path):
+def _save_initial_state(directory):
+  """Initializes the micro model on an 8-way data mesh and checkpoints it as step 2."""
   config = train_utils.micro_config()
   config.mesh.shape = dict(data=8, fsdp=1, tensor=1)
-  state, _ = trainer.init_state(config, mesh_lib.make_mesh(config.mesh))
-  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), config.checkpoint)
-  checkpointer.maybe_save(2, state, {"iterator": "x"})
+  state, shardings = trainer.init_state(config, mesh_lib.make_mesh(config.mesh))
+  checkpointer = checkpoint_lib.Checkpointer(str(directory), config.checkpoint)
+  assert checkpointer.maybe_save(2, state, {"iterator": "x"})
   checkpointer.wait()
+  return config, state, shardings, checkpointer
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+  config, state, _, checkpointer = _save_initial_state(tmp_path)
   config.mesh.shape = dict(data=1, fsdp=4, tensor=2)
-  target_state, target_shardings = trainer.init_state(config, mesh_lib.make_mesh(config.mesh))
+  target, target_shardings = trainer.state_shardings(config, mesh_lib.make_mesh(config.mesh))
   restored, _ = checkpointer.restore(
-      checkpoint_lib.abstract_with_shardings(target_state, target_shardings))
+      checkpoint_lib.abstract_with_shardings(target, target_shardings))
   jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
   restored_specs = [x.sharding.spec for x in jax.tree.leaves(restored.params)]
   target_specs = [s.spec for s in jax.tree.leaves(target_shardings.params)]
@@ -83,12 +89,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
 
 
 def test_corrupt_checkpoint_gives_clear_error(tmp_path):
-  config = train_utils.micro_config()
-  config.mesh.shape = dict(data=8, fsdp=1, tensor=1)
-  state, shardings = trainer.init_state(config, mesh_lib.make_mesh(config.mesh))
-  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), config.checkpoint)
-  checkpointer.maybe_save(2, state, {"iterator": "x"})
-  checkpointer.wait()
+  _, state, shardings, checkpointer = _save_initial_state(tmp_path)
   for root, _, files in os.walk(tmp_path / "2" / "state"):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
