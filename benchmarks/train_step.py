@@ -6,7 +6,8 @@ AdamW, EMA, state donated) on one device with a synthetic batch. Time is the med
 one warm-up step. See benchmarks/common.py for the tiny / base configs.
 
   cd /work/main && /work/venv/bin/python -m benchmarks.train_step \
-      [--rows tiny:float32,base:float32,base:bfloat16] [--repeats 5]
+      [--rows tiny:float32,base:float32,base:bfloat16] [--repeats 5] \
+      [--attention_impl xla|cudnn|pallas_tpu]
 """
 import argparse
 from typing import Optional
@@ -39,17 +40,21 @@ def main() -> None:
   parser.add_argument("--rows", default="tiny:float32,base:float32,base:bfloat16",
                       help="comma-separated config:dtype pairs")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--attention_impl", default=None,
+                      help="config.model.attention_impl (default: None, JAX chooses)")
   args = parser.parse_args()
   ceiling = common.matmul_ceiling_fn()
   rows = []
   for spec in args.rows.split(","):
     name, dtype = spec.split(":")
-    r = measure(common.benchmark_config(name, dtype=dtype), args.repeats, ceiling)
+    config = common.benchmark_config(name, dtype=dtype, attention_impl=args.attention_impl)
+    r = measure(config, args.repeats, ceiling)
     rows.append([name, dtype, f"{r['params'] / 1e6:.2f}M", int(r["tokens"]),
                  f"{r['seconds'] * 1e3:.1f}", common.gflops(r["flops"]),
                  common.gflops(r["flop_per_s"]), common.gflops(r["ceiling_flop_per_s"]),
                  f"{100 * r['ratio']:.1f}%"])
-  print(f"train step, median of {args.repeats} ({common.environment_line()})")
+  print(f"train step, attention_impl={args.attention_impl}, median of {args.repeats} "
+        f"({common.environment_line()})")
   print(common.format_table(
       ["config", "dtype", "params", "tokens/step", "ms/step", "GFLOP/step",
        "achieved GFLOP/s", "matmul ceiling GFLOP/s", "ratio"], rows))
