@@ -44,7 +44,7 @@ class SelfAttentionStack(nn.Module):
 
 def compile_fwd_bwd(kind: str, frames: int, patches: int, width: int, num_heads: int,
                     dtype: str = "float32", implementation: Optional[str] = None,
-                    batch: int = 1):
+                    batch: int = 1, compiler_options: common.CompilerOptions = None):
   """Compiles forward + backward of `SelfAttentionStack` on random `[batch, T, N, D]` tokens.
 
   Returns (compiled, params, x): `compiled(params, x)` gives the gradients w.r.t. both.
@@ -57,16 +57,18 @@ def compile_fwd_bwd(kind: str, frames: int, patches: int, width: int, num_heads:
   def loss(p, inputs):
     return jnp.sum(module.apply(p, inputs).astype(jnp.float32) ** 2)
 
-  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile()
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile(
+      compiler_options)
   return compiled, params, x
 
 
 def measure(kind: str, frames: int, patches: int, width: int, num_heads: int, repeats: int,
             dtype: str = "float32", implementation: Optional[str] = None,
-            ceiling: Optional[common.Ceiling] = None) -> dict[str, float]:
+            ceiling: Optional[common.Ceiling] = None,
+            compiler_options: common.CompilerOptions = None) -> dict[str, float]:
   """Times one configuration; returns `measure_against_ceiling` fields + memory bytes."""
   compiled, params, x = compile_fwd_bwd(kind, frames, patches, width, num_heads, dtype,
-                                        implementation)
+                                        implementation, compiler_options=compiler_options)
   result = common.measure_against_ceiling(lambda: compiled(params, x),
                                           common.cost_flops(compiled), repeats, ceiling)
   memory = common.memory_bytes(compiled)

@@ -31,6 +31,10 @@ from gcm_jax.train import trainer
 
 # A zero-argument function running the ceiling matmul once, and its FLOPs.
 Ceiling = tuple[Callable[[], Any], float]
+# XLA options for `Lowered.compile`; the smoke tests pass FAST_COMPILE (compile speed),
+# the benchmarks the defaults (None).
+CompilerOptions = Optional[dict[str, Any]]
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 BASE_MODEL = dict(width=384, depth=4, num_heads=6, patch_size=4, text_max_len=64)
 BASE_DATA = dict(resolution=32, num_frames=16, batch_size=2)
@@ -157,7 +161,7 @@ def single_device_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 class TrainStepBench:
   """The trainer's jitted train step (`trainer.compile_train_step`, state donated) on one
-  device, compiled once for a synthetic batch.
+  device, compiled once (with `compiler_options`) for a synthetic batch.
 
   The `jax.jit` object is taken from the closure of the function the trainer returns
   (`inspect.getclosurevars`), so the benchmark always measures the trainer's own step.
@@ -168,7 +172,8 @@ class TrainStepBench:
     memory: `memory_bytes(compiled)`.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict,
+               compiler_options: CompilerOptions = None):
     mesh = single_device_mesh(config)
     self.state, shardings = trainer.init_state(config, mesh)
     self.batch = synthetic_batch(config)
@@ -178,7 +183,7 @@ class TrainStepBench:
       raise RuntimeError("trainer.compile_train_step no longer closes over a `jitted` "
                          "jax.jit object; update benchmarks/common.py")
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
-      self.compiled = jitted.lower(self.state, self.batch).compile()
+      self.compiled = jitted.lower(self.state, self.batch).compile(compiler_options)
     self.flops = cost_flops(self.compiled)
     self.memory = memory_bytes(self.compiled)
 

@@ -19,14 +19,15 @@ from benchmarks import common
 
 
 def measure(config: ml_collections.ConfigDict, repeats: int,
-            ceiling: Optional[common.Ceiling] = None) -> dict[str, float]:
-  """Compiles and times one train step of `config`.
+            ceiling: Optional[common.Ceiling] = None,
+            compiler_options: common.CompilerOptions = None) -> dict[str, float]:
+  """Compiles (with `compiler_options`) and times one train step of `config`.
 
   Returns `common.measure_against_ceiling`'s fields plus 'params' (parameter count),
   'tokens' (video tokens per step, B * T * N) and '<kind>_bytes' for the memory-analysis
   kinds of `common.memory_bytes` (argument, output, temp, alias, peak).
   """
-  bench = common.TrainStepBench(config)
+  bench = common.TrainStepBench(config, compiler_options)
   result = common.measure_against_ceiling(bench.step, bench.flops, repeats, ceiling)
   result["params"] = float(sum(x.size for x in jax.tree.leaves(bench.state.params)))
   n = (config.data.resolution // config.model.patch_size) ** 2

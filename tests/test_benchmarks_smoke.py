@@ -1,6 +1,7 @@
 """Smoke tests of the performance benchmarks (tiny sizes) and the attention kernel dispatch.
 
-Each benchmark's core measurement runs once on a micro model and must return sane
+Each benchmark's core measurement runs once on a micro model (compiled with
+`common.FAST_COMPILE`, XLA's low optimization level, for speed) and must return sane
 numbers (time, FLOPs, ceiling > 0, memory > 0). The attention tests check that
 `attend` rejects unknown kernels, that the Pallas TPU path refuses non-TPU backends
 with a clear error, and (Pallas interpreter, any backend) that the splash path matches
@@ -17,7 +18,7 @@ from gcm_jax.models import attention
 
 
 def _micro_config(**model_overrides):
-  config = common.benchmark_config("tiny", **model_overrides)
+  config = common.benchmark_config("tiny", text_layers=0, audio_layers=0, **model_overrides)
   config.model.update(width=32, depth=1, num_heads=2, patch_size=8, text_max_len=32)
   config.data.update(resolution=16, num_frames=2, batch_size=2)
   config.diffusion.update(max_motion_frames=1)
@@ -39,7 +40,8 @@ def _check_timing(result):
 
 def test_train_step_measure_reports_time_flops_and_memory(ceiling):
   """Also the core of benchmarks/remat_memory.py (train_step.measure per remat policy)."""
-  result = train_step.measure(_micro_config(remat_policy="full"), repeats=1, ceiling=ceiling)
+  result = train_step.measure(_micro_config(remat_policy="full"), repeats=1, ceiling=ceiling,
+                              compiler_options=common.FAST_COMPILE)
   _check_timing(result)
   assert result["params"] > 0
   assert result["tokens"] == 2 * 2 * 4
@@ -51,7 +53,8 @@ def test_train_step_measure_reports_time_flops_and_memory(ceiling):
 @pytest.mark.parametrize("kind", attention_bench.KINDS)
 def test_attention_measure(kind, ceiling):
   result = attention_bench.measure(kind, frames=2, patches=4, width=16, num_heads=2,
-                                   repeats=1, ceiling=ceiling)
+                                   repeats=1, ceiling=ceiling,
+                                   compiler_options=common.FAST_COMPILE)
   _check_timing(result)
   assert result["temp_bytes"] >= 0 and result["peak_bytes"] > 0
 
