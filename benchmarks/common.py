@@ -215,8 +215,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def gflops(flops: float) -> float:
+  """FLOPs (or FLOP/s) in units of 1e9."""
   return flops / 1e9
 
 
 def mib(num_bytes: float) -> float:
+  """Bytes in MiB."""
   return num_bytes / 2 ** 20
