@@ -13,7 +13,6 @@ Benchmark model configs (the `configs/` files are left alone):
     dominated, and a train step takes seconds on 2 CPU cores.
 """
 import functools
-import inspect
 import os
 import statistics
 import time
@@ -160,11 +159,8 @@ def single_device_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 
 class TrainStepBench:
-  """The trainer's jitted train step (`trainer.compile_train_step`, state donated) on one
+  """The trainer's jitted train step (`trainer.jit_train_step`, state donated) on one
   device, compiled once (with `compiler_options`) for a synthetic batch.
-
-  The `jax.jit` object is taken from the closure of the function the trainer returns
-  (`inspect.getclosurevars`), so the benchmark always measures the trainer's own step.
 
   Attributes:
     compiled: the compiled executable `(state, batch) -> (state, metrics)`.
@@ -177,11 +173,7 @@ class TrainStepBench:
     mesh = single_device_mesh(config)
     self.state, shardings = trainer.init_state(config, mesh)
     self.batch = synthetic_batch(config)
-    run = trainer.compile_train_step(config, mesh, shardings)
-    jitted = inspect.getclosurevars(run).nonlocals.get("jitted")
-    if not hasattr(jitted, "lower"):
-      raise RuntimeError("trainer.compile_train_step no longer closes over a `jitted` "
-                         "jax.jit object; update benchmarks/common.py")
+    jitted = trainer.jit_train_step(config, mesh, shardings)
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
       self.compiled = jitted.lower(self.state, self.batch).compile(compiler_options)
     self.flops = cost_flops(self.compiled)

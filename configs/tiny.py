@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
       time_scale=1000.0,
       dtype="float32",          # compute dtype; params are always float32
       remat_policy="none",      # none | full | dots | dots_saveable
-      attention_impl=None,      # None (auto) | "xla" | "cudnn"
+      attention_impl=None,      # None (auto) | "xla" | "cudnn" | "pallas_tpu"
   ))
 
   config.data = dict(

@@ -81,15 +81,25 @@ def init_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   return state, shardings
 
 
-def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                       state_shardings: Any):
-  """The jitted train step: (state, batch) -> (state, metrics), state donated."""
+def jit_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                   state_shardings: Any):
+  """The `jax.jit` train step (state, batch) -> (state, metrics), state donated.
+
+  Trace/lower/call it under `jax.set_mesh(mesh)` and the config's logical axis rules
+  (`compile_train_step` does); benchmarks lower it directly for cost analysis.
+  """
   step_fn = functools.partial(
       step_lib.train_step, apply_fn=step_lib.model_apply_fn(make_model(config)),
       optimizer=state_lib.make_optimizer(config.train), config=config)
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
-                   donate_argnums=0)
+  return jax.jit(step_fn, in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                       state_shardings: Any):
+  """The train step as a plain function that enters the mesh and axis-rule contexts."""
+  jitted = jit_train_step(config, mesh, state_shardings)
   rules = config.mesh.logical_axis_rules
 
   def run(state, batch):
