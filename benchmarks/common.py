@@ -211,6 +211,17 @@ def gflops(flops: float) -> float:
   return flops / 1e9
 
 
+THROUGHPUT_HEADERS = ["ms/step", "GFLOP/step", "achieved GFLOP/s", "matmul ceiling GFLOP/s",
+                      "ratio"]
+
+
+def throughput_cells(result: dict) -> list:
+  """Table cells for THROUGHPUT_HEADERS from a `measure`-style result dict."""
+  return [f"{result['seconds'] * 1e3:.1f}", gflops(result["flops"]),
+          gflops(result["flop_per_s"]), gflops(result["ceiling_flop_per_s"]),
+          f"{100 * result['ratio']:.1f}%"]
+
+
 def mib(num_bytes: float) -> float:
   """Bytes in MiB."""
   return num_bytes / 2 ** 20

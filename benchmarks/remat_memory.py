@@ -28,15 +28,12 @@ def main() -> None:
              for p in args.policies.split(",")}
   first = next(iter(results.values()))
   rows = [[policy, f"{common.mib(r['temp_bytes']):.1f}", f"{common.mib(r['peak_bytes']):.1f}",
-           f"{r['peak_bytes'] / first['peak_bytes']:.2f}", f"{r['seconds'] * 1e3:.0f}",
-           common.gflops(r["flops"]), common.gflops(r["flop_per_s"]),
-           common.gflops(r["ceiling_flop_per_s"]), f"{100 * r['ratio']:.1f}%"]
+           f"{r['peak_bytes'] / first['peak_bytes']:.2f}", *common.throughput_cells(r)]
           for policy, r in results.items()]
   print(f"train step per remat policy, {args.config} config, median of {args.repeats} "
         f"({common.environment_line()})")
   print(common.format_table(
-      ["remat", "temp MiB", "peak MiB", "peak vs first", "ms/step", "GFLOP/step",
-       "achieved GFLOP/s", "matmul ceiling GFLOP/s", "ratio"], rows))
+      ["remat", "temp MiB", "peak MiB", "peak vs first", *common.THROUGHPUT_HEADERS], rows))
 
 
 if __name__ == "__main__":

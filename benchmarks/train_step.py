@@ -51,14 +51,11 @@ def main() -> None:
     config = common.benchmark_config(name, dtype=dtype, attention_impl=args.attention_impl)
     r = measure(config, args.repeats, ceiling)
     rows.append([name, dtype, f"{r['params'] / 1e6:.2f}M", int(r["tokens"]),
-                 f"{r['seconds'] * 1e3:.1f}", common.gflops(r["flops"]),
-                 common.gflops(r["flop_per_s"]), common.gflops(r["ceiling_flop_per_s"]),
-                 f"{100 * r['ratio']:.1f}%"])
+                 *common.throughput_cells(r)])
   print(f"train step, attention_impl={args.attention_impl}, median of {args.repeats} "
         f"({common.environment_line()})")
   print(common.format_table(
-      ["config", "dtype", "params", "tokens/step", "ms/step", "GFLOP/step",
-       "achieved GFLOP/s", "matmul ceiling GFLOP/s", "ratio"], rows))
+      ["config", "dtype", "params", "tokens/step", *common.THROUGHPUT_HEADERS], rows))
 
 
 if __name__ == "__main__":
