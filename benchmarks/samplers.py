@@ -24,8 +24,6 @@ import numpy as np
 
 from gcm_jax.diffusion import parameterization, samplers, schedules, toy
 
-SCHEDULES = {"edm": schedules.EDMSchedule(), "linear": schedules.LinearSchedule(),
-             "cosine": schedules.CosineSchedule()}
 # (sampler, spacing, extra config) rows; NFE targets below.
 ROWS = [("ddpm", "time", {}), ("ddim", "time", {}), ("dpmpp_2m", "time", {}),
         ("dpmpp_2m", "logsnr", {}), ("dpmpp_3m", "logsnr", {}), ("euler", "karras", {}),
@@ -68,12 +66,12 @@ def row(label, spacing, steps, nfe, mmd2, w2, ref_w2, wall_ms, ovh_call, ovh_sca
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--schedule", default="edm", choices=sorted(SCHEDULES))
+  parser.add_argument("--schedule", default="edm", choices=sorted(schedules.BY_NAME))
   parser.add_argument("--num_samples", type=int, default=200_000)
   parser.add_argument("--mode_std", type=float, default=0.15)
   parser.add_argument("--overhead_repeats", type=int, default=7, help="0 skips the overhead")
   args = parser.parse_args()
-  schedule, mixture = SCHEDULES[args.schedule], toy.ring_mixture(std=args.mode_std)
+  schedule, mixture = schedules.from_name(args.schedule), toy.ring_mixture(std=args.mode_std)
   exact = toy.exact_denoiser(mixture, schedule)
   mlp = mlp_denoiser(schedule)
   x_mlp = jax.random.normal(jax.random.key(3), (1024, 256))

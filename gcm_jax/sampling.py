@@ -11,21 +11,21 @@ import ml_collections
 from gcm_jax.diffusion import guidance
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import samplers
+from gcm_jax.diffusion import schedules
 from gcm_jax.models import stdit
-from gcm_jax.train import step as step_lib
 
 
 def sampler_config(config: ml_collections.ConfigDict) -> samplers.SamplerConfig:
   return samplers.SamplerConfig(name=config.sampling.sampler,
                                 num_steps=config.sampling.num_steps,
-                                schedule=step_lib.make_schedule(config.diffusion))
+                                schedule=schedules.from_name(config.diffusion.schedule))
 
 
 def guided_denoiser(model: stdit.STDiT, params: Any, config: ml_collections.ConfigDict):
   """x0-denoiser `(x_t, t, cond) -> x0` with text/audio classifier-free guidance."""
   model_fn = lambda x, t, c: model.apply({"params": params}, x, t, c)
   denoise_fn = parameterization.make_denoiser(
-      model_fn, step_lib.make_schedule(config.diffusion), config.diffusion.parameterization)
+      model_fn, schedules.from_name(config.diffusion.schedule), config.diffusion.parameterization)
   return guidance.text_audio_guidance(denoise_fn, config.sampling.text_scale,
                                       config.sampling.audio_scale)
 

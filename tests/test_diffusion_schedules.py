@@ -116,3 +116,11 @@ def test_make_denoiser_calls_model_with_model_time_and_scaled_input(prediction):
     np.testing.assert_allclose(scale, 1 / np.sqrt(float(sigma)**2 + 0.25), rtol=1e-5)
   with pytest.raises(ValueError, match="unknown prediction"):
     parameterization.make_denoiser(model_fn, schedule, "score")
+
+
+def test_from_name_builds_each_schedule_and_rejects_unknown_names():
+  assert isinstance(schedules.from_name("cosine"), schedules.CosineSchedule)
+  assert isinstance(schedules.from_name("linear"), schedules.LinearSchedule)
+  assert isinstance(schedules.from_name("edm"), schedules.EDMSchedule)
+  with pytest.raises(ValueError, match="unknown schedule 'sigmoid'"):
+    schedules.from_name("sigmoid")

@@ -115,6 +115,14 @@ class EDMSchedule:
 
 
 Schedule = Union[LinearSchedule, CosineSchedule, EDMSchedule]
+BY_NAME = {"linear": LinearSchedule, "cosine": CosineSchedule, "edm": EDMSchedule}
+
+
+def from_name(name: str) -> Schedule:
+  """The schedule with default parameters for a config name ('linear', 'cosine', 'edm')."""
+  if name not in BY_NAME:
+    raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(BY_NAME)}")
+  return BY_NAME[name]()
 
 
 def alpha_sigma_from_logsnr(schedule: Schedule, logsnr: Array) -> tuple[Array, Array]:

@@ -20,20 +20,11 @@ from gcm_jax.diffusion import schedules
 from gcm_jax.models import stdit
 from gcm_jax.train import state as state_lib
 
-SCHEDULES = {"linear": schedules.LinearSchedule, "cosine": schedules.CosineSchedule,
-             "edm": schedules.EDMSchedule}
-
-
-def make_schedule(diffusion_config: Mapping[str, Any]) -> schedules.Schedule:
-  name = diffusion_config["schedule"]
-  if name not in SCHEDULES:
-    raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
-  return SCHEDULES[name]()
-
 
 def make_loss_config(diffusion_config: Mapping[str, Any]) -> losses.LossConfig:
   return losses.LossConfig(
-      schedule=make_schedule(diffusion_config), prediction=diffusion_config["parameterization"],
+      schedule=schedules.from_name(diffusion_config["schedule"]),
+      prediction=diffusion_config["parameterization"],
       weighting=diffusion_config["loss_weighting"],
       min_snr_gamma=diffusion_config["min_snr_gamma"])
 
