@@ -85,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
       p_drop_both=0.1,          # joint dropout on top of the independent ones
       p_motion_frames=0.5,      # train with the first frames given as context
       max_motion_frames=2,
+      mouth_loss_weight=1.0,    # loss weight of mouth-region pixels (1 = plain mean)
   )
 
   config.sampling = dict(

@@ -32,8 +32,8 @@ from gcm_jax.alignment import metrics
 from gcm_jax.alignment import syncnet as syncnet_lib
 from gcm_jax.alignment import train_syncnet
 from gcm_jax.data.talking_faces import captions
+from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import extension
-from gcm_jax.models import controlnet
 
 EVAL_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask", "keypoints",
              "face_color", "background_color")
@@ -52,7 +52,7 @@ def read_colors(video: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, n
   background: median pixel of the 2-pixel image border.
   """
   r = video.shape[2]
-  inside = np.asarray(controlnet.head_layout(jnp.asarray(keypoints), r))[..., 0] > 0.9
+  inside = np.asarray(keypoint_maps.head_layout(jnp.asarray(keypoints), r))[..., 0] > 0.9
   border = np.ones((r, r), bool)
   border[2:-2, 2:-2] = False
   face = np.stack([np.median(v[m], axis=0) for v, m in zip(video, inside)])

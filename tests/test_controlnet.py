@@ -6,8 +6,6 @@ import numpy as np
 import optax
 import pytest
 
-from gcm_jax.data.talking_faces import captions
-from gcm_jax.data.talking_faces import generate_example
 from gcm_jax.models import controlnet
 from gcm_jax.models import stdit
 from gcm_jax.train import control
@@ -68,29 +66,6 @@ def test_only_the_branch_trains(models_and_params):
   changed = optax.global_norm(jax.tree.map(lambda a, b: a - b, state.params["control"],
                                            branch_params))
   assert float(changed) > 1e-4
-
-
-def test_keypoint_heatmap_peaks_at_keypoint():
-  keypoints = jnp.array([[[[4.5 / 16, 12.5 / 16]]]])  # (x, y) at the center of pixel (4, 12)
-  maps = controlnet.keypoint_heatmaps(keypoints, 16, sigma_pixels=1.0)
-  assert maps.shape == (1, 1, 16, 16, 1)
-  y, x = np.unravel_index(np.argmax(maps[0, 0, :, :, 0]), (16, 16))
-  assert (x, y) == (4, 12)
-  np.testing.assert_allclose(maps[0, 0, 12, 4, 0], 1.0, rtol=1e-6)
-  np.testing.assert_allclose(maps[0, 0, 12, 5, 0], np.exp(-0.5), rtol=1e-5)  # one sigma away
-
-
-def test_head_layout_matches_rendered_face():
-  attributes = captions.Attributes("green", "purple", "left")
-  ex = generate_example("the big bad wolf", attributes, resolution=64, num_frames=4, seed=1)
-  layout = np.asarray(controlnet.head_layout(jnp.asarray(ex.keypoints)[None], 64))[0, ..., 0]
-  face_rgb = captions.COLOR_RGB[attributes.face_color_id].astype(float)
-  bg_rgb = captions.COLOR_RGB[attributes.background_color_id].astype(float)
-  video = ex.video.astype(float)
-  is_face = (np.linalg.norm(video - face_rgb, axis=-1) < np.linalg.norm(video - bg_rgb, axis=-1))
-  predicted = layout > 0.5
-  iou = (is_face & predicted).sum() / (is_face | predicted).sum()
-  assert iou > 0.85, iou
 
 
 def test_bad_control_maps_error(models_and_params):

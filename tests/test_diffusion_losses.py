@@ -130,3 +130,16 @@ def test_bad_config_errors():
     losses.LossConfig(schedules.EDMSchedule(), prediction="score")
   with pytest.raises(ValueError, match="noise_distribution"):
     losses.LossConfig(schedules.EDMSchedule(), noise_distribution="beta")
+
+
+def test_float_loss_weights_give_the_weighted_mean_error():
+  cfg = losses.LossConfig(schedules.CosineSchedule(), "x0", "uniform")
+  x0 = jax.random.normal(jax.random.key(0), (B, 3, 4, 4, 1))
+  key = jax.random.key(1)
+  error = jax.random.normal(jax.random.key(2), x0.shape)
+  weights = jax.random.uniform(jax.random.key(3), (B, 3, 4, 4))
+  _, per_example = losses.denoising_loss(model_with_x0_error(x0, error, key, cfg), key, x0,
+                                         None, cfg, loss_mask=weights)
+  e2, w = np.asarray(error, np.float64)[..., 0]**2, np.asarray(weights, np.float64)
+  expected = (e2 * w).sum((1, 2, 3)) / w.sum((1, 2, 3))
+  np.testing.assert_allclose(per_example, expected, rtol=1e-5)

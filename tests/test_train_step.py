@@ -89,3 +89,23 @@ def test_bad_mesh_shapes_raise_clear_errors(shape, message):
 def test_mesh_fills_remaining_axis():
   mesh = mesh_lib.make_mesh(dict(shape=dict(data=-1, fsdp=2, tensor=2)))
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_loss_weights_zero_given_frames_and_upweight_the_mouth():
+  from gcm_jax.data.talking_faces import keypoint_maps  # pylint: disable=g-import-not-at-top
+  from gcm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  b, t, r = 2, 3, 16
+  frame_mask = jnp.array([[True, False, False], [False, False, False]])
+  keypoints = jnp.tile(jnp.array([0.3, 0.4, 0.5, 0.5, 0.5, 0.7, 0.4, 0.75, 0.6, 0.75,
+                                  0.5, 0.72, 0.5, 0.78, 0.5, 0.9]).reshape(1, 1, 8, 2),
+                       (b, t, 1, 1))
+  batch = {"video": jnp.zeros((b, t, r, r, 3)), "keypoints": keypoints}
+  plain = step_lib.loss_weights(batch, frame_mask, 1.0)
+  np.testing.assert_array_equal(plain[..., 0, 0], ~frame_mask)
+  weighted = np.asarray(step_lib.loss_weights(batch, frame_mask, 5.0))
+  region = np.asarray(keypoint_maps.mouth_region(keypoints, r))
+  assert region[0, 1].sum() > 0
+  np.testing.assert_array_equal(weighted[0, 0], 0.0)
+  np.testing.assert_array_equal(weighted[0, 1:], np.where(region[0, 1:], 5.0, 1.0))
+  with pytest.raises(ValueError, match="keypoints"):
+    step_lib.loss_weights({"video": batch["video"]}, frame_mask, 5.0)

@@ -76,8 +76,9 @@ def denoising_loss(model_fn: parameterization.ModelFn, key: jax.Array, x0: jax.A
     x0: clean data [B, ...], e.g. video [B, T, H, W, C].
     cond: passed to model_fn unchanged.
     cfg: LossConfig.
-    loss_mask: optional bool/float array broadcastable to x0 after right-padding its dims, e.g.
-      [B, T] = ~cond['frame_mask'] so given (conditioning) frames do not count.
+    loss_mask: optional bool mask or float weights broadcastable to x0 after right-padding
+      its dims (e.g. [B, T] = ~cond['frame_mask'] so given frames do not count, or
+      per-pixel weights [B, T, H, W]); the per-example MSE is the mask-weighted mean.
   Returns:
     (scalar loss = mean over the batch, per-example weighted losses [B]).
   """

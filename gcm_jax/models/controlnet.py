@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.models import layers
 from gcm_jax.models import stdit
 
@@ -60,35 +61,8 @@ def init_from_base(control_params: Mapping[str, Any], base_params: Mapping[str, 
           for name, value in control_params.items()}
 
 
-def keypoint_heatmaps(keypoints: Array, resolution: int, sigma_pixels: float = 1.0) -> Array:
-  """Gaussian heatmaps of keypoints `[B, T, K, 2]` ((x, y) in [0, 1]) -> `[B, T, R, R, K]` in [0, 1]."""
-  coords = (jnp.arange(resolution, dtype=jnp.float32) + 0.5) / resolution
-  dx = coords[None, None, None, :, None] - keypoints[..., 0][:, :, None, None, :]
-  dy = coords[None, None, :, None, None] - keypoints[..., 1][:, :, None, None, :]
-  sigma = sigma_pixels / resolution
-  return jnp.exp(-(dx**2 + dy**2) / (2 * sigma**2))
-
-
-def head_layout(keypoints: Array, resolution: int) -> Array:
-  """Composition map of the synthetic faces: a soft head-ellipse mask `[B, T, R, R, 1]`.
-
-  The ellipse is recovered from the talking-faces keypoints (eyes, nose, chin) with the
-  renderer's head geometry (gcm_jax/data/talking_faces/renderer.py).
-  """
-  # Renderer geometry: eyes at cy - 0.25 ry, chin at cy + ry, eye distance 0.76 rx.
-  eyes_y = keypoints[..., 0:2, 1].mean(-1)
-  chin_y = keypoints[..., 7, 1]
-  ry = (chin_y - eyes_y) / 1.25
-  rx = (keypoints[..., 1, 0] - keypoints[..., 0, 0]) / 0.76
-  cx, cy = keypoints[..., 2, 0], chin_y - ry
-  coords = (jnp.arange(resolution, dtype=jnp.float32) + 0.5) / resolution
-  nx = (coords[None, None, None, :] - cx[..., None, None]) / rx[..., None, None]
-  ny = (coords[None, None, :, None] - cy[..., None, None]) / ry[..., None, None]
-  return jax.nn.sigmoid(8.0 * (1.0 - jnp.sqrt(nx**2 + ny**2)))[..., None]
-
-
 def control_maps(keypoints: Array, resolution: int) -> Array:
   """Motion + composition control maps `[B, T, R, R, K + 1]` from keypoints `[B, T, K, 2]`."""
-  return jnp.concatenate([keypoint_heatmaps(keypoints, resolution),
-                          head_layout(keypoints, resolution)], axis=-1)
+  return jnp.concatenate([keypoint_maps.keypoint_heatmaps(keypoints, resolution),
+                          keypoint_maps.head_layout(keypoints, resolution)], axis=-1)
 
