@@ -43,7 +43,7 @@ def model_and_params():
 
 def test_block_is_identity_at_init():
   tokens = jax.random.normal(jax.random.PRNGKey(0), (B, T, 5, 32))
-  c = jax.random.normal(jax.random.PRNGKey(1), (B, 32))
+  c = jax.random.normal(jax.random.PRNGKey(1), (B, T, 32))
   text = jax.random.normal(jax.random.PRNGKey(2), (B, L, 32))
   audio = jax.random.normal(jax.random.PRNGKey(3), (B, T, MEL_W, 32))
   mask = jnp.ones((B, L), bool)
@@ -97,6 +97,22 @@ def test_dropped_audio_ignores_mel(model_and_params):
   out_b = model.apply({"params": params}, x, t, dict(other, drop_audio=drop))
   np.testing.assert_allclose(out_a[0], out_b[0], atol=1e-6)
   assert np.abs(np.asarray(out_a[1] - out_b[1])).max() > 1e-4
+
+
+def test_pooled_audio_modulates_only_its_own_frame(model_and_params):
+  """The per-frame modulation term from frame t's audio window sees only that window."""
+  model, params = model_and_params
+  x, t, cond = _inputs()
+  other = dict(cond, mel=cond["mel"].at[:, 1].set(-cond["mel"][:, 1]))
+
+  def pooled_audio(c):
+    _, state = model.apply({"params": params}, x, t, c, capture_intermediates=True)
+    return np.asarray(state["intermediates"]["audio_pool_proj"]["__call__"][0])  # [B, T, D]
+
+  a, b = pooled_audio(cond), pooled_audio(other)
+  assert a.shape == (B, T, SMALL["width"])
+  np.testing.assert_array_equal(a[:, [0, 2]], b[:, [0, 2]])
+  assert np.abs(a[:, 1] - b[:, 1]).max() > 1e-3
 
 
 def test_conditioning_frames_only_count_where_masked(model_and_params):
