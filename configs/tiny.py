@@ -88,6 +88,16 @@ def get_config() -> ml_collections.ConfigDict:
       mouth_loss_weight=1.0,    # loss weight of mouth-region pixels (1 = plain mean)
   )
 
+  # SyncNet lip-sync loss on the model's x0 estimate (gcm_jax.train.step.lipsync_term);
+  # needs a SyncNet trained with python -m gcm_jax.alignment.train_syncnet.
+  config.lipsync = dict(
+      weight=0.0,               # 0 = off
+      syncnet_workdir="",
+      noise_weighting="sigmoid",  # per-example weight from the noise level: sigmoid | min_snr
+      start_step=0,             # weight 0 before, then a linear ramp over ramp_steps
+      ramp_steps=0,
+  )
+
   config.sampling = dict(
       sampler="dpmpp_2m",
       num_steps=20,

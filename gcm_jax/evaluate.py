@@ -23,7 +23,6 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from gcm_jax import generate
@@ -99,14 +98,7 @@ def evaluate(workdir: str, syncnet_workdir: str, num_clips: int = 32, clip_frame
   """Runs the evaluation described in the module docstring; returns a JSON-able report."""
   trained = generate.load_trained(workdir)
   config = trained.config
-  sync_config = ml_collections.ConfigDict(train_syncnet_config(syncnet_workdir))
-  if sync_config.data.resolution != config.data.resolution:
-    raise ValueError(f"SyncNet was trained at {sync_config.data.resolution}px but the model "
-                     f"generates {config.data.resolution}px")
-  syncnet, syncnet_vars = train_syncnet.load_syncnet(sync_config, syncnet_workdir)
-  if config.data.mel_window != syncnet_lib.MEL_FRAMES:
-    raise ValueError(f"LSE needs {syncnet_lib.MEL_FRAMES}-frame mel windows, the model uses "
-                     f"{config.data.mel_window}")
+  syncnet, syncnet_vars = train_syncnet.load_matching_syncnet(syncnet_workdir, config.data)
   offset = syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment)
   clips = train_syncnet.make_clips("test", num_clips, clip_frames, config.data.resolution,
                                    config.data.mel_alignment, config.model.text_max_len, seed,
@@ -133,12 +125,6 @@ def evaluate(workdir: str, syncnet_workdir: str, num_clips: int = 32, clip_frame
                                             mouth[shuffled], syncnet, syncnet_vars, offset),
   }
   return report
-
-
-def train_syncnet_config(syncnet_workdir: str) -> dict:
-  """The config a `train_syncnet` run saved in its report."""
-  with open(os.path.join(syncnet_workdir, train_syncnet.REPORT_FILE), encoding="utf-8") as f:
-    return json.load(f)["config"]
 
 
 def _main(argv) -> None:

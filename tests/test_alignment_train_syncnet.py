@@ -3,6 +3,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -92,6 +93,15 @@ def test_train_and_evaluate_writes_loadable_syncnet(tmp_path):
   mel = jnp.zeros((1, 8, 16, 80))
   loss = sn.lipsync_loss(model, variables, video, mel, jax.random.PRNGKey(0))
   assert np.isfinite(loss)
+  data = ml_collections.ConfigDict(dict(resolution=config.data.resolution, mel_window=16))
+  _, matched = ts.load_matching_syncnet(str(tmp_path), data)
+  jax.tree.map(np.testing.assert_array_equal, matched, variables)
+  with pytest.raises(ValueError, match="trained at 32px"):
+    ts.load_matching_syncnet(str(tmp_path), ml_collections.ConfigDict(dict(data, resolution=64)))
+  with pytest.raises(ValueError, match="16-frame mel windows"):
+    ts.load_matching_syncnet(str(tmp_path), ml_collections.ConfigDict(dict(data, mel_window=8)))
+  with pytest.raises(FileNotFoundError, match="train_syncnet"):
+    ts.load_matching_syncnet(str(tmp_path / "missing"), data)
 
 
 @pytest.mark.slow

@@ -1,4 +1,6 @@
 """Train step and state: sharding invariance, FSDP memory, non-finite skipping, mesh errors."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,3 +111,72 @@ def test_loss_weights_zero_given_frames_and_upweight_the_mouth():
   np.testing.assert_array_equal(weighted[0, 1:], np.where(region[0, 1:], 5.0, 1.0))
   with pytest.raises(ValueError, match="keypoints"):
     step_lib.loss_weights({"video": batch["video"]}, frame_mask, 5.0)
+
+
+def _random_syncnet(resolution):
+  from gcm_jax.alignment import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
+  model = syncnet_lib.SyncNet(image_size=(resolution, resolution), embed_dim=16,
+                              visual_widths=(8, 16), audio_widths=(8, 16))
+  variables = model.init(jax.random.PRNGKey(0),
+                         jnp.zeros((1, syncnet_lib.SYNC_FRAMES, resolution // 2, resolution, 3)),
+                         jnp.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS)))
+  return model, variables
+
+
+def test_lipsync_term_is_zero_without_audio_and_has_gradients_otherwise():
+  from gcm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  config = train_utils.micro_config()
+  config.data.num_frames = 6
+  config.lipsync.update(weight=0.5)
+  batch = jax.tree.map(jnp.asarray, train_utils.synthetic_batch(config))
+  b = config.data.batch_size
+  expert = _random_syncnet(config.data.resolution)
+  x0_hat = batch["video"]
+  logsnr = jnp.zeros((b,))
+
+  def term(x, drop_audio):
+    cond = {"drop_audio": jnp.full((b,), drop_audio)}
+    return step_lib.lipsync_term(expert, jax.random.PRNGKey(1), x, logsnr, batch, cond,
+                                 jnp.array(0), config)
+
+  assert float(term(x0_hat, True)) == 0.0
+  value, grad = jax.value_and_grad(term)(x0_hat, False)
+  assert float(value) > 0.0
+  assert float(jnp.abs(grad).max()) > 0.0
+  # Only a 5-frame window of the lower half is seen: the top rows get no gradient.
+  np.testing.assert_array_equal(grad[:, :, : config.data.resolution // 2], 0.0)
+
+
+def test_train_step_adds_the_lipsync_loss():
+  from gcm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  config = train_utils.micro_config()
+  config.data.num_frames = 6
+  config.lipsync.update(weight=0.5)
+  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
+  state, shardings = trainer.init_state(config, mesh)
+  batch = jax.tree.map(jnp.asarray, train_utils.synthetic_batch(config))
+  batch["keypoints"] = jnp.zeros((config.data.batch_size, 6, 8, 2))
+  step = functools.partial(
+      step_lib.train_step, apply_fn=step_lib.model_apply_fn(trainer.make_model(config)),
+      optimizer=state_lib.make_optimizer(config.train), config=config,
+      lipsync_expert=_random_syncnet(config.data.resolution))
+  with jax.set_mesh(mesh):
+    _, metrics = jax.jit(step)(state, batch)
+  assert float(metrics["lipsync_loss"]) > 0.0
+  np.testing.assert_allclose(metrics["loss"], metrics["denoising_loss"] + metrics["lipsync_loss"],
+                             rtol=1e-6)
+
+
+def test_lipsync_config_errors():
+  config = train_utils.micro_config()
+  config.lipsync.update(weight=0.5)
+  with pytest.raises(ValueError, match="syncnet_workdir"):
+    trainer.load_lipsync_expert(config)
+  config.lipsync.syncnet_workdir = "/nonexistent"
+  with pytest.raises(ValueError, match=">= 5 frames"):
+    trainer.load_lipsync_expert(config)
+  config.data.num_frames = 8
+  with pytest.raises(FileNotFoundError, match="train_syncnet"):
+    trainer.load_lipsync_expert(config)
+  config.lipsync.weight = 0.0
+  assert trainer.load_lipsync_expert(config) is None

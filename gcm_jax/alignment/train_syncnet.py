@@ -344,6 +344,32 @@ def load_syncnet(config: ml_collections.ConfigDict,
     return model, serialization.from_bytes(template, f.read())
 
 
+def load_matching_syncnet(workdir: str, data_config: ml_collections.ConfigDict
+                          ) -> Tuple[syncnet_lib.SyncNet, Dict[str, Any]]:
+  """(SyncNet, frozen variables) saved by `train_and_evaluate` in `workdir`, checked against a
+  video model's `config.data` (resolution, per-frame mel window length).
+
+  Raises:
+    FileNotFoundError: nothing trained in `workdir`.
+    ValueError: the SyncNet does not fit videos / mel windows of `data_config`.
+  """
+  path = os.path.join(workdir, REPORT_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"no trained SyncNet in {workdir!r} ({REPORT_FILE} missing); train one with "
+        f"python -m gcm_jax.alignment.train_syncnet --config=configs/syncnet.py "
+        f"--workdir={workdir}")
+  with open(path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f)["config"])
+  if config.data.resolution != data_config.resolution:
+    raise ValueError(f"the SyncNet in {workdir!r} was trained at {config.data.resolution}px, "
+                     f"the videos are {data_config.resolution}px")
+  if data_config.mel_window != syncnet_lib.MEL_FRAMES:
+    raise ValueError(f"SyncNet needs {syncnet_lib.MEL_FRAMES}-frame mel windows, the data has "
+                     f"mel_window={data_config.mel_window}")
+  return load_syncnet(config, workdir)
+
+
 def _main(argv):
   del argv
   train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -64,6 +64,38 @@ def loss_weight(cfg: LossConfig, alpha: jax.Array, sigma: jax.Array) -> jax.Arra
   return x0_weight / ratio
 
 
+def denoising_terms(model_fn: parameterization.ModelFn, key: jax.Array, x0: jax.Array, cond: Any,
+                    cfg: LossConfig,
+                    loss_mask: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+  """Noises `x0`, runs the model once and returns the pieces of the denoising loss.
+
+  Args: as `denoising_loss`.
+  Returns:
+    'per_example': [B] weighted losses; 'x0_hat': the model's x0 estimate (shape of x0),
+    for auxiliary losses on it (e.g. the SyncNet lip-sync loss); 'logsnr': [B] noise levels.
+  """
+  k_t, k_eps = jax.random.split(key)
+  t = sample_times(k_t, x0.shape[0], cfg)
+  alpha, sigma = schedules.alpha_sigma(cfg.schedule, t)
+  a, s = parameterization.expand_to(alpha, x0), parameterization.expand_to(sigma, x0)
+  eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+  x_t = a * x0 + s * eps
+  scale = parameterization.model_input_scale(cfg.prediction, a, s, cfg.sigma_data)
+  output = model_fn(scale * x_t, cfg.schedule.model_time(t), cond)
+  target = parameterization.training_target(cfg.prediction, x0, eps, a, s, cfg.sigma_data)
+  err = (output - target)**2
+  mask = jnp.ones_like(err) if loss_mask is None else jnp.broadcast_to(
+      parameterization.expand_to(loss_mask, err), err.shape).astype(err.dtype)
+  axes = tuple(range(1, err.ndim))
+  mse = jnp.sum(err * mask, axes) / jnp.maximum(jnp.sum(mask, axes), 1.0)
+  return {
+      "per_example": loss_weight(cfg, alpha, sigma) * mse,
+      "x0_hat": parameterization.output_to_x0(cfg.prediction, output, x_t, a, s,
+                                               cfg.sigma_data),
+      "logsnr": 2.0 * (jnp.log(alpha) - jnp.log(sigma)),
+  }
+
+
 def denoising_loss(model_fn: parameterization.ModelFn, key: jax.Array, x0: jax.Array, cond: Any,
                    cfg: LossConfig,
                    loss_mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
@@ -82,19 +114,5 @@ def denoising_loss(model_fn: parameterization.ModelFn, key: jax.Array, x0: jax.A
   Returns:
     (scalar loss = mean over the batch, per-example weighted losses [B]).
   """
-  k_t, k_eps = jax.random.split(key)
-  t = sample_times(k_t, x0.shape[0], cfg)
-  alpha, sigma = schedules.alpha_sigma(cfg.schedule, t)
-  a, s = parameterization.expand_to(alpha, x0), parameterization.expand_to(sigma, x0)
-  eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-  x_t = a * x0 + s * eps
-  scale = parameterization.model_input_scale(cfg.prediction, a, s, cfg.sigma_data)
-  output = model_fn(scale * x_t, cfg.schedule.model_time(t), cond)
-  target = parameterization.training_target(cfg.prediction, x0, eps, a, s, cfg.sigma_data)
-  err = (output - target)**2
-  mask = jnp.ones_like(err) if loss_mask is None else jnp.broadcast_to(
-      parameterization.expand_to(loss_mask, err), err.shape).astype(err.dtype)
-  axes = tuple(range(1, err.ndim))
-  mse = jnp.sum(err * mask, axes) / jnp.maximum(jnp.sum(mask, axes), 1.0)
-  per_example = loss_weight(cfg, alpha, sigma) * mse
+  per_example = denoising_terms(model_fn, key, x0, cond, cfg, loss_mask)["per_example"]
   return jnp.mean(per_example), per_example

@@ -12,13 +12,14 @@ batch's talking-faces keypoints, `keypoint_maps.mouth_region`) weigh w times the
 in the per-example mean: the mouth is ~1% of a 32 px frame, yet it is the only part of
 the image the audio determines.
 """
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
+from gcm_jax.alignment import syncnet as syncnet_lib
 from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import guidance
 from gcm_jax.diffusion import losses
@@ -90,18 +91,43 @@ def model_apply_fn(model: stdit.STDiT) -> ApplyFn:
   return lambda params, x, t, cond: model.apply({"params": params}, x, t, cond)
 
 
+LipSyncExpert = tuple[syncnet_lib.SyncNet, Any]  # (frozen SyncNet, its variables)
+
+
+def lipsync_term(expert: LipSyncExpert, key: jax.Array, x0_hat: jax.Array, logsnr: jax.Array,
+                 batch: Mapping[str, jax.Array], cond: Mapping[str, jax.Array],
+                 step: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+  """Scalar SyncNet lip-sync loss on the x0 estimate `[B, T, H, W, 3]`.
+
+  Per example weighted by `config.lipsync` (weight schedule over steps x noise-level
+  weight), and 0 where the audio was dropped (CFG) or the example is padding.
+  """
+  cfg = config.lipsync
+  weight = (syncnet_lib.lipsync_weight_schedule(step, cfg.weight, cfg.start_step,
+                                                cfg.ramp_steps)
+            * syncnet_lib.noise_level_weight(logsnr, cfg.noise_weighting)
+            * (~cond["drop_audio"] & batch["mask"]).astype(jnp.float32))
+  syncnet, variables = expert
+  return syncnet_lib.lipsync_loss(
+      syncnet, variables, x0_hat, batch["mel"], key, weight,
+      audio_frame_offset=syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment))
+
+
 def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
                apply_fn: ApplyFn, optimizer: optax.GradientTransformation,
-               config: ml_collections.ConfigDict) -> tuple[state_lib.TrainState, dict]:
+               config: ml_collections.ConfigDict,
+               lipsync_expert: Optional[LipSyncExpert] = None
+               ) -> tuple[state_lib.TrainState, dict]:
   """One optimization step on a global batch (`batch['video']` `[B, T, H, W, 3]` etc.).
 
   `apply_fn(state.params, x_t, t, cond)` is the network (e.g. `model_apply_fn(model)`, or
   a base model plus ControlNet branch). Examples with `batch['mask'] == False` (padding)
-  do not contribute. Returns the new state and scalar metrics: loss, grad_norm,
-  learning_rate, skipped_steps.
+  do not contribute. With `lipsync_expert` (a frozen SyncNet) the loss adds `lipsync_term`
+  on the model's x0 estimate. Returns the new state and scalar metrics: loss,
+  denoising_loss, lipsync_loss, grad_norm, learning_rate, skipped_steps.
   """
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
-  k_cond, k_loss = jax.random.split(key)
+  k_cond, k_loss, k_sync = jax.random.split(key, 3)
   cond = make_conditioning(k_cond, batch, config.diffusion)
   loss_cfg = make_loss_config(config.diffusion)
   example_weight = batch["mask"].astype(jnp.float32)
@@ -109,14 +135,22 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
 
   def loss_fn(params):
     model_fn = lambda x, t, c: apply_fn(params, x, t, c)
-    _, per_example = losses.denoising_loss(model_fn, k_loss, batch["video"], cond, loss_cfg,
-                                           loss_mask=pixel_weights)
-    return jnp.sum(per_example * example_weight) / jnp.maximum(example_weight.sum(), 1.0)
+    terms = losses.denoising_terms(model_fn, k_loss, batch["video"], cond, loss_cfg,
+                                   loss_mask=pixel_weights)
+    denoising = (jnp.sum(terms["per_example"] * example_weight)
+                 / jnp.maximum(example_weight.sum(), 1.0))
+    lipsync = jnp.zeros(())
+    if lipsync_expert is not None:
+      lipsync = lipsync_term(lipsync_expert, k_sync, terms["x0_hat"], terms["logsnr"], batch,
+                             cond, state.step, config)
+    return denoising + lipsync, (denoising, lipsync)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (loss, (denoising, lipsync)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state_lib.apply_gradients(state, grads, optimizer, config.train.ema_decay)
   metrics = {
       "loss": loss,
+      "denoising_loss": denoising,
+      "lipsync_loss": lipsync,
       "grad_norm": optax.global_norm(grads),
       "learning_rate": state_lib.learning_rate_schedule(config.train)(state.step),
       "skipped_steps": state_lib.skipped_steps(new_state),

@@ -14,6 +14,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from gcm_jax.alignment import syncnet as syncnet_lib
+from gcm_jax.alignment import train_syncnet
 from gcm_jax.models import stdit
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import checkpoint as checkpoint_lib
@@ -81,6 +83,20 @@ def init_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   return state, shardings
 
 
+def load_lipsync_expert(config: ml_collections.ConfigDict
+                        ) -> Optional[step_lib.LipSyncExpert]:
+  """The frozen SyncNet of `config.lipsync.syncnet_workdir` if `config.lipsync.weight` > 0."""
+  if config.lipsync.weight <= 0:
+    return None
+  if not config.lipsync.syncnet_workdir:
+    raise ValueError("config.lipsync.weight > 0 needs config.lipsync.syncnet_workdir (a "
+                     "gcm_jax.alignment.train_syncnet workdir)")
+  if config.data.num_frames < syncnet_lib.SYNC_FRAMES:
+    raise ValueError(f"the lip-sync loss needs clips of >= {syncnet_lib.SYNC_FRAMES} frames, "
+                     f"config.data.num_frames={config.data.num_frames}")
+  return train_syncnet.load_matching_syncnet(config.lipsync.syncnet_workdir, config.data)
+
+
 def jit_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                    state_shardings: Any):
   """The `jax.jit` train step (state, batch) -> (state, metrics), state donated.
@@ -90,7 +106,8 @@ def jit_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   """
   step_fn = functools.partial(
       step_lib.train_step, apply_fn=step_lib.model_apply_fn(make_model(config)),
-      optimizer=state_lib.make_optimizer(config.train), config=config)
+      optimizer=state_lib.make_optimizer(config.train), config=config,
+      lipsync_expert=load_lipsync_expert(config))
   return jax.jit(step_fn, in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
                  donate_argnums=0)
