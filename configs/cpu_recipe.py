@@ -22,8 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.update(width=64, depth=3, num_heads=4, patch_size=4, text_max_len=80)
   config.data.update(num_train=2000, num_validation=64, num_test=64, batch_size=16)
   config.diffusion.update(loss_weighting="uniform", mouth_loss_weight=5.0)
-  config.lipsync.update(weight=0.1, syncnet_workdir="/tmp/syncnet", start_step=300,
-                        ramp_steps=700)
+  config.lipsync.update(weight=0.1, syncnet_workdir="/tmp/syncnet", noise_weighting="none",
+                        start_step=200, ramp_steps=300)
   config.train.update(num_steps=4000, learning_rate=1e-3, warmup_steps=100, ema_decay=0.995)
   config.checkpoint.update(every_steps=500, keep=2)
   config.log.update(every_steps=50, num_samples=2)

@@ -93,7 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lipsync = dict(
       weight=0.0,               # 0 = off
       syncnet_workdir="",
-      noise_weighting="sigmoid",  # per-example weight from the noise level: sigmoid | min_snr
+      noise_weighting="sigmoid",  # per-example weight from the noise level: sigmoid | min_snr | none
       start_step=0,             # weight 0 before, then a linear ramp over ramp_steps
       ramp_steps=0,
   )

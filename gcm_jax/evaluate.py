@@ -13,10 +13,13 @@ each `clip_frames` long, the model generates a video from the clip's caption and
     (`alignment.metrics.oracle_lipsync`) and SyncNet LSE-D / LSE-C
     (`alignment.metrics.lse_metrics`, syncnet_python's definitions).
 The same numbers for the ground-truth clips bound what is reachable.
+
+`condition_usage` (in the report) shows, per noise level, whether the denoiser takes the
+colors from the text and the mouth from the audio (the diagnostic behind docs/results.md).
 """
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
@@ -33,6 +36,8 @@ from gcm_jax.alignment import train_syncnet
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import extension
+from gcm_jax.diffusion import parameterization
+from gcm_jax.diffusion import schedules
 
 EVAL_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask", "keypoints",
              "face_color", "background_color")
@@ -93,8 +98,54 @@ def generate_for_clips(trained: generate.TrainedModel, clips: dict[str, np.ndarr
   return np.concatenate(videos)
 
 
+def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+                    noise_levels: Sequence[float], key: jax.Array) -> list[dict[str, float]]:
+  """Does the denoiser use its conditions at each noise level? (one call per level)
+
+  Noises the ground-truth clips to schedule time t and reads the model's x0 estimate
+  (no guidance) with all conditions, with the text dropped, and with another clip's audio.
+  Colors can only come from the text, and mouths from the audio, once t is high enough
+  to hide them in x_t. Returns per level: t, logsnr, face / background color accuracy with
+  and without text, and the oracle mouth correlation for matched and shuffled audio.
+  """
+  config = trained.config
+  schedule = schedules.from_name(config.diffusion.schedule)
+  model_fn = lambda x, t, c: trained.model.apply({"params": trained.params}, x, t, c)
+  denoise = jax.jit(parameterization.make_denoiser(model_fn, schedule,
+                                                   config.diffusion.parameterization))
+  x0 = jnp.asarray(clips["video"])
+  b = x0.shape[0]
+  shuffled = np.roll(np.arange(b), 1)
+  mouth = jnp.asarray(clips["mouth_open"])
+  cond = {k: jnp.asarray(clips[k]) for k in ("text_tokens", "text_mask", "mel")}
+  cond.update(drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
+  variants = {"full": cond, "no_text": dict(cond, drop_text=jnp.ones((b,), bool)),
+              "shuffled_audio": dict(cond, mel=cond["mel"][shuffled])}
+  eps = jax.random.normal(key, x0.shape)
+  rows = []
+  for t in noise_levels:
+    alpha, sigma = schedules.alpha_sigma(schedule, jnp.float32(t))
+    x_t = alpha * x0 + sigma * eps
+    row = {"t": float(t), "logsnr": float(schedule.logsnr(np.float64(t)))}
+    for name, c in variants.items():
+      x0_hat = denoise(x_t, jnp.full((b,), t, jnp.float32), c)
+      if name != "shuffled_audio":
+        face, background = read_colors(np.asarray(x0_hat), clips["keypoints"])
+        row[f"face_color_accuracy_{name}"] = float(np.mean(face == clips["face_color"]))
+        row[f"background_color_accuracy_{name}"] = float(
+            np.mean(background == clips["background_color"]))
+      if name != "no_text":
+        row[f"mouth_corr_{name}"] = float(jnp.mean(
+            metrics.oracle_lipsync(x0_hat, mouth)["mouth_corr"]))
+    rows.append(row)
+  return rows
+
+
+NOISE_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.98)
+
+
 def evaluate(workdir: str, syncnet_workdir: str, num_clips: int = 32, clip_frames: int = 40,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, noise_levels: Sequence[float] = NOISE_LEVELS) -> dict[str, Any]:
   """Runs the evaluation described in the module docstring; returns a JSON-able report."""
   trained = generate.load_trained(workdir)
   config = trained.config
@@ -124,6 +175,11 @@ def evaluate(workdir: str, syncnet_workdir: str, num_clips: int = 32, clip_frame
       "ground_truth_shuffled": sync_metrics(jnp.asarray(clips["video"]), mel[shuffled],
                                             mouth[shuffled], syncnet, syncnet_vars, offset),
   }
+  short_clips = train_syncnet.make_clips(
+      "test", num_clips, config.data.num_frames, config.data.resolution,
+      config.data.mel_alignment, config.model.text_max_len, seed, keys=EVAL_KEYS)
+  report["condition_usage"] = condition_usage(trained, short_clips, noise_levels,
+                                              jax.random.PRNGKey(seed))
   return report
 
 

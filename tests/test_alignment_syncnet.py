@@ -105,6 +105,7 @@ def test_noise_level_weight_and_schedule_match_reference():
                              rtol=1e-5)
   np.testing.assert_allclose(sn.noise_level_weight(jnp.asarray(log_snr), "min_snr", 5.0),
                              np.minimum(snr, 5) / 5, rtol=1e-5)
+  np.testing.assert_array_equal(sn.noise_level_weight(jnp.asarray(log_snr), "none"), 1.0)
   steps = jnp.array([0, 99, 100, 150, 200, 1000])
   np.testing.assert_allclose(sn.lipsync_weight_schedule(steps, 0.1, 100, 100),
                              [0, 0, 0, 0.05, 0.1, 0.1], rtol=1e-6)

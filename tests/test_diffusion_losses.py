@@ -143,3 +143,19 @@ def test_float_loss_weights_give_the_weighted_mean_error():
   e2, w = np.asarray(error, np.float64)[..., 0]**2, np.asarray(weights, np.float64)
   expected = (e2 * w).sum((1, 2, 3)) / w.sum((1, 2, 3))
   np.testing.assert_allclose(per_example, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", parameterization.PREDICTIONS)
+def test_denoising_terms_expose_the_x0_estimate_and_noise_level(prediction):
+  cfg = losses.LossConfig(schedules.CosineSchedule(), prediction, "uniform")
+  x0 = jax.random.normal(jax.random.key(0), (B, 3, 4))
+  key = jax.random.key(1)
+  delta = 0.25 * jax.random.normal(jax.random.key(2), x0.shape)
+  terms = losses.denoising_terms(model_with_x0_error(x0, delta, key, cfg), key, x0, None, cfg)
+  np.testing.assert_allclose(terms["x0_hat"], x0 + delta, atol=2e-4)
+  t = noised_inputs(key, x0, cfg)[0]
+  np.testing.assert_allclose(terms["logsnr"], cfg.schedule.logsnr(t), rtol=1e-4, atol=1e-4)
+  loss, per_example = losses.denoising_loss(model_with_x0_error(x0, delta, key, cfg), key, x0,
+                                            None, cfg)
+  np.testing.assert_array_equal(per_example, terms["per_example"])
+  np.testing.assert_allclose(loss, per_example.mean(), rtol=1e-6)

@@ -189,9 +189,12 @@ def lipsync_loss(syncnet: SyncNet, syncnet_params, video_x0: jax.Array, mel: jax
 def noise_level_weight(log_snr: jax.Array, kind: str = "sigmoid", gamma: float = 5.0) -> jax.Array:
   """Per-example weight of the lip-sync loss from the noise level of the diffusion step.
 
-  The x0 estimate is only informative at low noise, so the weight goes to 0 as SNR -> 0.
-    'sigmoid': sigmoid(log_snr) = SNR / (1 + SNR) (= alpha_bar for variance-preserving schedules).
+    'sigmoid': sigmoid(log_snr) = SNR / (1 + SNR) (= alpha_bar for variance-preserving
+      schedules): the x0 estimate is sharp only at low noise, so the weight goes to 0 as SNR -> 0.
     'min_snr': min(SNR, gamma) / gamma (Min-SNR clipping, saturates at 1 for SNR >= gamma).
+    'none': 1 at every level. At high noise the mouth is hidden in x_t and only the audio
+      can tell it, which is where the expert's gradient teaches the model to use the audio
+      (at low noise the model copies the in-sync mouth from x_t and the loss is ~0 anyway).
 
   Args:
     log_snr: [B] log signal-to-noise ratio of each example's timestep.
@@ -202,7 +205,9 @@ def noise_level_weight(log_snr: jax.Array, kind: str = "sigmoid", gamma: float =
     return jax.nn.sigmoid(log_snr)
   if kind == "min_snr":
     return jnp.minimum(jnp.exp(log_snr), gamma) / gamma
-  raise ValueError(f"kind must be 'sigmoid' or 'min_snr', got {kind!r}")
+  if kind == "none":
+    return jnp.ones_like(log_snr)
+  raise ValueError(f"kind must be 'sigmoid', 'min_snr' or 'none', got {kind!r}")
 
 
 def lipsync_weight_schedule(step: jax.Array, max_weight: float, start_step: int,
