@@ -78,7 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion = dict(
       schedule="cosine",        # linear | cosine
       parameterization="v",     # eps | v | x0
-      loss_weighting="min_snr", # uniform | min_snr
+      loss_weighting="uniform", # uniform | min_snr (min-SNR starves the high-noise levels
+                                # where colors / mouths come from the conditions: docs/results.md)
       min_snr_gamma=5.0,
       p_drop_text=0.1,          # independent condition dropout for CFG
       p_drop_audio=0.1,
