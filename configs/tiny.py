@@ -113,6 +113,8 @@ def get_config() -> ml_collections.ConfigDict:
       weight_decay=0.01,
       grad_clip_norm=1.0,
       ema_decay=0.999,
+      ema_warmup=True,          # decay min(ema_decay, (1 + step) / (10 + step)): early samples
+                                # come from trained weights, not the zero-output initial ones
       b1=0.9,
       b2=0.99,
   )

@@ -4,6 +4,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gcm_jax.parallel import mesh as mesh_lib
@@ -69,11 +70,34 @@ def test_non_finite_gradients_skip_update_and_are_counted():
   jax.tree.map(np.testing.assert_array_equal, new.ema_params, params)
   assert int(state_lib.skipped_steps(new)) == 1 and int(new.step) == 1
   good = {"w": jnp.ones((3, 3)), "b": jnp.ones((3,))}
-  newer = state_lib.apply_gradients(new, good, optimizer, ema_decay=0.9)
+  newer = state_lib.apply_gradients(new, good, optimizer, ema_decay=0.9, ema_warmup=False)
   assert int(state_lib.skipped_steps(newer)) == 1
   assert np.abs(np.asarray(newer.params["w"]) - 1.0).max() > 0
   # EMA moved 10% of the way towards the new params.
   np.testing.assert_allclose(newer.ema_params["w"], 0.9 + 0.1 * newer.params["w"], rtol=1e-6)
+
+
+def _ema_after(num_steps, ema_decay, ema_warmup):
+  """EMA of a parameter that jumps from 0 to 1 at the first update and stays there."""
+  optimizer = optax.apply_if_finite(optax.sgd(1.0), max_consecutive_errors=10)
+  state = state_lib.create_state({"w": jnp.zeros(())}, optimizer)
+  update = jax.jit(lambda s, g: state_lib.apply_gradients(s, g, optimizer, ema_decay,
+                                                          ema_warmup))
+  grad = {"w": jnp.full((), -1.0)}
+  state = update(state, grad)
+  zero = {"w": jnp.zeros(())}
+  for _ in range(num_steps - 1):
+    state = update(state, zero)
+  return float(state.ema_params["w"])
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+  """After 200 updates the EMA holds < 1e-6 of the initial weights with warm-up (float64
+  product of the decays (1 + s) / (10 + s), s = 0..199), but 0.999^200 = 82% without it."""
+  reference = 1.0 - np.prod([(1.0 + s) / (10.0 + s) for s in range(200)], dtype=np.float64)
+  assert reference > 1 - 1e-6
+  np.testing.assert_allclose(_ema_after(200, 0.999, True), reference, atol=1e-6)
+  np.testing.assert_allclose(_ema_after(200, 0.999, False), 1.0 - 0.999**200, rtol=1e-4)
 
 
 @pytest.mark.parametrize("shape, message", [

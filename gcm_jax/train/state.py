@@ -69,14 +69,32 @@ def create_state(params: PyTree, optimizer: optax.GradientTransformation) -> Tra
                     opt_state=optimizer.init(params))
 
 
+def ema_decay_at(step: jax.Array, max_decay: float, warmup: bool = True) -> jax.Array:
+  """EMA decay for the update made at `step` (the number of updates before it).
+
+  With warm-up, min(max_decay, (1 + step) / (10 + step)) (the `num_updates` rule of
+  TensorFlow's ExponentialMovingAverage): early averages forget the random initial
+  weights within tens of steps instead of ~1 / (1 - max_decay) steps. Without it,
+  `max_decay` at every step.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  if not warmup:
+    return jnp.full_like(step, max_decay)
+  return jnp.minimum(max_decay, (1.0 + step) / (10.0 + step))
+
+
 def apply_gradients(state: TrainState, grads: PyTree, optimizer: optax.GradientTransformation,
-                    ema_decay: float) -> TrainState:
-  """One optimizer + EMA update (both skipped when the gradients are not finite)."""
+                    ema_decay: float, ema_warmup: bool = True) -> TrainState:
+  """One optimizer + EMA update (both skipped when the gradients are not finite).
+
+  The EMA decay follows `ema_decay_at(state.step, ema_decay, ema_warmup)`.
+  """
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = opt_state.last_finite
+  decay = ema_decay_at(state.step, ema_decay, ema_warmup)
   ema_params = jax.tree.map(
-      lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
+      lambda e, p: jnp.where(finite, decay * e + (1.0 - decay) * p, e),
       state.ema_params, params)
   return TrainState(step=state.step + 1, params=params, ema_params=ema_params,
                     opt_state=opt_state)

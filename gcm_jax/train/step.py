@@ -146,7 +146,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
     return denoising + lipsync, (denoising, lipsync)
 
   (loss, (denoising, lipsync)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state_lib.apply_gradients(state, grads, optimizer, config.train.ema_decay)
+  new_state = state_lib.apply_gradients(state, grads, optimizer, config.train.ema_decay,
+                                         config.train.ema_warmup)
   metrics = {
       "loss": loss,
       "denoising_loss": denoising,
