@@ -6,16 +6,22 @@
 Builds the dataset into <workdir>/data on first use (unless config.data.data_dir is
 set), trains, checkpoints to <workdir>/checkpoints, logs to <workdir>/logs and writes
 sample videos (mp4 with the audio track) to <workdir>/samples. Rerunning with the
-same workdir resumes from the latest checkpoint.
+same workdir resumes from the latest checkpoint. The config is validated before
+anything is built; config and resume problems end the run with a short message.
 """
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from gcm_jax import config_validation
+from gcm_jax.train import checkpoint
 from gcm_jax.train import trainer
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config.")
+_DEFAULT_CONFIG = "configs/tiny.py"
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gcm_jax_tiny", "Checkpoints, logs, samples.")
 _STOP_AT = flags.DEFINE_integer("stop_at_step", None,
                                 "End this run at that step (checkpointed); rerun to resume.")
@@ -24,8 +30,13 @@ _STOP_AT = flags.DEFINE_integer("stop_at_step", None,
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  trainer.train(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
+  try:
+    trainer.train(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
+  except (config_validation.ConfigError, trainer.ConfigMismatchError,
+          checkpoint.CheckpointError) as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_validation.config_flags_parser(flags.FLAGS,
+                                                                   _DEFAULT_CONFIG))

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from gcm_jax import config_validation
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import state as state_lib
 from gcm_jax.train import trainer
@@ -191,15 +192,18 @@ def test_train_step_adds_the_lipsync_loss():
                              rtol=1e-6)
 
 
-def test_lipsync_config_errors():
+def test_lipsync_config_errors(tmp_path):
   config = train_utils.micro_config()
   config.lipsync.update(weight=0.5)
-  with pytest.raises(ValueError, match="syncnet_workdir"):
-    trainer.load_lipsync_expert(config)
+  assert any("needs config.lipsync.syncnet_workdir" in p
+             for p in config_validation.problems(config))
   config.lipsync.syncnet_workdir = "/nonexistent"
-  with pytest.raises(ValueError, match=">= 5 frames"):
-    trainer.load_lipsync_expert(config)
+  found = config_validation.problems(config)
+  assert any("'/nonexistent' does not exist" in p for p in found)
+  assert any(">= 5 frames" in p for p in found)
   config.data.num_frames = 8
+  config.lipsync.syncnet_workdir = str(tmp_path)
+  assert config_validation.problems(config) == []
   with pytest.raises(FileNotFoundError, match="train_syncnet"):
     trainer.load_lipsync_expert(config)
   config.lipsync.weight = 0.0

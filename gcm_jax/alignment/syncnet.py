@@ -26,6 +26,7 @@ MEL_FRAMES = 16      # mel frames per SyncNet window (0.2 s at 80 Hz)
 NUM_MELS = 80
 MEL_SCALE = 4.0      # Wav2Lip mels are in [-4, 4]
 BCE_EPS = 1e-7
+NOISE_WEIGHTINGS = ("sigmoid", "min_snr", "none")  # See noise_level_weight.
 
 
 def _groups(channels: int) -> int:
@@ -207,7 +208,7 @@ def noise_level_weight(log_snr: jax.Array, kind: str = "sigmoid", gamma: float =
     return jnp.minimum(jnp.exp(log_snr), gamma) / gamma
   if kind == "none":
     return jnp.ones_like(log_snr)
-  raise ValueError(f"kind must be 'sigmoid', 'min_snr' or 'none', got {kind!r}")
+  raise ValueError(f"kind must be one of {NOISE_WEIGHTINGS}, got {kind!r}")
 
 
 def lipsync_weight_schedule(step: jax.Array, max_weight: float, start_step: int,

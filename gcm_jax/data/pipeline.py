@@ -26,6 +26,7 @@ from gcm_jax.data.talking_faces import talking_faces
 from gcm_jax.models import tokenizer
 
 SPLITS = ("train", "validation", "test")
+DATASETS = ("talking_faces",)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -194,8 +195,8 @@ def _data_source(data_cfg: ml_collections.ConfigDict, split: str):
   Multi-host: process 0 builds, all processes wait at a barrier; a process that still does
   not see the data (host-local data_dir) builds its own identical copy.
   """
-  if data_cfg.name != "talking_faces":
-    raise ValueError(f"unknown dataset {data_cfg.name!r}; only 'talking_faces' exists")
+  if data_cfg.name not in DATASETS:
+    raise ValueError(f"unknown dataset {data_cfg.name!r}; expected one of {DATASETS}")
 
   def get_builder():
     return talking_faces.get_builder(

@@ -33,6 +33,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
+ATTENTION_KINDS = ("factorized", "full3d")  # Factorized space + time, or joint 3-D attention.
 TOKENS = ("act_batch", "act_frames", "act_tokens", "act_embed")
 
 
@@ -69,7 +70,7 @@ class DiTBlock(nn.Module):
       self_attn = [("full3d", attention.FullSelfAttention(
           **kw, rotary=self.temporal_rotary, name="full_attn"))]
     else:
-      raise ValueError(f"attention must be 'factorized' or 'full3d', got {self.attention!r}")
+      raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
     return self_attn + [
         ("text", attention.TextCrossAttention(**kw, name="text_attn")),
         ("audio", attention.AudioCrossAttention(**kw, name="audio_attn")),

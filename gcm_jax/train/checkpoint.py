@@ -7,9 +7,10 @@ Restoring takes target shardings, so a checkpoint written on one mesh can be
 restored onto another.
 """
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from gcm_jax.train.state import TrainState
@@ -25,12 +26,13 @@ class Checkpointer:
   def __init__(self, directory: str, checkpoint_config: Mapping[str, Any]):
     self.directory = os.path.abspath(directory)
     self._every = int(checkpoint_config["every_steps"])
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=int(checkpoint_config["keep"]),
-            enable_async_checkpointing=bool(checkpoint_config["async_save"]),
-            create=True))
+    self._options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(checkpoint_config["keep"]),
+        enable_async_checkpointing=bool(checkpoint_config["async_save"]), create=True)
+    self._manager = self._make_manager()
+
+  def _make_manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self.directory, options=self._options)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -60,11 +62,51 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     except Exception as e:  # Orbax raises many types for unreadable files.
-      raise CheckpointError(
-          f"checkpoint at step {step} in {self.directory} is unreadable or does not match "
-          f"the model/config ({type(e).__name__}: {e}); delete that step's folder to "
-          f"resume from the previous one") from e
+      raise CheckpointError(f"checkpoint at step {step} in {self.directory} is unreadable "
+                            f"({short_reason(e)})") from e
     return restored["state"], dict(restored["data"])
+
+  def restore_newest_readable(self, abstract_state: TrainState
+                              ) -> tuple[TrainState, dict, int, dict[int, str]]:
+    """Restores the newest checkpoint that can be read, newest first.
+
+    Returns (state, data_state, its step, {newer unreadable step: reason}). Raises
+    `CheckpointError` listing every step's reason if none can be read, and
+    FileNotFoundError if there is no checkpoint. Nothing is deleted or moved.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
+    unreadable = {}
+    for step in steps:
+      try:
+        state, data_state = self.restore(abstract_state, step)
+      except CheckpointError as e:
+        unreadable[step] = short_reason(e.__cause__)
+        continue
+      return state, data_state, step, unreadable
+    reasons = "; ".join(f"step {s}: {r}" for s, r in unreadable.items())
+    raise CheckpointError(f"no checkpoint in {self.directory} can be read ({reasons})")
+
+  def set_aside(self, steps: Sequence[int]) -> str:
+    """Moves the checkpoints of `steps` (e.g. unreadable ones) out of the way, into
+    `<directory>_unreadable/`, so training can save those steps again; nothing is deleted.
+    Returns the folder they were moved to. Process 0 moves; every process reloads."""
+    aside = self.directory + "_unreadable"
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, str(step))
+        suffix = 0
+        while os.path.exists(target):
+          suffix += 1
+          target = os.path.join(aside, f"{step}.{suffix}")
+        os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("gcm_jax.train.checkpoint: set aside")
+    self._manager.close()
+    self._manager = self._make_manager()
+    return aside
 
   def wait(self) -> None:
     """Blocks until pending async saves are committed."""
@@ -73,6 +115,26 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def short_reason(error: BaseException, limit: int = 200) -> str:
+  """`Type: first line of the message`, at most `limit` characters (Orbax and TensorStore
+  errors can carry kilobytes of dumped specs)."""
+  lines = str(error).strip().splitlines()
+  reason = f"{type(error).__name__}: {lines[0] if lines else ''}"
+  return reason if len(reason) <= limit else reason[:limit - 3] + "..."
+
+
+def fallback_warning(directory: str, restored_step: int, unreadable: Mapping[int, str],
+                     set_aside_to: Optional[str] = None) -> str:
+  """One paragraph telling which newer checkpoints could not be read and what was used."""
+  steps = ", ".join(str(s) for s in sorted(unreadable))
+  reasons = "; ".join(f"step {s}: {r}" for s, r in sorted(unreadable.items()))
+  where = (f"They were moved to {set_aside_to} (nothing was deleted) and training continues "
+           f"from step {restored_step}." if set_aside_to else
+           "They were left in place.")
+  return (f"WARNING: the newest checkpoint(s) in {directory} (step {steps}) could not be read "
+          f"({reasons}). Using step {restored_step}, the newest readable one. {where}")
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

@@ -1,12 +1,17 @@
 """The training loop: the only place with side effects (data, checkpoints, logs, samples).
 
-`train(config, workdir)` builds the mesh, the sharded train state (or restores it
-from the newest checkpoint in `workdir`), and runs the jitted train step.
+`train(config, workdir)` validates the config, builds the mesh, the sharded train state
+(or restores it from the newest readable checkpoint in `workdir`, after checking that
+the config matches the saved one), and runs the jitted train step. `config.json` is
+written only once the state is initialized or restored, so a failed resume never
+changes a workdir.
 """
 import functools
+import json
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,7 +19,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from gcm_jax.alignment import syncnet as syncnet_lib
+from gcm_jax import config_validation
 from gcm_jax.alignment import train_syncnet
 from gcm_jax.models import stdit
 from gcm_jax.parallel import mesh as mesh_lib
@@ -85,15 +90,10 @@ def init_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
 
 def load_lipsync_expert(config: ml_collections.ConfigDict
                         ) -> Optional[step_lib.LipSyncExpert]:
-  """The frozen SyncNet of `config.lipsync.syncnet_workdir` if `config.lipsync.weight` > 0."""
+  """The frozen SyncNet of `config.lipsync.syncnet_workdir` if `config.lipsync.weight` > 0
+  (`config_validation.validate` checks the lip-sync fields)."""
   if config.lipsync.weight <= 0:
     return None
-  if not config.lipsync.syncnet_workdir:
-    raise ValueError("config.lipsync.weight > 0 needs config.lipsync.syncnet_workdir (a "
-                     "gcm_jax.alignment.train_syncnet workdir)")
-  if config.data.num_frames < syncnet_lib.SYNC_FRAMES:
-    raise ValueError(f"the lip-sync loss needs clips of >= {syncnet_lib.SYNC_FRAMES} frames, "
-                     f"config.data.num_frames={config.data.num_frames}")
   return train_syncnet.load_matching_syncnet(config.lipsync.syncnet_workdir, config.data)
 
 
@@ -124,6 +124,92 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
       return jitted(state, batch)
 
   return run
+
+
+class ConfigMismatchError(ValueError):
+  """A resumed workdir's saved config differs in fields that define the run."""
+
+
+# Fields that may change when a run resumes: how long it trains, where and how often it
+# logs, checkpoints and samples, the mesh and hosts it runs on (checkpoints restore onto
+# any mesh), input workers. Every other field defines the run and must equal the saved
+# config.json (a prefix ending in "." covers a whole section).
+RESUMABLE_FIELDS = ("train.num_steps", "log.", "checkpoint.", "sampling.", "mesh.shape",
+                    "distributed.", "data.data_dir", "data.build_if_missing",
+                    "data.worker_count", "lipsync.syncnet_workdir")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping) and f"{prefix}{key}" != "mesh.shape":
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict
+                       ) -> dict[str, tuple[Any, Any]]:
+  """{field: (saved value, new value)} for the fields that define the run and differ.
+
+  Fields the saved config does not have (added to gcm_jax after the run started) keep
+  their defaults, which reproduce the earlier behaviour, and are not differences.
+  """
+  old, new = _flatten(saved), _flatten(json.loads(config.to_json()))
+  resumable = lambda path: any(path == f or (f.endswith(".") and path.startswith(f))
+                               for f in RESUMABLE_FIELDS)
+  return {path: (old[path], new.get(path, "<removed>")) for path in old
+          if not resumable(path) and old[path] != new.get(path, "<removed>")}
+
+
+def read_saved_config(workdir: str) -> Optional[dict]:
+  """The workdir's config.json as a dict, or None if it has none."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ConfigMismatchError naming each field that differs from the saved config."""
+  saved = read_saved_config(workdir)
+  differences = config_differences(saved, config) if saved is not None else {}
+  if differences:
+    lines = "\n  ".join(f"config.{k}: saved {a!r}, now {b!r}" for k, a, b in
+                        ((k, *v) for k, v in sorted(differences.items())))
+    raise ConfigMismatchError(
+        f"{workdir} holds a run with a different config; nothing was changed there. "
+        f"Use these values to resume it, or a new --workdir for the new config:\n  {lines}")
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+      f.write(config.to_json(indent=2))
+
+
+def restore_or_init(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                    checkpointer: checkpoint_lib.Checkpointer
+                    ) -> tuple[state_lib.TrainState, Any, Optional[dict]]:
+  """(state, shardings, data-iterator state or None for a new run).
+
+  Resumes from the newest readable checkpoint; newer unreadable ones are moved aside
+  (`Checkpointer.set_aside`) with a warning, so the run can save those steps again.
+  """
+  if checkpointer.latest_step() is None:
+    state, shardings = init_state(config, mesh)
+    return state, shardings, None
+  abstract, shardings = state_shardings(config, mesh)
+  state, data_state, step, unreadable = checkpointer.restore_newest_readable(
+      checkpoint_lib.abstract_with_shardings(abstract, shardings))
+  if unreadable:
+    aside = checkpointer.set_aside(sorted(unreadable))
+    logging.warning(checkpoint_lib.fallback_warning(checkpointer.directory, step, unreadable,
+                                                    set_aside_to=aside))
+  return state, shardings, data_state
 
 
 def _resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -161,25 +247,23 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   learning-rate schedule, e.g. to fit a job into a fixed time slot; rerunning resumes.
   """
   from gcm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config_validation.validate(config)
   mesh_lib.initialize_distributed(config.distributed)
   config = _resolve_data_dir(config, workdir)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-      f.write(config.to_json(indent=2))
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
+    check_resumable(config, workdir)
   mesh = mesh_lib.make_mesh(config.mesh)
-  state, shardings = init_state(config, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(checkpoint_dir, config.checkpoint)
+  state, shardings, data_state = restore_or_init(config, mesh, checkpointer)
+  _write_config(config, workdir)
   data = pipeline.make_dataset(config, "train", mesh, batch_axes=mesh_lib.BATCH_AXES,
                                seed=config.seed)
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                             config.checkpoint)
-  if checkpointer.latest_step() is not None:
-    abstract = checkpoint_lib.abstract_with_shardings(state, shardings)
-    state, data_state = checkpointer.restore(abstract)
+  if data_state is not None:
     data.set_state(data_state["iterator"].encode("utf-8"))
   train_step = compile_train_step(config, mesh, shardings)
-  writer = metrics_lib.MetricWriter(workdir)
   start = int(state.step)
+  writer = metrics_lib.MetricWriter(workdir, start_step=start)
   num_steps = config.train.num_steps
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
   batch = None

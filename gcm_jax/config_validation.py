@@ -1,0 +1,319 @@
+"""One validation pass over a diffusion-training config, before any data is built or compiled.
+
+`validate(config)` checks every field of the config (`configs/tiny.py` lists them all)
+against a table of rules and raises one `ConfigError` that names each bad field, its value
+and what is allowed, e.g.
+
+  config.sampling.sampler = 'dpm': expected one of ('ddpm', 'ddim', 'dpmpp_2m', ...)
+  config.log.every_steps = 0: expected an integer >= 1
+
+Allowed names come from the registries that use them (samplers, schedules, losses, ...),
+so a new sampler or schedule is valid here as soon as it is registered there. Unknown
+fields (typos such as `config.train.ema_decy`) are errors too. Device-count checks of the
+mesh shape happen when the mesh is built (`parallel.mesh.make_mesh`), after
+`jax.distributed` start-up.
+"""
+import dataclasses
+import math
+import os
+import runpy
+import typing
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import ml_collections
+
+from gcm_jax.alignment import syncnet
+from gcm_jax.data import audio
+from gcm_jax.data import pipeline
+from gcm_jax.data.talking_faces import renderer
+from gcm_jax.diffusion import losses
+from gcm_jax.diffusion import parameterization
+from gcm_jax.diffusion import samplers
+from gcm_jax.diffusion import schedules
+from gcm_jax.models import attention
+from gcm_jax.models import stdit
+from gcm_jax.parallel import mesh as mesh_lib
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """The config has invalid or unknown fields; the message lists every one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """`ok(value)` must hold for the field at `path` (e.g. "sampling.num_steps")."""
+  path: str
+  ok: Callable[[Any], bool]
+  expected: str
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def one_of(path: str, choices: Iterable[Any]) -> Rule:
+  choices = tuple(choices)
+  return Rule(path, lambda v: v in choices, f"one of {choices}")
+
+
+def integer(path: str, minimum: int) -> Rule:
+  return Rule(path, lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum}")
+
+
+def number(path: str, low: float = -math.inf, high: float = math.inf,
+           low_open: bool = False, high_open: bool = False) -> Rule:
+  """A number in [low, high] (or open at either end)."""
+  def ok(v):
+    return (_is_number(v) and (v > low if low_open else v >= low)
+            and (v < high if high_open else v <= high))
+  interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+  return Rule(path, ok, f"a number in {interval}")
+
+
+def boolean(path: str) -> Rule:
+  return Rule(path, lambda v: isinstance(v, bool), "True or False")
+
+
+def text(path: str) -> Rule:
+  return Rule(path, lambda v: isinstance(v, str), "a string")
+
+
+def probability(path: str) -> Rule:
+  return number(path, 0.0, 1.0)
+
+
+def positive(path: str) -> Rule:
+  return number(path, 0.0, low_open=True)
+
+
+def non_negative(path: str) -> Rule:
+  return number(path, 0.0)
+
+
+def _mesh_shape_ok(shape: Any) -> bool:
+  if not isinstance(shape, Mapping) or not set(shape) <= set(mesh_lib.MESH_AXES):
+    return False
+  sizes = list(shape.values())
+  return all(_is_int(s) and (s >= 1 or s == -1) for s in sizes) and sizes.count(-1) <= 1
+
+
+def _axis_rules_ok(rules: Any) -> bool:
+  def names(mesh_axes):
+    return mesh_axes if isinstance(mesh_axes, (tuple, list)) else (mesh_axes,)
+  try:
+    return all(isinstance(logical, str) and all(n is None or n in mesh_lib.MESH_AXES
+                                                for n in names(mesh_axes))
+               for logical, mesh_axes in rules)
+  except (TypeError, ValueError):
+    return False
+
+
+RULES: tuple[Rule, ...] = (
+    integer("seed", 0),
+    # Model.
+    integer("model.in_channels", 1),
+    integer("model.patch_size", 1),
+    integer("model.width", 1),
+    integer("model.depth", 1),
+    integer("model.num_heads", 1),
+    positive("model.mlp_ratio"),
+    one_of("model.attention", stdit.ATTENTION_KINDS),
+    boolean("model.temporal_rotary"),
+    integer("model.text_max_len", 1),
+    integer("model.text_layers", 0),
+    integer("model.audio_layers", 0),
+    integer("model.num_mels", 1),
+    integer("model.mel_window", 1),
+    boolean("model.frame_conditioning"),
+    positive("model.time_scale"),
+    one_of("model.dtype", DTYPES),
+    one_of("model.remat_policy", stdit.REMAT_POLICIES),
+    one_of("model.attention_impl", attention.IMPLEMENTATIONS),
+    # Data.
+    one_of("data.name", pipeline.DATASETS),
+    text("data.data_dir"),
+    boolean("data.build_if_missing"),
+    one_of("data.resolution", renderer.RESOLUTIONS),
+    integer("data.num_frames", 1),
+    integer("data.num_train", 1),
+    integer("data.num_validation", 0),
+    integer("data.num_test", 0),
+    integer("data.dataset_seed", 0),
+    integer("data.batch_size", 1),
+    integer("data.mel_window", 1),
+    one_of("data.mel_alignment", typing.get_args(audio.Alignment)),
+    integer("data.text_max_len", 1),
+    boolean("data.shuffle"),
+    integer("data.worker_count", 0),
+    # Diffusion.
+    one_of("diffusion.schedule", schedules.BY_NAME),
+    one_of("diffusion.parameterization", parameterization.PREDICTIONS),
+    one_of("diffusion.loss_weighting", losses.WEIGHTINGS),
+    positive("diffusion.min_snr_gamma"),
+    probability("diffusion.p_drop_text"),
+    probability("diffusion.p_drop_audio"),
+    probability("diffusion.p_drop_both"),
+    probability("diffusion.p_motion_frames"),
+    integer("diffusion.max_motion_frames", 0),
+    positive("diffusion.mouth_loss_weight"),
+    # Lip-sync loss.
+    non_negative("lipsync.weight"),
+    text("lipsync.syncnet_workdir"),
+    one_of("lipsync.noise_weighting", syncnet.NOISE_WEIGHTINGS),
+    integer("lipsync.start_step", 0),
+    integer("lipsync.ramp_steps", 0),
+    # Sampling.
+    one_of("sampling.sampler", samplers.SAMPLERS),
+    integer("sampling.num_steps", 1),
+    non_negative("sampling.text_scale"),
+    non_negative("sampling.audio_scale"),
+    # Optimization.
+    integer("train.num_steps", 1),
+    positive("train.learning_rate"),
+    integer("train.warmup_steps", 0),
+    non_negative("train.weight_decay"),
+    positive("train.grad_clip_norm"),
+    number("train.ema_decay", 0.0, 1.0, high_open=True),
+    boolean("train.ema_warmup"),
+    number("train.b1", 0.0, 1.0, high_open=True),
+    number("train.b2", 0.0, 1.0, high_open=True),
+    # Mesh and hosts.
+    Rule("mesh.shape", _mesh_shape_ok,
+         f"a dict over axes {mesh_lib.MESH_AXES} of sizes >= 1, at most one -1"),
+    Rule("mesh.logical_axis_rules", _axis_rules_ok,
+         f"(logical name, mesh axes) pairs with mesh axes in {mesh_lib.MESH_AXES} or None"),
+    text("distributed.coordinator_address"),
+    integer("distributed.num_processes", 1),
+    integer("distributed.process_id", 0),
+    # Checkpoints and logs.
+    integer("checkpoint.every_steps", 0),
+    integer("checkpoint.keep", 1),
+    boolean("checkpoint.async_save"),
+    integer("log.every_steps", 1),
+    integer("log.sample_every_steps", 0),
+    integer("log.num_samples", 0),
+)
+
+
+def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
+  """Constraints between fields (run only when every single field is valid)."""
+  checks = [
+      (c.model.width % c.model.num_heads == 0,
+       f"config.model.width = {c.model.width} must be divisible by config.model.num_heads = "
+       f"{c.model.num_heads}"),
+      (c.data.resolution % c.model.patch_size == 0,
+       f"config.data.resolution = {c.data.resolution} must be divisible by "
+       f"config.model.patch_size = {c.model.patch_size}"),
+      (c.data.mel_window == c.model.mel_window,
+       f"config.data.mel_window = {c.data.mel_window} must equal config.model.mel_window = "
+       f"{c.model.mel_window}"),
+      (c.data.text_max_len == c.model.text_max_len,
+       f"config.data.text_max_len = {c.data.text_max_len} must equal "
+       f"config.model.text_max_len = {c.model.text_max_len}"),
+      (c.diffusion.max_motion_frames < c.data.num_frames,
+       f"config.diffusion.max_motion_frames = {c.diffusion.max_motion_frames} must be < "
+       f"config.data.num_frames = {c.data.num_frames}"),
+      (c.data.num_train >= c.data.batch_size,
+       f"config.data.num_train = {c.data.num_train} must be >= config.data.batch_size = "
+       f"{c.data.batch_size} (training batches drop the remainder)"),
+      (c.log.num_samples <= c.data.batch_size,
+       f"config.log.num_samples = {c.log.num_samples} must be <= config.data.batch_size = "
+       f"{c.data.batch_size} (samples are drawn for the last batch's conditions)"),
+      (c.distributed.process_id < c.distributed.num_processes,
+       f"config.distributed.process_id = {c.distributed.process_id} must be < "
+       f"config.distributed.num_processes = {c.distributed.num_processes}"),
+  ]
+  if c.lipsync.weight > 0:
+    checks += [
+        (bool(c.lipsync.syncnet_workdir),
+         "config.lipsync.weight > 0 needs config.lipsync.syncnet_workdir (a "
+         "gcm_jax.alignment.train_syncnet workdir)"),
+        (not c.lipsync.syncnet_workdir or os.path.isdir(c.lipsync.syncnet_workdir),
+         f"config.lipsync.syncnet_workdir = {c.lipsync.syncnet_workdir!r} does not exist; "
+         f"train one with python -m gcm_jax.alignment.train_syncnet"),
+        (c.data.num_frames >= syncnet.SYNC_FRAMES,
+         f"the lip-sync loss needs clips of >= {syncnet.SYNC_FRAMES} frames, "
+         f"config.data.num_frames = {c.data.num_frames}"),
+    ]
+  return [message for ok, message in checks if not ok]
+
+
+def _leaf_paths(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+  """Dotted paths of the fields of a nested config (mesh.shape counts as one field)."""
+  paths = []
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, Mapping) and path != "mesh.shape":
+      paths += _leaf_paths(value, path + ".")
+    else:
+      paths.append(path)
+  return paths
+
+
+def _lookup(tree: Mapping[str, Any], path: str) -> Any:
+  for key in path.split("."):
+    tree = tree[key]
+  return tree
+
+
+def problems(config: ml_collections.ConfigDict, rules: Sequence[Rule] = RULES) -> list[str]:
+  """Every problem of `config` as one line each (empty if the config is valid)."""
+  tree = config.to_dict()
+  known = {r.path for r in rules}
+  found = [f"config.{p} is not a known field (check its spelling; the fields are those of "
+           f"configs/tiny.py)" for p in _leaf_paths(tree) if p not in known]
+  for rule in rules:
+    try:
+      value = _lookup(tree, rule.path)
+    except (KeyError, TypeError):
+      found.append(f"config.{rule.path} is missing: expected {rule.expected}")
+      continue
+    if not rule.ok(value):
+      found.append(f"config.{rule.path} = {value!r}: expected {rule.expected}")
+  if not found:
+    found = _cross_field_problems(config)
+  return found
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` listing every invalid, missing or unknown field of `config`."""
+  found = problems(config)
+  if found:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(found))
+
+
+def unknown_override(config: ml_collections.ConfigDict, override: str) -> str | None:
+  """Why a `--config.a.b=...` command-line override names no field of `config`, or None."""
+  node, walked = config, "config"
+  for key in override.split("=", 1)[0].removeprefix("--config.").split("."):
+    if not isinstance(node, (Mapping, ml_collections.ConfigDict)) or key not in node:
+      fields = ", ".join(sorted(node.keys())) if isinstance(
+          node, (Mapping, ml_collections.ConfigDict)) else "none: it is a value"
+      return f"{walked} has no field {key!r} (its fields: {fields})"
+    node, walked = node[key], f"{walked}.{key}"
+  return None
+
+
+def config_flags_parser(flag_values, default_config_path: str) -> Callable[[list[str]], list[str]]:
+  """An absl `flags_parser` that turns an override of an unknown config field into one clear
+  error line instead of ml_collections' bare AttributeError."""
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return flag_values(argv)
+    except (AttributeError, KeyError) as e:
+      path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
+                  default_config_path)
+      config = runpy.run_path(path.split(":", 1)[0])["get_config"]()
+      reasons = [r for a in argv if a.startswith("--config.")
+                 if (r := unknown_override(config, a))]
+      raise SystemExit("error: " + ("; ".join(reasons) or f"bad --config override ({e})")
+                       ) from None
+
+  return parse

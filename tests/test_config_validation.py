@@ -1,0 +1,84 @@
+"""Config validation: every problem is named (field, value, allowed values) before any work."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import tiny
+from gcm_jax import config_validation
+from gcm_jax.train import trainer
+from tests import train_utils
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sampling.sampler", "dpm", "config.sampling.sampler = 'dpm': expected one of ('ddpm'"),
+    ("sampling.num_steps", 0, "config.sampling.num_steps = 0: expected an integer >= 1"),
+    ("log.every_steps", 0, "config.log.every_steps = 0: expected an integer >= 1"),
+    ("train.num_steps", 0, "config.train.num_steps = 0: expected an integer >= 1"),
+    ("train.num_steps", -5, "config.train.num_steps = -5: expected an integer >= 1"),
+    ("checkpoint.keep", 0, "config.checkpoint.keep = 0: expected an integer >= 1"),
+    ("diffusion.schedule", "cosin", "config.diffusion.schedule = 'cosin': expected one of"),
+    ("diffusion.p_drop_text", 1.5, "config.diffusion.p_drop_text = 1.5: expected a number in "
+     "[0.0, 1.0]"),
+    ("train.ema_decay", 1.0, "config.train.ema_decay = 1.0: expected a number in [0.0, 1.0)"),
+    ("model.remat_policy", "all", "config.model.remat_policy = 'all': expected one of"),
+    ("data.mel_alignment", "end", "config.data.mel_alignment = 'end': expected one of "
+     "('center', 'start')"),
+])
+def test_bad_field_is_named_before_anything_is_built(tmp_path, field, value, message):
+  config = train_utils.micro_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  workdir = tmp_path / "run"
+  with pytest.raises(config_validation.ConfigError) as error:
+    trainer.train(config, str(workdir))
+  assert message in str(error.value)
+  assert not workdir.exists()  # No data built, no config.json written, nothing compiled.
+
+
+def test_unknown_mesh_axis_and_unknown_field():
+  config = tiny.get_config()
+  config.mesh.shape = dict(data=-1, model=2)
+  config.train.ema_decy = 0.9
+  found = config_validation.problems(config)
+  assert any(p.startswith("config.mesh.shape = {'data': -1, 'model': 2}: expected a dict over "
+                          "axes ('data', 'fsdp', 'tensor')") for p in found), found
+  assert any(p.startswith("config.train.ema_decy is not a known field") for p in found), found
+
+
+def test_every_problem_is_listed_at_once():
+  config = tiny.get_config()
+  config.sampling.sampler = "dpm"
+  config.log.every_steps = 0
+  config.checkpoint.keep = 0
+  assert len(config_validation.problems(config)) == 3
+
+
+def test_cross_field_constraints():
+  config = tiny.get_config()
+  config.model.num_heads = 3
+  config.diffusion.max_motion_frames = 8
+  found = config_validation.problems(config)
+  assert any("config.model.width = 64 must be divisible by config.model.num_heads = 3" in p
+             for p in found)
+  assert any("max_motion_frames = 8 must be < config.data.num_frames = 8" in p for p in found)
+
+
+def test_shipped_configs_are_valid():
+  import importlib  # pylint: disable=g-import-not-at-top
+  for name in ("tiny", "talking_faces", "pod"):
+    assert config_validation.problems(importlib.import_module(f"configs.{name}").get_config()) == []
+
+
+def test_command_line_override_of_an_unknown_field_names_it(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "run_train.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/run",
+       "--config.mesh.shape.model=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert ("error: config.mesh.shape has no field 'model' (its fields: data, fsdp, tensor)"
+          in proc.stderr), proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()
