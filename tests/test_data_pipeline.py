@@ -1,6 +1,9 @@
 """Tests for the TFDS builder and the grain -> global jax.Array pipeline (8 fake CPU devices)."""
 import json
 import os
+import pathlib
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -186,6 +189,114 @@ def test_bad_config_raises_clear_errors(data_dir, mesh, tmp_path):
     pipeline.make_dataset(_config(str(tmp_path)), "train", mesh)
   with pytest.raises(ValueError, match="max_len"):
     next(pipeline.make_dataset(_config(data_dir, text_max_len=20), "train", mesh))
+
+
+TINY = dict(resolution=32, num_frames=4, num_train=3, num_validation=1, num_test=1)
+SHARD = "talking_faces-{}.array_record-00000-of-00001"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+  """A complete tiny dataset; tests damage copies of it."""
+  path = tmp_path_factory.mktemp("tiny")
+  talking_faces.build(str(path), **TINY)
+  return path
+
+
+def _tiny_config(data_dir, build_if_missing=True):
+  cfg = pipeline.default_config()
+  cfg.update(data_dir=str(data_dir), build_if_missing=build_if_missing, **TINY)
+  return ml_collections.ConfigDict({"data": cfg})
+
+
+def _version_dir(data_dir) -> pathlib.Path:
+  return pathlib.Path(talking_faces.get_builder(str(data_dir), **TINY).data_dir)
+
+
+def _copy_tiny(tiny_dir, tmp_path) -> pathlib.Path:
+  """Copies the tiny dataset to `tmp_path / 'tfds'`; returns the copy's versioned folder."""
+  shutil.copytree(tiny_dir, tmp_path / "tfds")
+  return _version_dir(tmp_path / "tfds")
+
+
+def _records(data_dir) -> dict[str, list[tuple[bytes, bytes, bytes]]]:
+  builder = talking_faces.get_builder(str(data_dir), **TINY)
+  sources = {split: builder.as_data_source(split) for split in pipeline.SPLITS}
+  return {split: [(r["caption"], r["audio"].tobytes(), r["video"].tobytes())
+                  for r in (source[i] for i in range(len(source)))]
+          for split, source in sources.items()}
+
+
+def _delete_info(version_dir):
+  (version_dir / "dataset_info.json").unlink()
+
+
+def _delete_shard(version_dir):
+  (version_dir / SHARD.format("train")).unlink()
+
+
+def _swap_shard(version_dir):  # A readable shard with 1 record where 3 are recorded.
+  shutil.copy(version_dir / SHARD.format("validation"), version_dir / SHARD.format("train"))
+
+
+def _truncate_shard(version_dir):
+  os.truncate(version_dir / SHARD.format("train"), 100)
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (_delete_info, "dataset_info.json is missing"),
+    (_delete_shard, f"shard {SHARD.format('train')} is missing"),
+    (_swap_shard, "holds 1 records, dataset_info.json says 3"),
+    (_truncate_shard, "cannot be read"),
+])
+def test_incomplete_dataset_is_rebuilt_with_the_same_records(tiny_dir, mesh, tmp_path, caplog,
+                                                             damage, reason):
+  version_dir = _copy_tiny(tiny_dir, tmp_path)
+  damage(version_dir)
+  batch = next(pipeline.make_dataset(_tiny_config(tmp_path / "tfds"), "train", mesh,
+                                     num_epochs=1))
+  assert np.asarray(batch["mask"]).sum() == 3
+  assert _records(tmp_path / "tfds") == _records(tiny_dir)
+  warnings = [r.getMessage() for r in caplog.records if r.module == "talking_faces"]
+  assert any(str(version_dir) in w and reason in w and "rebuilding" in w for w in warnings)
+
+
+@pytest.mark.parametrize("damage", [_delete_info, _delete_shard])
+def test_incomplete_dataset_without_build_if_missing_names_the_folder_to_delete(
+    tiny_dir, mesh, tmp_path, damage):
+  version_dir = _copy_tiny(tiny_dir, tmp_path)
+  damage(version_dir)
+  with pytest.raises(FileNotFoundError, match=re.escape(f"delete {version_dir}, then")):
+    pipeline.make_dataset(_tiny_config(tmp_path / "tfds", build_if_missing=False), "train",
+                          mesh)
+  assert version_dir.exists()  # Nothing is deleted without build_if_missing.
+
+
+def test_interrupted_build_leftovers_are_deleted(tiny_dir, mesh, tmp_path):
+  fresh = tmp_path / "fresh"
+  complete = _copy_tiny(tiny_dir, tmp_path)
+  other_config = fresh / "talking_faces" / "r32_t16" / "incomplete.XYZ789_1.0.0"
+  other_config.mkdir(parents=True)
+  leftovers = [_version_dir(fresh).parent / "incomplete.AB12CD_1.0.0",
+               complete.parent / "incomplete.EF34GH_1.0.0"]
+  for leftover in leftovers:
+    leftover.mkdir(parents=True)
+    (leftover / SHARD.format("train")).write_bytes(b"partial")
+  for data_dir in (fresh, tmp_path / "tfds"):  # Not built yet; complete.
+    pipeline.make_dataset(_tiny_config(data_dir), "train", mesh)
+  assert not any(leftover.exists() for leftover in leftovers)
+  assert other_config.exists()  # Another config's build is not touched.
+  assert _records(fresh) == _records(tiny_dir)
+
+
+def test_complete_dataset_is_not_rebuilt(tiny_dir, mesh, tmp_path, caplog):
+  version_dir = _copy_tiny(tiny_dir, tmp_path)
+  files = [version_dir, *version_dir.iterdir()]
+  mtimes = [f.stat().st_mtime_ns for f in files]
+  pipeline.make_dataset(_tiny_config(tmp_path / "tfds"), "train", mesh)
+  assert [f.stat().st_mtime_ns for f in files] == mtimes
+  assert sorted(version_dir.iterdir()) == sorted(files[1:])
+  assert not [r for r in caplog.records if r.module == "talking_faces"]
 
 
 def test_tfds_build_command_line_builds_the_module(tmp_path):

@@ -189,11 +189,26 @@ class DataIterator:
     self._iterator.set_state(state)
 
 
+def _prepared(builder: talking_faces.TalkingFaces, build_if_missing: bool
+              ) -> talking_faces.TalkingFaces:
+  """`builder` with complete data: (re)built if `build_if_missing`, else an error saying why."""
+  if build_if_missing:
+    return talking_faces.prepare(builder)
+  reason = talking_faces.incomplete_reason(builder)
+  if reason is None:
+    return builder
+  delete = f"delete {builder.data_path}, then " if builder.data_path.exists() else ""
+  raise FileNotFoundError(
+      f"dataset {builder.name}/{builder.builder_config.name} in {builder.data_dir_root} is "
+      f"not usable: {reason}; {delete}set config.data.build_if_missing or run "
+      f"gcm_jax.data.talking_faces.build(...)")
+
+
 def _data_source(data_cfg: ml_collections.ConfigDict, split: str):
-  """The split's random-access source, generating the dataset first if allowed.
+  """The split's random-access source, generating (or repairing) the dataset first if allowed.
 
   Multi-host: process 0 builds, all processes wait at a barrier; a process that still does
-  not see the data (host-local data_dir) builds its own identical copy.
+  not see complete data (host-local data_dir) builds its own identical copy.
   """
   if data_cfg.name not in DATASETS:
     raise ValueError(f"unknown dataset {data_cfg.name!r}; expected one of {DATASETS}")
@@ -202,20 +217,12 @@ def _data_source(data_cfg: ml_collections.ConfigDict, split: str):
     return talking_faces.get_builder(
         data_cfg.data_dir, data_cfg.resolution, data_cfg.num_frames, data_cfg.num_train,
         data_cfg.num_validation, data_cfg.num_test, data_cfg.dataset_seed)
-  builder = get_builder()
-  if not builder.is_prepared():
-    if not data_cfg.build_if_missing:
-      raise FileNotFoundError(
-          f"{builder.name}/{builder.builder_config.name} is not built in "
-          f"{data_cfg.data_dir}; set config.data.build_if_missing or run "
-          f"gcm_jax.data.talking_faces.build(...)")
-    if jax.process_index() == 0:
-      builder.download_and_prepare()
+  builder = None
+  if jax.process_index() == 0 or not data_cfg.build_if_missing:
+    builder = _prepared(get_builder(), data_cfg.build_if_missing)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("gcm_jax.data.pipeline: dataset built")
-    builder = get_builder()
-    if not builder.is_prepared():
-      builder.download_and_prepare()
+    builder = _prepared(get_builder(), data_cfg.build_if_missing)
   return builder.as_data_source(split)
 
 

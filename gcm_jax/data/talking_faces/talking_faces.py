@@ -15,9 +15,12 @@ import functools
 import multiprocessing as mp
 import os
 
+from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import constants
+from tensorflow_datasets.core import file_adapters
 
 from gcm_jax.data import audio
 from gcm_jax.data.talking_faces import captions
@@ -169,15 +172,80 @@ def get_builder(data_dir: str, resolution: int = 32, num_frames: int = 16,
                       num_workers=num_workers)
 
 
+def _split_problem(builder: TalkingFaces, split: str) -> str | None:
+  """What is wrong with `split` in the builder's data folder; None if it looks complete."""
+  expected = builder.builder_config.num_examples(split)
+  if not expected:
+    return None  # Empty splits are not written.
+  if split not in builder.info.splits:
+    return f"dataset_info.json does not list the {split} split"
+  info = builder.info.splits[split]
+  if info.num_examples != expected:
+    return f"dataset_info.json lists {info.num_examples} {split} records, not {expected}"
+  adapter = file_adapters.ADAPTER_FOR_FORMAT[builder.info.file_format]
+  for shard, length in zip(info.filepaths, info.shard_lengths):
+    if not shard.exists():
+      return f"shard {shard.name} is missing"
+    try:
+      count = adapter.num_examples(shard)
+    except RuntimeError as e:
+      return f"shard {shard.name} cannot be read ({e})"
+    if count != length:
+      return f"shard {shard.name} holds {count} records, dataset_info.json says {length}"
+  return None
+
+
+def incomplete_reason(builder: TalkingFaces) -> str | None:
+  """Why the builder's versioned data folder is not a complete dataset; None if it is.
+
+  Cheap checks only (no record is decoded): the folder and its dataset_info.json exist, and
+  every shard that dataset_info.json lists exists and holds the recorded number of records.
+  """
+  if not builder.data_path.exists():
+    return "it is not built"
+  if not (builder.data_path / constants.DATASET_INFO_FILENAME).exists():
+    return f"{constants.DATASET_INFO_FILENAME} is missing"
+  for split in SPLIT_IDS:
+    problem = _split_problem(builder, split)
+    if problem:
+      return problem
+  return None
+
+
+def _remove_interrupted_builds(builder: TalkingFaces) -> None:
+  """Deletes the `incomplete.*` folders that interrupted builds of this config left."""
+  pattern = f"{constants.INCOMPLETE_PREFIX}*_{builder.version}"
+  for path in builder.data_path.parent.glob(pattern):
+    logging.warning("Deleting %s, left by an interrupted dataset build.", path)
+    path.rmtree()
+
+
+def prepare(builder: TalkingFaces) -> TalkingFaces:
+  """Makes the builder's data complete and returns the builder.
+
+  Deletes the folders of interrupted builds of this config, then builds the data unless it
+  is complete (`incomplete_reason`); an incomplete versioned folder is deleted and rebuilt,
+  with a warning. Deletes nothing outside `data_dir/talking_faces/<config>/`.
+  """
+  _remove_interrupted_builds(builder)
+  reason = incomplete_reason(builder)
+  if reason is None:
+    return builder
+  if builder.data_path.exists():
+    logging.warning("Dataset %s is incomplete (%s); deleting and rebuilding it.",
+                    builder.data_path, reason)
+    builder.data_path.rmtree()
+  builder.download_and_prepare()
+  return builder
+
+
 def build(data_dir: str, resolution: int = 32, num_frames: int = 16, num_train: int = 2000,
           num_validation: int = 200, num_test: int = 200, seed: int = 0,
           num_workers: int | None = None) -> TalkingFaces:
-  """Generates the dataset into `data_dir` (no-op if already there); returns the builder.
+  """Generates the dataset into `data_dir` (`prepare`: no-op if complete); returns the builder.
 
   `num_workers` generator processes (default: one per CPU, at most one per 500 clips of a
   split); the data does not depend on it.
   """
-  builder = get_builder(data_dir, resolution, num_frames, num_train, num_validation,
-                        num_test, seed, num_workers)
-  builder.download_and_prepare()
-  return builder
+  return prepare(get_builder(data_dir, resolution, num_frames, num_train, num_validation,
+                             num_test, seed, num_workers))
