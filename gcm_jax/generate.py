@@ -8,7 +8,8 @@ Python API:
   model = load_trained(workdir)
   video, wav = generate(model, text, wav, sample_rate, key)   # [N, H, W, 3] in [-1, 1]
 
-Audio of any length, sample rate and channel count (WAV) is accepted: it is downmixed to
+Audio of any length, sample rate and channel count is accepted as a PCM or float WAV
+(`gcm_jax.wav_io`, plain or WAVE_FORMAT_EXTENSIBLE as ffmpeg writes it): it is downmixed to
 mono and resampled to 16 kHz; the video covers it at 25 fps, generated in windows of the
 training length that overlap by `motion_frames` (docs/diffusion.md, long-video extension).
 """
@@ -16,7 +17,6 @@ import dataclasses
 import json
 import os
 import sys
-import wave
 from typing import Any, Optional
 
 from absl import app
@@ -29,6 +29,7 @@ import tqdm
 
 from gcm_jax import sampling
 from gcm_jax import video_io
+from gcm_jax import wav_io
 from gcm_jax.data import audio as audio_lib
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import samplers
@@ -62,29 +63,6 @@ def load_trained(workdir: str, step: Optional[int] = None) -> TrainedModel:
       checkpoint_lib.abstract_with_shardings(abstract_state, shardings), step)
   checkpointer.close()
   return TrainedModel(config, trainer.make_model(config), state.ema_params)
-
-
-def read_wav(path: str) -> tuple[np.ndarray, int]:
-  """Reads a PCM WAV file -> (float32 samples `[S, channels]` in [-1, 1], sample rate)."""
-  try:
-    with wave.open(path, "rb") as f:
-      channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
-      data = f.readframes(f.getnframes())
-  except (wave.Error, EOFError) as e:
-    raise ValueError(f"{path} is not a PCM WAV file ({e}); convert it, e.g. "
-                     f"`ffmpeg -i in.mp3 out.wav`") from e
-  if width == 1:
-    samples = (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
-  elif width in (2, 4):
-    dtype = np.dtype(f"<i{width}")
-    samples = np.frombuffer(data, dtype).astype(np.float32) / float(2**(8 * width - 1))
-  elif width == 3:
-    raw = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.int32)
-    ints = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
-    samples = (np.where(ints >= 2**23, ints - 2**24, ints) / 2.0**23).astype(np.float32)
-  else:
-    raise ValueError(f"{path}: unsupported sample width {width} bytes")
-  return samples.reshape(-1, channels), rate
 
 
 def prepare_audio(samples: np.ndarray, sample_rate: int, min_frames: int
@@ -151,7 +129,7 @@ def _main(argv) -> None:
   trained = load_trained(f.workdir)
   if f.num_steps is not None:
     trained.config.sampling.num_steps = f.num_steps
-  samples, rate = read_wav(f.audio)
+  samples, rate = wav_io.read_wav(f.audio)
   video, wav = generate(trained, f.text, samples, rate, jax.random.PRNGKey(f.seed))
   path = video_io.write_mp4(f.output, video, wav)
   print(f"wrote {path}: {video.shape[0]} frames ({video.shape[0] / 25:.2f} s) at "
@@ -162,7 +140,7 @@ def main() -> None:
   """Console entry point `gcm-generate` (flags are defined here, not on import)."""
   flags.DEFINE_string("workdir", None, "run_train.py workdir with a checkpoint.")
   flags.DEFINE_string("text", None, "Caption + script, e.g. 'a green face ... says: hi'.")
-  flags.DEFINE_string("audio", None, "Voice recording (PCM WAV, any rate, mono/stereo).")
+  flags.DEFINE_string("audio", None, "Voice recording: WAV, PCM or float, any rate/channels.")
   flags.DEFINE_string("output", "generated.mp4", "Output mp4 (video + audio).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_integer("num_steps", None, "Sampler steps (default: the config's).")

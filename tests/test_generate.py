@@ -1,7 +1,6 @@
-"""gcm-generate: audio reading/resampling, long videos from a checkpoint, input errors."""
+"""gcm-generate: audio resampling, long videos from a checkpoint, input errors."""
 import os
 import subprocess
-import wave
 
 import imageio_ffmpeg
 import jax
@@ -14,42 +13,6 @@ from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import checkpoint as checkpoint_lib
 from gcm_jax.train import trainer
 from tests import train_utils
-
-
-def _write_wav(path, samples, rate, width=2):
-  samples = np.asarray(samples, np.float64).reshape(len(samples), -1)
-  if width == 1:
-    data = np.round(samples * 127 + 128).astype(np.uint8).tobytes()
-  elif width == 3:
-    ints = np.round(samples * (2**23 - 1)).astype(np.int32).reshape(-1)
-    data = np.stack([ints & 255, (ints >> 8) & 255, (ints >> 16) & 255], 1).astype(np.uint8)
-    data = data.tobytes()
-  else:
-    data = np.round(samples * (2**(8 * width - 1) - 1)).astype(f"<i{width}").tobytes()
-  with wave.open(path, "wb") as f:
-    f.setnchannels(samples.shape[1])
-    f.setsampwidth(width)
-    f.setframerate(rate)
-    f.writeframes(data)
-
-
-@pytest.mark.parametrize("width", [1, 2, 3, 4])
-def test_read_wav_sample_widths_and_channels(tmp_path, width):
-  rate = 22050
-  tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(rate // 10) / rate)
-  path = str(tmp_path / "x.wav")
-  _write_wav(path, np.stack([tone, -tone], 1), rate, width)
-  samples, got_rate = generate.read_wav(path)
-  assert got_rate == rate and samples.shape == (rate // 10, 2)
-  np.testing.assert_allclose(samples[:, 0], tone, atol=2.0 / 2**(8 * width - 1) + 1e-6)
-  np.testing.assert_allclose(samples[:, 1], -tone, atol=2.0 / 2**(8 * width - 1) + 1e-6)
-
-
-def test_non_wav_audio_is_a_clear_error(tmp_path):
-  path = tmp_path / "voice.mp3"
-  path.write_bytes(b"ID3 not a wav")
-  with pytest.raises(ValueError, match="not a PCM WAV file"):
-    generate.read_wav(str(path))
 
 
 def test_prepare_audio_downmixes_resamples_and_pads():
