@@ -8,7 +8,8 @@ Every input is checked before the model is loaded: the output path (an extension
 can mux H.264 video + AAC audio into: .mp4, .mov or .mkv; a folder that exists or can be
 created, and is writable), the workdir (`config.json` and a `checkpoints` folder), the
 text (non-empty, at most `config.model.text_max_len` UTF-8 bytes) and the audio (read in
-full). A bad input ends the CLI with a one-line error and exit code 1.
+full). A bad input ends the CLI with a one-line error and exit code 1. Orbax/absl INFO
+logs are shown only with `--verbose` (which also shows the traceback of an input error).
 
 Audio: a WAV file (`gcm_jax.wav_io`): PCM 8/16/24/32-bit or float 32/64-bit, plain or
 WAVE_FORMAT_EXTENSIBLE (as ffmpeg writes), any channel count, sample rate and length;
@@ -24,6 +25,7 @@ Python API:
 """
 import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -31,6 +33,7 @@ from typing import Any, Optional
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -202,13 +205,22 @@ def generate_file(workdir: str, text: str, audio: str, output: str, seed: int = 
           f"{video.shape[1]}x{video.shape[2]}")
 
 
+def _set_log_level(verbose: bool) -> None:
+  """Shows absl and Python-logging (Orbax) INFO lines only if `verbose`; warnings always."""
+  absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+  logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _main(argv) -> None:
   f = flags.FLAGS
+  _set_log_level(f.verbose)
   if len(argv) > 1:
     sys.exit(f"gcm-generate: unexpected arguments {argv[1:]}; quote the --text value")
   try:
     print(generate_file(f.workdir, f.text, f.audio, f.output, f.seed, f.num_steps))
   except (ValueError, OSError, checkpoint_lib.CheckpointError) as e:
+    if f.verbose:
+      raise
     sys.exit(f"gcm-generate: {e}")
 
 
@@ -220,6 +232,7 @@ def main() -> None:
   flags.DEFINE_string("output", "generated.mp4", "Output video: .mp4, .mov or .mkv.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_integer("num_steps", None, "Sampler steps (default: the config's).")
+  flags.DEFINE_bool("verbose", False, "Show absl/Orbax INFO logs and input-error tracebacks.")
   flags.mark_flags_as_required(["workdir", "text", "audio"])
   app.run(_main, argv=sys.argv)
 

@@ -1,5 +1,6 @@
 """gcm-generate: audio resampling, long videos from a checkpoint, input checks, the CLI."""
 import os
+import re
 import subprocess
 import sys
 
@@ -169,3 +170,26 @@ def test_cli_input_error_is_one_line_and_checks_the_output_first(tmp_path):
   assert result.stderr.splitlines() == [
       f"gcm-generate: --output {tmp_path}/out.txt: extension .txt cannot hold H.264 video + "
       f"AAC audio; use one of .mp4, .mov, .mkv"]
+  verbose = _cli(f"--workdir={tmp_path}", "--text=hi", "--audio=missing.wav",
+                 f"--output={tmp_path}/out.txt", "--verbose")
+  assert verbose.returncode == 1
+  assert "Traceback" in verbose.stderr and "ValueError: --output" in verbose.stderr
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_cli_writes_the_video_and_logs_info_only_if_verbose(workdir, tmp_path, verbose):
+  voice = str(tmp_path / "voice.wav")
+  video_io.write_wav(voice, 0.3 * np.sin(np.arange(3200) / 5.0))  # 0.2 s: 5 frames
+  output = str(tmp_path / "new" / "out.mkv")
+  result = _cli(f"--workdir={workdir}", "--text=a red face, says: hi", f"--audio={voice}",
+                f"--output={output}", *(["--verbose"] if verbose else []))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == f"wrote {output}: 5 frames (0.20 s) at 32x32\n"
+  info = [line for line in result.stderr.splitlines() if re.match(r"I\d{4} ", line)]
+  if verbose:
+    assert any("checkpoint" in line for line in info)  # Orbax's restore log, absl format.
+  else:
+    assert not info and "INFO" not in result.stderr
+  probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-i", output], capture_output=True,
+                         text=True, check=False).stderr
+  assert "matroska" in probe and "Video: h264" in probe and "Audio: aac" in probe
