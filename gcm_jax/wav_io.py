@@ -51,7 +51,7 @@ def read_wav(path: str) -> tuple[np.ndarray, int]:
                      f"`ffmpeg -i in.mp3 -c:a pcm_s16le out.wav`")
   fmt = data = ds64_size = None
   for chunk_id, start, size in _chunks(buf):
-    if chunk_id == b"ds64" and size >= 16:
+    if chunk_id == b"ds64" and min(size, len(buf) - start) >= 16:
       ds64_size = struct.unpack_from("<Q", buf, start + 8)[0]
     elif chunk_id == b"fmt " and fmt is None:
       fmt = buf[start:start + size]
