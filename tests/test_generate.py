@@ -162,7 +162,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, check=False)
 
 
-def test_cli_input_error_is_one_line_and_checks_the_output_first(tmp_path):
+def test_cli_input_errors_are_one_line_and_the_output_is_checked_first(tmp_path):
   # Neither the workdir nor the audio exists: the output path is checked first.
   result = _cli(f"--workdir={tmp_path}", "--text=hi", "--audio=missing.wav",
                 f"--output={tmp_path}/out.txt")
@@ -174,6 +174,10 @@ def test_cli_input_error_is_one_line_and_checks_the_output_first(tmp_path):
                  f"--output={tmp_path}/out.txt", "--verbose")
   assert verbose.returncode == 1
   assert "Traceback" in verbose.stderr and "ValueError: --output" in verbose.stderr
+  unquoted = _cli(f"--workdir={tmp_path}", "--text=hi", "there", "--audio=missing.wav")
+  assert unquoted.returncode == 1
+  assert unquoted.stderr.splitlines() == [
+      "gcm-generate: unexpected arguments ['there']; quote the --text value"]
 
 
 @pytest.mark.parametrize("verbose", [False, True])
