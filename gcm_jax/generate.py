@@ -4,23 +4,36 @@ CLI (installed as `gcm-generate`):
   gcm-generate --workdir=/tmp/gcm_tiny --text="a green face on a purple background, moving
     left, says: hello there" --audio=voice.wav --output=out.mp4
 
+Every input is checked before the model is loaded: the output path (an extension ffmpeg
+can mux H.264 video + AAC audio into: .mp4, .mov or .mkv; a folder that exists or can be
+created, and is writable), the workdir (`config.json` and a `checkpoints` folder), the
+text (non-empty, at most `config.model.text_max_len` UTF-8 bytes) and the audio (read in
+full). A bad input ends the CLI with a one-line error and exit code 1. Orbax/absl INFO
+logs are shown only with `--verbose` (which also shows the traceback of an input error).
+
+Audio: a WAV file (`gcm_jax.wav_io`): PCM 8/16/24/32-bit or float 32/64-bit, plain or
+WAVE_FORMAT_EXTENSIBLE (as ffmpeg writes), any channel count, sample rate and length;
+other codecs (mu-law, ADPCM, MP3, ...) are refused with the ffmpeg command that converts
+them. It is downmixed to mono and resampled to 16 kHz; the video covers it at 25 fps,
+generated in windows of the training length that overlap by `motion_frames`
+(docs/diffusion.md, long-video extension).
+
 Python API:
   model = load_trained(workdir)
-  video, wav = generate(model, text, wav, sample_rate, key)   # [N, H, W, 3] in [-1, 1]
-
-Audio of any length, sample rate and channel count (WAV) is accepted: it is downmixed to
-mono and resampled to 16 kHz; the video covers it at 25 fps, generated in windows of the
-training length that overlap by `motion_frames` (docs/diffusion.md, long-video extension).
+  samples, rate = wav_io.read_wav("voice.wav")
+  video, wav = generate(model, text, samples, rate, key)   # [N, H, W, 3] in [-1, 1]
 """
 import dataclasses
 import json
+import logging
 import os
 import sys
-import wave
+import tempfile
 from typing import Any, Optional
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,6 +42,7 @@ import tqdm
 
 from gcm_jax import sampling
 from gcm_jax import video_io
+from gcm_jax import wav_io
 from gcm_jax.data import audio as audio_lib
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import samplers
@@ -38,6 +52,11 @@ from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import checkpoint as checkpoint_lib
 from gcm_jax.train import trainer
 
+# Containers that hold H.264 video + AAC audio (what video_io.write_mp4 muxes).
+OUTPUT_EXTENSIONS = (".mp4", ".mov", ".mkv")
+CHECKPOINT_DIR = "checkpoints"  # Under the workdir, as run_train.py writes it.
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
   """A model with its config and (EMA) parameters, ready to sample."""
@@ -46,45 +65,33 @@ class TrainedModel:
   params: Any
 
 
-def load_trained(workdir: str, step: Optional[int] = None) -> TrainedModel:
-  """Loads `<workdir>/config.json` and the EMA params of the newest (or given) checkpoint."""
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run config `<workdir>/config.json`, after checking the workdir has checkpoints."""
   config_path = os.path.join(workdir, trainer.CONFIG_FILE)
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} not found: is {workdir} a run_train.py workdir?")
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    raise FileNotFoundError(f"{workdir} has no {CHECKPOINT_DIR} folder: train first "
+                            f"(run_train.py --workdir={workdir})")
   with open(config_path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{config_path} is not valid JSON ({e})") from e
+
+
+def load_trained(workdir: str, step: Optional[int] = None) -> TrainedModel:
+  """Loads `<workdir>/config.json` and the EMA params of the newest (or given) checkpoint."""
+  config = read_config(workdir)
   config.mesh.shape = dict(data=1, fsdp=1, tensor=1)
   mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
   abstract_state, shardings = trainer.state_shardings(config, mesh)
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
                                              config.checkpoint)
   state, _ = checkpointer.restore(
       checkpoint_lib.abstract_with_shardings(abstract_state, shardings), step)
   checkpointer.close()
   return TrainedModel(config, trainer.make_model(config), state.ema_params)
-
-
-def read_wav(path: str) -> tuple[np.ndarray, int]:
-  """Reads a PCM WAV file -> (float32 samples `[S, channels]` in [-1, 1], sample rate)."""
-  try:
-    with wave.open(path, "rb") as f:
-      channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
-      data = f.readframes(f.getnframes())
-  except (wave.Error, EOFError) as e:
-    raise ValueError(f"{path} is not a PCM WAV file ({e}); convert it, e.g. "
-                     f"`ffmpeg -i in.mp3 out.wav`") from e
-  if width == 1:
-    samples = (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
-  elif width in (2, 4):
-    dtype = np.dtype(f"<i{width}")
-    samples = np.frombuffer(data, dtype).astype(np.float32) / float(2**(8 * width - 1))
-  elif width == 3:
-    raw = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.int32)
-    ints = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
-    samples = (np.where(ints >= 2**23, ints - 2**24, ints) / 2.0**23).astype(np.float32)
-  else:
-    raise ValueError(f"{path}: unsupported sample width {width} bytes")
-  return samples.reshape(-1, channels), rate
 
 
 def prepare_audio(samples: np.ndarray, sample_rate: int, min_frames: int
@@ -145,27 +152,87 @@ def generate(trained: TrainedModel, text: str, samples: np.ndarray, sample_rate:
   return video[:num_frames], wav[:num_frames * audio_lib.SAMPLES_PER_VIDEO_FRAME]
 
 
+def check_output_path(path: str) -> None:
+  """Raises ValueError unless `path` is a video file name that can be written.
+
+  Its extension must be one of OUTPUT_EXTENSIONS; its folder must exist or be creatable,
+  and be writable (probed with a temporary file in the nearest existing folder).
+  """
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in OUTPUT_EXTENSIONS:
+    problem = f"extension {ext} cannot hold" if ext else "no extension for"
+    raise ValueError(f"--output {path}: {problem} H.264 video + AAC audio; use one of "
+                     f"{', '.join(OUTPUT_EXTENSIONS)}")
+  if os.path.isdir(path):
+    raise ValueError(f"--output {path} is a folder; give a file name ending in {ext}")
+  folder = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    raise ValueError(f"--output {path}: cannot create its folder, {folder} is a file")
+  try:
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as e:
+    raise ValueError(f"--output {path}: cannot write in {folder} ({e.strerror})") from e
+
+
+def check_inputs(workdir: str, text: str, audio: str, output: str,
+                 num_steps: Optional[int] = None) -> tuple[np.ndarray, int]:
+  """Checks every CLI input without touching the model; returns `wav_io.read_wav(audio)`.
+
+  Raises:
+    ValueError, OSError (FileNotFoundError, ...): one-line messages naming the bad input.
+  """
+  check_output_path(output)
+  config = read_config(workdir)
+  tokenizer.encode(text, config.model.text_max_len)
+  if num_steps is not None and num_steps < 1:
+    raise ValueError(f"--num_steps must be at least 1, got {num_steps}")
+  return wav_io.read_wav(audio)
+
+
+def generate_file(workdir: str, text: str, audio: str, output: str, seed: int = 0,
+                  num_steps: Optional[int] = None, progress: bool = True) -> str:
+  """gcm-generate: checks the inputs, then samples and writes `output`; returns a summary."""
+  samples, rate = check_inputs(workdir, text, audio, output, num_steps)
+  trained = load_trained(workdir)
+  if num_steps is not None:
+    trained.config.sampling.num_steps = num_steps
+  video, wav = generate(trained, text, samples, rate, jax.random.PRNGKey(seed), progress=progress)
+  path = video_io.write_mp4(output, video, wav)
+  return (f"wrote {path}: {video.shape[0]} frames ({video.shape[0] / 25:.2f} s) at "
+          f"{video.shape[1]}x{video.shape[2]}")
+
+
+def _set_log_level(verbose: bool) -> None:
+  """Shows absl and Python-logging (Orbax) INFO lines only if `verbose`; warnings always."""
+  absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+  logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _main(argv) -> None:
-  del argv
   f = flags.FLAGS
-  trained = load_trained(f.workdir)
-  if f.num_steps is not None:
-    trained.config.sampling.num_steps = f.num_steps
-  samples, rate = read_wav(f.audio)
-  video, wav = generate(trained, f.text, samples, rate, jax.random.PRNGKey(f.seed))
-  path = video_io.write_mp4(f.output, video, wav)
-  print(f"wrote {path}: {video.shape[0]} frames ({video.shape[0] / 25:.2f} s) at "
-        f"{video.shape[1]}x{video.shape[2]}")
+  _set_log_level(f.verbose)
+  if len(argv) > 1:
+    sys.exit(f"gcm-generate: unexpected arguments {argv[1:]}; quote the --text value")
+  try:
+    print(generate_file(f.workdir, f.text, f.audio, f.output, f.seed, f.num_steps))
+  except (ValueError, OSError, checkpoint_lib.CheckpointError) as e:
+    if f.verbose:
+      raise
+    sys.exit(f"gcm-generate: {e}")
 
 
 def main() -> None:
   """Console entry point `gcm-generate` (flags are defined here, not on import)."""
   flags.DEFINE_string("workdir", None, "run_train.py workdir with a checkpoint.")
   flags.DEFINE_string("text", None, "Caption + script, e.g. 'a green face ... says: hi'.")
-  flags.DEFINE_string("audio", None, "Voice recording (PCM WAV, any rate, mono/stereo).")
-  flags.DEFINE_string("output", "generated.mp4", "Output mp4 (video + audio).")
+  flags.DEFINE_string("audio", None, "Voice recording: WAV, PCM or float, any rate/channels.")
+  flags.DEFINE_string("output", "generated.mp4", "Output video: .mp4, .mov or .mkv.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_integer("num_steps", None, "Sampler steps (default: the config's).")
+  flags.DEFINE_bool("verbose", False, "Show absl/Orbax INFO logs and input-error tracebacks.")
   flags.mark_flags_as_required(["workdir", "text", "audio"])
   app.run(_main, argv=sys.argv)
 

@@ -1,7 +1,8 @@
-"""gcm-generate: audio reading/resampling, long videos from a checkpoint, input errors."""
+"""gcm-generate: audio resampling, long videos from a checkpoint, input checks, the CLI."""
 import os
+import re
 import subprocess
-import wave
+import sys
 
 import imageio_ffmpeg
 import jax
@@ -15,41 +16,7 @@ from gcm_jax.train import checkpoint as checkpoint_lib
 from gcm_jax.train import trainer
 from tests import train_utils
 
-
-def _write_wav(path, samples, rate, width=2):
-  samples = np.asarray(samples, np.float64).reshape(len(samples), -1)
-  if width == 1:
-    data = np.round(samples * 127 + 128).astype(np.uint8).tobytes()
-  elif width == 3:
-    ints = np.round(samples * (2**23 - 1)).astype(np.int32).reshape(-1)
-    data = np.stack([ints & 255, (ints >> 8) & 255, (ints >> 16) & 255], 1).astype(np.uint8)
-    data = data.tobytes()
-  else:
-    data = np.round(samples * (2**(8 * width - 1) - 1)).astype(f"<i{width}").tobytes()
-  with wave.open(path, "wb") as f:
-    f.setnchannels(samples.shape[1])
-    f.setsampwidth(width)
-    f.setframerate(rate)
-    f.writeframes(data)
-
-
-@pytest.mark.parametrize("width", [1, 2, 3, 4])
-def test_read_wav_sample_widths_and_channels(tmp_path, width):
-  rate = 22050
-  tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(rate // 10) / rate)
-  path = str(tmp_path / "x.wav")
-  _write_wav(path, np.stack([tone, -tone], 1), rate, width)
-  samples, got_rate = generate.read_wav(path)
-  assert got_rate == rate and samples.shape == (rate // 10, 2)
-  np.testing.assert_allclose(samples[:, 0], tone, atol=2.0 / 2**(8 * width - 1) + 1e-6)
-  np.testing.assert_allclose(samples[:, 1], -tone, atol=2.0 / 2**(8 * width - 1) + 1e-6)
-
-
-def test_non_wav_audio_is_a_clear_error(tmp_path):
-  path = tmp_path / "voice.mp3"
-  path.write_bytes(b"ID3 not a wav")
-  with pytest.raises(ValueError, match="not a PCM WAV file"):
-    generate.read_wav(str(path))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_prepare_audio_downmixes_resamples_and_pads():
@@ -112,3 +79,121 @@ def test_bad_text_errors(workdir, text, message):
 def test_missing_workdir_config_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     generate.load_trained(str(tmp_path))
+
+
+def test_read_config_needs_a_checkpoints_folder(tmp_path):
+  with open(tmp_path / trainer.CONFIG_FILE, "w", encoding="utf-8") as f:
+    f.write(train_utils.micro_config().to_json())
+  with pytest.raises(FileNotFoundError, match="has no checkpoints folder"):
+    generate.read_config(str(tmp_path))
+  (tmp_path / "checkpoints").mkdir()
+  assert generate.read_config(str(tmp_path)).model.text_max_len == 96
+
+
+@pytest.mark.parametrize("output, message", [
+    ("out.txt", r"out\.txt: extension \.txt cannot hold H\.264 video \+ AAC audio; use one of "
+                r"\.mp4, \.mov, \.mkv$"),
+    ("out", "out: no extension for H.264 video"),
+    ("voice.wav/new/out.mp4", "cannot create its folder, .*voice.wav is a file"),
+    ("folder.mp4", "folder.mp4 is a folder"),
+])
+def test_bad_output_paths(tmp_path, output, message):
+  (tmp_path / "voice.wav").write_bytes(b"RIFF")
+  (tmp_path / "folder.mp4").mkdir()
+  with pytest.raises(ValueError, match=message):
+    generate.check_output_path(str(tmp_path / output))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_unwritable_output_folder():
+  # /proc refuses new files even to root (for whom permission bits do not apply).
+  with pytest.raises(ValueError, match="cannot write in /proc"):
+    generate.check_output_path("/proc/gcm_out/video.mp4")
+
+
+def test_good_output_paths_leave_nothing_behind(tmp_path):
+  for name in ("new/sub/out.mp4", "out.MOV", "out.mkv"):
+    generate.check_output_path(str(tmp_path / name))
+  assert not os.listdir(tmp_path)  # The folder is created only when the video is written.
+
+
+class _Loaded(Exception):
+  """Raised by the stand-in for load_trained: the checks let the CLI reach the model."""
+
+
+def _never_load(*args, **kwargs):
+  raise _Loaded(args, kwargs)
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (dict(output="out.txt"), ValueError, "extension .txt cannot hold"),
+    (dict(output="voice.wav/out.mp4"), ValueError, "voice.wav is a file"),
+    (dict(workdir="nowhere"), FileNotFoundError, "config.json not found"),
+    (dict(workdir="empty"), FileNotFoundError, "has no checkpoints folder"),
+    (dict(text="  "), ValueError, "text is empty"),
+    (dict(text="x" * 97), ValueError, "97 UTF-8 bytes but max_len is 96"),
+    (dict(audio="cut.wav"), ValueError, "cut.wav is truncated"),
+    (dict(audio="missing.wav"), FileNotFoundError, "missing.wav"),
+    (dict(num_steps=0), ValueError, "--num_steps must be at least 1"),
+])
+def test_inputs_are_checked_before_the_model_is_loaded(tmp_path, monkeypatch, change, error,
+                                                       message):
+  monkeypatch.setattr(generate, "load_trained", _never_load)
+  (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+  (tmp_path / "empty").mkdir()
+  for workdir in ("run", "empty"):
+    with open(tmp_path / workdir / trainer.CONFIG_FILE, "w", encoding="utf-8") as f:
+      f.write(train_utils.micro_config().to_json())  # text_max_len 96
+  video_io.write_wav(str(tmp_path / "voice.wav"), np.zeros(1600))
+  (tmp_path / "cut.wav").write_bytes((tmp_path / "voice.wav").read_bytes()[:-100])
+  inputs = dict(workdir="run", text="hi", audio="voice.wav", output="out.mp4")
+  with pytest.raises(_Loaded):  # The control: good inputs reach the model.
+    generate.generate_file(**{k: str(tmp_path / v) if k != "text" else v
+                              for k, v in inputs.items()})
+  inputs.update(change)
+  inputs = {k: str(tmp_path / v) if k in ("workdir", "audio", "output") else v
+            for k, v in inputs.items()}
+  with pytest.raises(error, match=message):
+    generate.generate_file(**inputs)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "gcm_jax.generate", *args], cwd=REPO,
+                        capture_output=True, text=True, check=False)
+
+
+def test_cli_input_errors_are_one_line_and_the_output_is_checked_first(tmp_path):
+  # Neither the workdir nor the audio exists: the output path is checked first.
+  result = _cli(f"--workdir={tmp_path}", "--text=hi", "--audio=missing.wav",
+                f"--output={tmp_path}/out.txt")
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+      f"gcm-generate: --output {tmp_path}/out.txt: extension .txt cannot hold H.264 video + "
+      f"AAC audio; use one of .mp4, .mov, .mkv"]
+  verbose = _cli(f"--workdir={tmp_path}", "--text=hi", "--audio=missing.wav",
+                 f"--output={tmp_path}/out.txt", "--verbose")
+  assert verbose.returncode == 1
+  assert "Traceback" in verbose.stderr and "ValueError: --output" in verbose.stderr
+  unquoted = _cli(f"--workdir={tmp_path}", "--text=hi", "there", "--audio=missing.wav")
+  assert unquoted.returncode == 1
+  assert unquoted.stderr.splitlines() == [
+      "gcm-generate: unexpected arguments ['there']; quote the --text value"]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_cli_writes_the_video_and_logs_info_only_if_verbose(workdir, tmp_path, verbose):
+  voice = str(tmp_path / "voice.wav")
+  video_io.write_wav(voice, 0.3 * np.sin(np.arange(3200) / 5.0))  # 0.2 s: 5 frames
+  output = str(tmp_path / "new" / "out.mkv")
+  result = _cli(f"--workdir={workdir}", "--text=a red face, says: hi", f"--audio={voice}",
+                f"--output={output}", *(["--verbose"] if verbose else []))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == f"wrote {output}: 5 frames (0.20 s) at 32x32\n"
+  info = [line for line in result.stderr.splitlines() if re.match(r"I\d{4} ", line)]
+  if verbose:
+    assert any("checkpoint" in line for line in info)  # Orbax's restore log, absl format.
+  else:
+    assert not info and "INFO" not in result.stderr
+  probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-i", output], capture_output=True,
+                         text=True, check=False).stderr
+  assert "matroska" in probe and "Video: h264" in probe and "Audio: aac" in probe
