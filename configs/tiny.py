@@ -76,11 +76,16 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   config.diffusion = dict(
-      schedule="cosine",        # linear | cosine
-      parameterization="v",     # eps | v | x0
-      loss_weighting="uniform", # uniform | min_snr (min-SNR starves the high-noise levels
+      schedule="cosine",        # schedules.BY_NAME: cosine | linear | edm | squaredcos_cap_v2 |
+                                # scaled_linear | linear_discrete (docs/diffusion.md)
+      parameterization="v",     # eps | v | x0 | edm
+      loss_weighting="uniform", # uniform | min_snr | edm (min-SNR starves the high-noise levels
                                 # where colors / mouths come from the conditions: docs/results.md)
       min_snr_gamma=5.0,
+      noise_distribution="uniform",  # training noise levels: uniform (in t) | lognormal (EDM)
+      sigma_data=0.5,           # data std in EDM preconditioning / weighting (prediction "edm")
+      p_mean=-1.2,              # lognormal: ln(sigma / alpha) ~ N(p_mean, p_std^2)
+      p_std=1.2,
       p_drop_text=0.1,          # independent condition dropout for CFG
       p_drop_audio=0.1,
       p_drop_both=0.1,          # joint dropout on top of the independent ones
@@ -100,8 +105,17 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   config.sampling = dict(
-      sampler="dpmpp_2m",
+      sampler="dpmpp_2m",       # ddpm | ddim | dpmpp_2m | dpmpp_3m | euler | heun
       num_steps=20,
+      spacing="time",           # time | logsnr | karras | leading | trailing (the last two:
+                                # diffusers' timesteps, discrete schedules only)
+      rho=7.0,                  # exponent of the karras spacing
+      eta=0.0,                  # ddim stochasticity (0 deterministic, 1 = ddpm posterior)
+      ddpm_variance="posterior",  # ddpm step variance: posterior (beta-tilde) | beta
+      s_churn=0.0,              # euler / heun: EDM churn (0 = deterministic)
+      s_tmin=0.0,               # churn only where s_tmin <= sigma / alpha <= s_tmax
+      s_tmax=float("inf"),
+      s_noise=1.0,              # churn noise scale
       text_scale=3.0,
       audio_scale=2.0,
   )

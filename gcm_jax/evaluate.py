@@ -112,7 +112,8 @@ def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
   schedule = schedules.from_name(config.diffusion.schedule)
   model_fn = lambda x, t, c: trained.model.apply({"params": trained.params}, x, t, c)
   denoise = jax.jit(parameterization.make_denoiser(model_fn, schedule,
-                                                   config.diffusion.parameterization))
+                                                   config.diffusion.parameterization,
+                                                   config.diffusion.sigma_data))
   x0 = jnp.asarray(clips["video"])
   b = x0.shape[0]
   shuffled = np.roll(np.arange(b), 1)

@@ -2,6 +2,7 @@
 
 `sample_videos` is a pure function of (params, cond, key); jit it once per shape.
 """
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -15,17 +16,28 @@ from gcm_jax.diffusion import schedules
 from gcm_jax.models import stdit
 
 
+# SamplerConfig fields not read from config.sampling under their own name.
+_NOT_SAMPLING_FIELDS = ("name", "schedule")
+
+
 def sampler_config(config: ml_collections.ConfigDict) -> samplers.SamplerConfig:
+  """The SamplerConfig of `config`: name = config.sampling.sampler, schedule from
+  config.diffusion.schedule, every other field (num_steps, spacing, rho, eta, ddpm_variance,
+  s_churn, s_tmin, s_tmax, s_noise) = config.sampling.<field>. Raises ValueError for unknown names.
+  """
+  options = {f.name: config.sampling[f.name] for f in dataclasses.fields(samplers.SamplerConfig)
+             if f.name not in _NOT_SAMPLING_FIELDS}
   return samplers.SamplerConfig(name=config.sampling.sampler,
-                                num_steps=config.sampling.num_steps,
-                                schedule=schedules.from_name(config.diffusion.schedule))
+                                schedule=schedules.from_name(config.diffusion.schedule),
+                                **options)
 
 
 def guided_denoiser(model: stdit.STDiT, params: Any, config: ml_collections.ConfigDict):
   """x0-denoiser `(x_t, t, cond) -> x0` with text/audio classifier-free guidance."""
   model_fn = lambda x, t, c: model.apply({"params": params}, x, t, c)
   denoise_fn = parameterization.make_denoiser(
-      model_fn, schedules.from_name(config.diffusion.schedule), config.diffusion.parameterization)
+      model_fn, schedules.from_name(config.diffusion.schedule), config.diffusion.parameterization,
+      config.diffusion.sigma_data)
   return guidance.text_audio_guidance(denoise_fn, config.sampling.text_scale,
                                       config.sampling.audio_scale)
 

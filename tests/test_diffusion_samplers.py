@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gcm_jax.diffusion import samplers, schedules, toy
+from gcm_jax.diffusion import parameterization, samplers, schedules, toy
+from tests import diffusers_reference
 
 MU, S = 0.7, 1.3
 SHAPE = (5, 3)
@@ -153,6 +154,53 @@ def test_ddim_matches_eq12(eta, spacing):
     _, alpha, sigma = samplers.grid(cfg)
     want = ddim_reference(x_T, alpha, sigma, eta, step_noise(key, cfg, x_T))
     np.testing.assert_allclose(run(cfg, x_T, key), want, rtol=1e-9, atol=1e-9)
+
+
+def toy_eps_np(x, n):
+  """A toy eps-prediction network of the diffusers timestep n (smooth, so a wrong n shows)."""
+  return x * (0.4 + 0.2 * np.cos(n / 150)) + 0.1 * np.sin(n / 90)
+
+
+def toy_eps_model(x_in, model_time, cond):
+  """toy_eps_np as a gcm_jax model_fn: the STDiT sees n = time_scale (1000) * model_time [B]."""
+  del cond
+  n = parameterization.expand_to(1000.0 * model_time, x_in)
+  return x_in * (0.4 + 0.2 * jnp.cos(n / 150)) + 0.1 * jnp.sin(n / 90)
+
+
+@pytest.mark.parametrize("name,schedule_name,spacing,eta", [
+    ("ddim", "scaled_linear", "leading", 0.0),
+    ("ddim", "squaredcos_cap_v2", "trailing", 0.0),
+    ("ddim", "linear_discrete", "leading", 0.5),
+    ("ddpm", "scaled_linear", "leading", 0.0),
+    ("ddpm", "squaredcos_cap_v2", "trailing", 0.0),
+])
+def test_discrete_schedule_sampling_matches_diffusers_scheduler_step(name, schedule_name, spacing,
+                                                                     eta):
+  """DDIMScheduler / DDPMScheduler (fixed_small) .step loops on diffusers' timesteps, with the
+  same eps network (it sees the integer timestep there and 1000 * model_time here)."""
+  with jax.enable_x64(True):
+    cfg = samplers.SamplerConfig(name, 10, schedules.from_name(schedule_name), spacing=spacing,
+                                 eta=eta)
+    key = jax.random.key(3)
+    x_T = np.asarray(samplers.initial_noise(key, jnp.zeros(SHAPE), cfg))
+    alphabar = diffusers_reference.alphas_cumprod(diffusers_reference.BETAS[schedule_name]())
+    timesteps = diffusers_reference.set_timesteps(spacing, 1000, 10)
+    # x_T ~ N(0, 1 - alphabar at the first timestep) (diffusers: N(0, 1), ~ the same in VP).
+    np.testing.assert_allclose(
+        x_T, np.sqrt(1 - alphabar[timesteps[0]]) * np.asarray(samplers.noise_like(key, x_T)),
+        rtol=1e-12)
+    z = step_noise(key, cfg, x_T)
+    x = x_T
+    for i, n in enumerate(timesteps):
+      eps = toy_eps_np(x, n)
+      if name == "ddim":
+        x = diffusers_reference.ddim_step(alphabar, 1000, 10, eps, n, x, eta, z[i])
+      else:
+        x = diffusers_reference.ddpm_step(alphabar, 1000, 10, eps, n, x, z[i])
+    denoise_fn = parameterization.make_denoiser(toy_eps_model, cfg.schedule, "eps")
+    got = jax.jit(lambda k, x: samplers.sample(denoise_fn, k, x, None, cfg))(key, x_T)
+    np.testing.assert_allclose(got, x, rtol=1e-9, atol=1e-9)
 
 
 def test_ddim_eta1_equals_ddpm_posterior_on_ve_schedule():

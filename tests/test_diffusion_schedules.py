@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 
 from gcm_jax.diffusion import parameterization, schedules
+from tests import diffusers_reference
 
-SCHEDULES = [schedules.LinearSchedule(), schedules.CosineSchedule(), schedules.EDMSchedule()]
+DISCRETE_NAMES = ("squaredcos_cap_v2", "scaled_linear", "linear_discrete")
+SCHEDULES = [schedules.LinearSchedule(), schedules.CosineSchedule(), schedules.EDMSchedule()] + [
+    schedules.from_name(name) for name in DISCRETE_NAMES]
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -122,5 +125,86 @@ def test_from_name_builds_each_schedule_and_rejects_unknown_names():
   assert isinstance(schedules.from_name("cosine"), schedules.CosineSchedule)
   assert isinstance(schedules.from_name("linear"), schedules.LinearSchedule)
   assert isinstance(schedules.from_name("edm"), schedules.EDMSchedule)
-  with pytest.raises(ValueError, match="unknown schedule 'sigmoid'"):
+  for name in DISCRETE_NAMES:
+    assert isinstance(schedules.from_name(name), schedules.DiscreteSchedule)
+  with pytest.raises(ValueError, match="unknown schedule 'sigmoid'") as err:
     schedules.from_name("sigmoid")
+  assert all(repr(name) in str(err.value) for name in schedules.BY_NAME)
+
+
+@pytest.mark.parametrize("name", DISCRETE_NAMES)
+def test_discrete_schedules_reproduce_diffusers_alphas_cumprod_at_every_step(name):
+  schedule = schedules.from_name(name)
+  alphabar = diffusers_reference.alphas_cumprod(diffusers_reference.BETAS[name]())
+  n = np.arange(1000)
+  alpha, sigma = schedules.alpha_sigma(schedule, n / 1000)
+  np.testing.assert_allclose(alpha**2, alphabar, rtol=1e-12, atol=0)
+  np.testing.assert_allclose(sigma**2, 1 - alphabar, rtol=1e-10, atol=0)
+  assert schedule.t_min == 0 and schedule.t_max == 0.999
+  # Step n is t = n / 1000; the STDiT embeds time_scale * model_time = 1000 t = n.
+  np.testing.assert_allclose(1000 * schedule.model_time(n / 1000), n, rtol=0, atol=1e-10)
+  np.testing.assert_allclose(schedule.t_from_logsnr(np.log(alphabar / (1 - alphabar))), n / 1000,
+                             rtol=0, atol=1e-12)
+
+
+def test_squaredcos_cap_v2_is_not_the_cosine_schedule():
+  """The docs' distinction: Nichol & Dhariwal's offset cosine vs the offset-free truncated one."""
+  alphabar = diffusers_reference.alphas_cumprod(diffusers_reference.BETAS["squaredcos_cap_v2"]())
+  cosine = schedules.CosineSchedule().logsnr(np.arange(1000) / 1000)
+  assert np.max(np.abs(cosine - np.log(alphabar / (1 - alphabar)))) > 4.0
+
+
+@pytest.mark.parametrize("name", DISCRETE_NAMES)
+def test_discrete_logsnr_is_linear_in_t_between_steps_and_continues_past_the_ends(name):
+  schedule = schedules.from_name(name)
+  alphabar = diffusers_reference.alphas_cumprod(diffusers_reference.BETAS[name]())
+  lam = np.log(alphabar / (1 - alphabar))
+  rng = np.random.default_rng(0)
+  n, w = rng.integers(0, 999, 50), rng.uniform(0, 1, 50)
+  t = (n + w) / 1000
+  np.testing.assert_allclose(schedule.logsnr(t), (1 - w) * lam[n] + w * lam[n + 1],
+                             rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(schedule.t_from_logsnr(schedule.logsnr(t)), t, rtol=0, atol=1e-12)
+  # Beyond the table the end segments continue (EDM churn / log-normal noise levels).
+  outside = np.array([-0.002, 0.9995, 1.0])
+  want = np.where(outside < 0, lam[0] + 1000 * outside * (lam[1] - lam[0]),
+                  lam[999] + (1000 * outside - 999) * (lam[999] - lam[998]))
+  np.testing.assert_allclose(schedule.logsnr(outside), want, rtol=1e-12)
+  np.testing.assert_allclose(schedule.t_from_logsnr(want), outside, rtol=0, atol=1e-12)
+  j_lam = jax.jit(schedule.logsnr)(jnp.asarray(t, jnp.float32))
+  np.testing.assert_allclose(j_lam, schedule.logsnr(t), rtol=1e-4, atol=1e-4)
+  j_t = jax.jit(schedule.t_from_logsnr)(jnp.asarray(schedule.logsnr(t), jnp.float32))
+  np.testing.assert_allclose(j_t, t, rtol=0, atol=1e-5)
+
+
+def test_discrete_schedule_from_a_user_table():
+  betas = np.geomspace(1e-3, 0.2, 50)
+  schedule = schedules.DiscreteSchedule(betas)
+  assert schedule == schedules.DiscreteSchedule(list(betas)) and hash(schedule) is not None
+  assert schedule.num_train_timesteps == 50 and schedule.t_max == 49 / 50
+  alpha, _ = schedules.alpha_sigma(schedule, np.arange(50) / 50)
+  np.testing.assert_allclose(alpha**2, np.cumprod(1 - betas), rtol=1e-12, atol=0)
+  linear = schedules.DiscreteSchedule.from_diffusers("linear", 50, 1e-3, 0.2)
+  np.testing.assert_allclose(linear.betas, np.linspace(1e-3, 0.2, 50), rtol=1e-15)
+  for bad in ([0.1], [0.1, 0.0], [0.1, 1.0], [[0.1, 0.2]]):
+    with pytest.raises(ValueError, match="betas must be"):
+      schedules.DiscreteSchedule(bad)
+  with pytest.raises(ValueError, match="unknown beta_schedule 'sigmoid'.*squaredcos_cap_v2"):
+    schedules.DiscreteSchedule.from_diffusers("sigmoid")
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("num_steps", [1, 7, 10, 50, 1000])
+def test_leading_and_trailing_grids_are_diffusers_timesteps(spacing, num_steps):
+  t = schedules.time_grid(schedules.from_name("scaled_linear"), num_steps, spacing)
+  want = diffusers_reference.set_timesteps(spacing, 1000, num_steps)
+  np.testing.assert_allclose(1000 * t, want, rtol=0, atol=1e-9)
+
+
+def test_discrete_spacings_need_a_discrete_schedule_with_enough_steps():
+  with pytest.raises(ValueError, match="spacing 'leading' needs a DiscreteSchedule"):
+    schedules.time_grid(schedules.CosineSchedule(), 10, "leading")
+  with pytest.raises(ValueError, match="num_steps=1001 exceeds"):
+    schedules.time_grid(schedules.from_name("scaled_linear"), 1001, "trailing")
+  with pytest.raises(ValueError, match="unknown spacing 'sqrt'.*'leading'.*'trailing'"):
+    schedules.time_grid(schedules.CosineSchedule(), 5, "sqrt")

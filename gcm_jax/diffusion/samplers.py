@@ -44,7 +44,8 @@ class SamplerConfig:
     name: one of SAMPLERS.
     num_steps: N >= 1 grid points before the clean end point.
     schedule: a `schedules` schedule.
-    spacing: "time", "logsnr" or "karras" (see `schedules.time_grid`).
+    spacing: a key of `schedules.SPACINGS`: "time", "logsnr", "karras", or for a
+      `schedules.DiscreteSchedule` diffusers' "leading" / "trailing" (see `schedules.time_grid`).
     rho: exponent of the "karras" spacing.
     eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM posterior variance).
     ddpm_variance: "posterior" (beta-tilde) or "beta" (Ho et al. 2020 Sec. 3.2).
@@ -68,8 +69,7 @@ class SamplerConfig:
       raise ValueError(f"unknown sampler {self.name!r}; expected one of {SAMPLERS}")
     if not isinstance(self.num_steps, (int, np.integer)) or self.num_steps < 1:
       raise ValueError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
-    if self.spacing not in schedules.SPACINGS:
-      raise ValueError(f"unknown spacing {self.spacing!r}; expected one of {schedules.SPACINGS}")
+    schedules.time_grid(self.schedule, self.num_steps, self.spacing, self.rho)  # Validates.
     if self.ddpm_variance not in DDPM_VARIANCES:
       raise ValueError(f"ddpm_variance must be one of {DDPM_VARIANCES}, got {self.ddpm_variance!r}")
     if self.eta < 0 or self.s_churn < 0 or self.s_noise < 0:
@@ -90,8 +90,9 @@ def noise_like(key: jax.Array, tree: Any) -> Any:
 
 
 def initial_noise(key: jax.Array, like: Any, cfg: SamplerConfig) -> Any:
-  """x_T ~ N(0, sigma(t_max)^2 I) shaped like `like` (arrays or jax.ShapeDtypeStruct)."""
-  _, sigma = schedules.alpha_sigma(cfg.schedule, float(cfg.schedule.t_max))
+  """x_T ~ N(0, sigma_0^2 I) at the grid's first time (t_max unless the spacing is "leading"),
+  shaped like `like` (arrays or jax.ShapeDtypeStruct)."""
+  sigma = grid(cfg)[2][0]
   return jax.tree.map(lambda z: sigma * z, noise_like(key, like))
 
 
@@ -197,7 +198,8 @@ def _dpmpp_coefficients(alpha, sigma, order):
 
 
 def ddpm(denoise_fn: DenoiseFn, key: jax.Array, x_T: Any, cond: Any, cfg: SamplerConfig) -> Any:
-  """DDPM ancestral sampling (Ho et al. 2020, Alg. 2). x_T: noise at t_max; returns x_0."""
+  """DDPM ancestral sampling (Ho et al. 2020, Alg. 2). x_T: noise at the first grid time;
+  returns x_0."""
   t, alpha, sigma = grid(cfg)
   return _multistep(denoise_fn, key, x_T, cond, t, *_ddpm_coefficients(alpha, sigma,
                                                                        cfg.ddpm_variance))
@@ -286,5 +288,6 @@ _BY_NAME = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_
 
 def sample(denoise_fn: DenoiseFn, key: jax.Array, x_T: Any, cond: Any, cfg: SamplerConfig) -> Any:
   """Runs the sampler named by cfg.name. Jit with `static_argnames=("denoise_fn", "cfg")` or
-  close over them; x_T: noise at t_max (see `initial_noise`), any pytree; returns x_0 like x_T."""
+  close over them; x_T: noise at the first grid time (see `initial_noise`), any pytree;
+  returns x_0 like x_T."""
   return _BY_NAME[cfg.name](denoise_fn, key, x_T, cond, cfg)

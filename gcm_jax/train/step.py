@@ -12,6 +12,7 @@ batch's talking-faces keypoints, `keypoint_maps.mouth_region`) weigh w times the
 in the per-example mean: the mouth is ~1% of a 32 px frame, yet it is the only part of
 the image the audio determines.
 """
+import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -28,12 +29,18 @@ from gcm_jax.models import stdit
 from gcm_jax.train import state as state_lib
 
 
+# LossConfig fields read from config.diffusion under another name.
+_LOSS_CONFIG_KEYS = {"prediction": "parameterization", "weighting": "loss_weighting"}
+
+
 def make_loss_config(diffusion_config: Mapping[str, Any]) -> losses.LossConfig:
-  return losses.LossConfig(
-      schedule=schedules.from_name(diffusion_config["schedule"]),
-      prediction=diffusion_config["parameterization"],
-      weighting=diffusion_config["loss_weighting"],
-      min_snr_gamma=diffusion_config["min_snr_gamma"])
+  """The LossConfig of `config.diffusion`: schedule from its name, prediction = parameterization,
+  weighting = loss_weighting, every other field (min_snr_gamma, sigma_data, noise_distribution,
+  p_mean, p_std) = diffusion_config[<field>]. Raises ValueError for unknown names.
+  """
+  options = {f.name: diffusion_config[_LOSS_CONFIG_KEYS.get(f.name, f.name)]
+             for f in dataclasses.fields(losses.LossConfig) if f.name != "schedule"}
+  return losses.LossConfig(schedule=schedules.from_name(diffusion_config["schedule"]), **options)
 
 
 def motion_frame_mask(key: jax.Array, batch_size: int, num_frames: int, p_motion: float,
