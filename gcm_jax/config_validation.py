@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 
+from gcm_jax import sampling
 from gcm_jax.alignment import syncnet
 from gcm_jax.data import audio
 from gcm_jax.data import pipeline
@@ -33,6 +34,7 @@ from gcm_jax.diffusion import schedules
 from gcm_jax.models import attention
 from gcm_jax.models import stdit
 from gcm_jax.parallel import mesh as mesh_lib
+from gcm_jax.train import step
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -156,6 +158,10 @@ RULES: tuple[Rule, ...] = (
     one_of("diffusion.parameterization", parameterization.PREDICTIONS),
     one_of("diffusion.loss_weighting", losses.WEIGHTINGS),
     positive("diffusion.min_snr_gamma"),
+    one_of("diffusion.noise_distribution", losses.NOISE_DISTRIBUTIONS),
+    positive("diffusion.sigma_data"),
+    number("diffusion.p_mean"),
+    positive("diffusion.p_std"),
     probability("diffusion.p_drop_text"),
     probability("diffusion.p_drop_audio"),
     probability("diffusion.p_drop_both"),
@@ -171,6 +177,14 @@ RULES: tuple[Rule, ...] = (
     # Sampling.
     one_of("sampling.sampler", samplers.SAMPLERS),
     integer("sampling.num_steps", 1),
+    one_of("sampling.spacing", schedules.SPACINGS),
+    positive("sampling.rho"),
+    non_negative("sampling.eta"),
+    one_of("sampling.ddpm_variance", samplers.DDPM_VARIANCES),
+    non_negative("sampling.s_churn"),
+    non_negative("sampling.s_tmin"),
+    non_negative("sampling.s_tmax"),
+    non_negative("sampling.s_noise"),
     non_negative("sampling.text_scale"),
     non_negative("sampling.audio_scale"),
     # Optimization.
@@ -225,6 +239,9 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
       (c.log.num_samples <= c.data.batch_size,
        f"config.log.num_samples = {c.log.num_samples} must be <= config.data.batch_size = "
        f"{c.data.batch_size} (samples are drawn for the last batch's conditions)"),
+      (c.sampling.s_tmin <= c.sampling.s_tmax,
+       f"config.sampling.s_tmin = {c.sampling.s_tmin} must be <= config.sampling.s_tmax = "
+       f"{c.sampling.s_tmax}"),
       (c.distributed.process_id < c.distributed.num_processes,
        f"config.distributed.process_id = {c.distributed.process_id} must be < "
        f"config.distributed.num_processes = {c.distributed.num_processes}"),
@@ -241,7 +258,14 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
          f"the lip-sync loss needs clips of >= {syncnet.SYNC_FRAMES} frames, "
          f"config.data.num_frames = {c.data.num_frames}"),
     ]
-  return [message for ok, message in checks if not ok]
+  found = [message for ok, message in checks if not ok]
+  for what, build in (("config.sampling", lambda: sampling.sampler_config(c)),
+                      ("config.diffusion", lambda: step.make_loss_config(c.diffusion))):
+    try:  # The samplers' and losses' own checks (e.g. spacings a schedule supports).
+      build()
+    except ValueError as e:
+      found.append(f"{what}: {e}")
+  return found
 
 
 def _leaf_paths(tree: Mapping[str, Any], prefix: str = "") -> list[str]:

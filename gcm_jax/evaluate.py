@@ -36,7 +36,6 @@ from gcm_jax.alignment import train_syncnet
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import extension
-from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import schedules
 
 EVAL_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask", "keypoints",
@@ -110,10 +109,7 @@ def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
   """
   config = trained.config
   schedule = schedules.from_name(config.diffusion.schedule)
-  model_fn = lambda x, t, c: trained.model.apply({"params": trained.params}, x, t, c)
-  denoise = jax.jit(parameterization.make_denoiser(model_fn, schedule,
-                                                   config.diffusion.parameterization,
-                                                   config.diffusion.sigma_data))
+  denoise = jax.jit(sampling.denoiser(trained.model, trained.params, config))
   x0 = jnp.asarray(clips["video"])
   b = x0.shape[0]
   shuffled = np.roll(np.arange(b), 1)

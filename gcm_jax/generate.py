@@ -24,7 +24,6 @@ Python API:
   video, wav = generate(model, text, samples, rate, key)   # [N, H, W, 3] in [-1, 1]
 """
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -54,7 +53,6 @@ from gcm_jax.train import trainer
 
 # Containers that hold H.264 video + AAC audio (what video_io.write_mp4 muxes).
 OUTPUT_EXTENSIONS = (".mp4", ".mov", ".mkv")
-CHECKPOINT_DIR = "checkpoints"  # Under the workdir, as run_train.py writes it.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,29 +65,33 @@ class TrainedModel:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The run config `<workdir>/config.json`, after checking the workdir has checkpoints."""
-  config_path = os.path.join(workdir, trainer.CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: is {workdir} a run_train.py workdir?")
-  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
-    raise FileNotFoundError(f"{workdir} has no {CHECKPOINT_DIR} folder: train first "
+  saved = trainer.read_saved_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f"{os.path.join(workdir, trainer.CONFIG_FILE)} not found: is "
+                            f"{workdir} a run_train.py workdir?")
+  if not os.path.isdir(os.path.join(workdir, trainer.CHECKPOINT_DIR)):
+    raise FileNotFoundError(f"{workdir} has no {trainer.CHECKPOINT_DIR} folder: train first "
                             f"(run_train.py --workdir={workdir})")
-  with open(config_path, encoding="utf-8") as f:
-    try:
-      return ml_collections.ConfigDict(json.load(f))
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{config_path} is not valid JSON ({e})") from e
+  return ml_collections.ConfigDict(saved)
 
 
 def load_trained(workdir: str, step: Optional[int] = None) -> TrainedModel:
-  """Loads `<workdir>/config.json` and the EMA params of the newest (or given) checkpoint."""
+  """Loads `<workdir>/config.json` and the EMA params of the given checkpoint, by default the
+  newest readable one (newer unreadable ones are reported in a warning and left in place)."""
   config = read_config(workdir)
   config.mesh.shape = dict(data=1, fsdp=1, tensor=1)
   mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
   abstract_state, shardings = trainer.state_shardings(config, mesh)
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, trainer.CHECKPOINT_DIR),
                                              config.checkpoint)
-  state, _ = checkpointer.restore(
-      checkpoint_lib.abstract_with_shardings(abstract_state, shardings), step)
+  abstract = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
+  if step is None:
+    state, _, step, unreadable = checkpointer.restore_newest_readable(abstract)
+    if unreadable:
+      absl_logging.warning(checkpoint_lib.fallback_warning(checkpointer.directory, step,
+                                                           unreadable))
+  else:
+    state, _ = checkpointer.restore(abstract, step)
   checkpointer.close()
   return TrainedModel(config, trainer.make_model(config), state.ema_params)
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gcm_jax.diffusion import guidance
+from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import samplers
 from gcm_jax.diffusion import schedules
@@ -24,22 +25,30 @@ def sampler_config(config: ml_collections.ConfigDict) -> samplers.SamplerConfig:
   """The SamplerConfig of `config`: name = config.sampling.sampler, schedule from
   config.diffusion.schedule, every other field (num_steps, spacing, rho, eta, ddpm_variance,
   s_churn, s_tmin, s_tmax, s_noise) = config.sampling.<field>. Raises ValueError for unknown names.
+  Fields a config lacks (a run saved before they existed) keep SamplerConfig's defaults, which
+  are the behaviour of that time.
   """
   options = {f.name: config.sampling[f.name] for f in dataclasses.fields(samplers.SamplerConfig)
-             if f.name not in _NOT_SAMPLING_FIELDS}
+             if f.name not in _NOT_SAMPLING_FIELDS and f.name in config.sampling}
   return samplers.SamplerConfig(name=config.sampling.sampler,
                                 schedule=schedules.from_name(config.diffusion.schedule),
                                 **options)
 
 
+def denoiser(model: stdit.STDiT, params: Any, config: ml_collections.ConfigDict
+             ) -> parameterization.DenoiseFn:
+  """x0-denoiser `(x_t, t, cond) -> x0` of the trained network (no guidance)."""
+  model_fn = lambda x, t, c: model.apply({"params": params}, x, t, c)
+  sigma_data = config.diffusion.get("sigma_data", losses.LossConfig.sigma_data)
+  return parameterization.make_denoiser(
+      model_fn, schedules.from_name(config.diffusion.schedule), config.diffusion.parameterization,
+      sigma_data)
+
+
 def guided_denoiser(model: stdit.STDiT, params: Any, config: ml_collections.ConfigDict):
   """x0-denoiser `(x_t, t, cond) -> x0` with text/audio classifier-free guidance."""
-  model_fn = lambda x, t, c: model.apply({"params": params}, x, t, c)
-  denoise_fn = parameterization.make_denoiser(
-      model_fn, schedules.from_name(config.diffusion.schedule), config.diffusion.parameterization,
-      config.diffusion.sigma_data)
-  return guidance.text_audio_guidance(denoise_fn, config.sampling.text_scale,
-                                      config.sampling.audio_scale)
+  return guidance.text_audio_guidance(denoiser(model, params, config),
+                                      config.sampling.text_scale, config.sampling.audio_scale)
 
 
 def sample_videos(model: stdit.STDiT, params: Any, cond: Mapping[str, jax.Array],

@@ -36,10 +36,12 @@ _LOSS_CONFIG_KEYS = {"prediction": "parameterization", "weighting": "loss_weight
 def make_loss_config(diffusion_config: Mapping[str, Any]) -> losses.LossConfig:
   """The LossConfig of `config.diffusion`: schedule from its name, prediction = parameterization,
   weighting = loss_weighting, every other field (min_snr_gamma, sigma_data, noise_distribution,
-  p_mean, p_std) = diffusion_config[<field>]. Raises ValueError for unknown names.
+  p_mean, p_std) = diffusion_config[<field>]. Raises ValueError for unknown names. Fields a
+  config lacks (a run saved before they existed) keep LossConfig's defaults.
   """
-  options = {f.name: diffusion_config[_LOSS_CONFIG_KEYS.get(f.name, f.name)]
-             for f in dataclasses.fields(losses.LossConfig) if f.name != "schedule"}
+  keys = {f.name: _LOSS_CONFIG_KEYS.get(f.name, f.name)
+          for f in dataclasses.fields(losses.LossConfig) if f.name != "schedule"}
+  options = {name: diffusion_config[key] for name, key in keys.items() if key in diffusion_config}
   return losses.LossConfig(schedule=schedules.from_name(diffusion_config["schedule"]), **options)
 
 

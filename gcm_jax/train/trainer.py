@@ -30,6 +30,7 @@ from gcm_jax.train import step as step_lib
 
 
 CONFIG_FILE = "config.json"  # The run's resolved config, read back by gcm_jax.generate.
+CHECKPOINT_DIR = "checkpoints"  # Orbax checkpoints, under the workdir.
 
 
 def make_model(config: ml_collections.ConfigDict) -> stdit.STDiT:
@@ -169,7 +170,10 @@ def read_saved_config(workdir: str) -> Optional[dict]:
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e})") from e
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -250,7 +254,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   config_validation.validate(config)
   mesh_lib.initialize_distributed(config.distributed)
   config = _resolve_data_dir(config, workdir)
-  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
   if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
     check_resumable(config, workdir)
   mesh = mesh_lib.make_mesh(config.mesh)
