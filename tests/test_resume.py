@@ -3,11 +3,13 @@ back to the newest readable one, and metrics.jsonl keeps one record per logged s
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
+from gcm_jax import generate
 from gcm_jax.train import checkpoint as checkpoint_lib
 from gcm_jax.train import trainer
 from tests import train_utils
@@ -42,14 +44,38 @@ def _logged_steps(workdir):
     return [json.loads(line)["step"] for line in f]
 
 
-def test_resume_with_a_changed_model_names_the_fields_and_changes_nothing(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, data_dir):
+  """A 6-step run stopped at step 4, with checkpoints at steps 2 and 4."""
+  workdir = str(tmp_path_factory.mktemp("stopped") / "run")
+  trainer.train(_config(data_dir, num_steps=6), workdir, stop_at_step=4)
+  return workdir
+
+
+def _copy_with_corrupt_step_4(stopped_run, tmp_path):
+  """A copy of the stopped run whose step-4 checkpoint has garbage in every state file (as
+  after a damaged disk or a copy cut short)."""
   workdir = str(tmp_path / "run")
-  trainer.train(_config(data_dir), workdir)
+  shutil.copytree(stopped_run, workdir)
+  for root, _, names in os.walk(os.path.join(workdir, "checkpoints", "4", "state")):
+    for name in names:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  return workdir
+
+
+def _fallback_warning(caplog):
+  return " ".join(m for m in caplog.messages if "could not be read" in m)
+
+
+def test_resume_with_a_changed_model_names_the_fields_and_changes_nothing(
+    tmp_path, data_dir, stopped_run):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(stopped_run, workdir)
   before = _snapshot(workdir)
-  config = _config(data_dir)
+  config = _config(data_dir, num_steps=8)  # num_steps may change on resume: not reported.
   config.model.width = 48
   config.diffusion.p_drop_text = 0.3
-  config.train.num_steps = 6  # May change on resume: not reported.
   with pytest.raises(trainer.ConfigMismatchError) as error:
     trainer.train(config, workdir)
   message = str(error.value)
@@ -59,29 +85,33 @@ def test_resume_with_a_changed_model_names_the_fields_and_changes_nothing(tmp_pa
   assert _snapshot(workdir) == before  # config.json, checkpoints and logs untouched.
 
 
-def test_unreadable_newest_checkpoint_falls_back_and_logs_stay_unique(tmp_path, data_dir,
-                                                                     caplog):
-  """Checkpoints at steps 2 and 4; step 4 is corrupted (as by a crash mid-write outside
-  Orbax's atomic rename, or a damaged disk). Resuming to step 6 restores step 2, moves
-  step 4 aside, trains steps 3-6 again, and logs each step once; the result equals a
-  straight 6-step run bit for bit."""
-  straight = trainer.train(_config(data_dir, num_steps=6), str(tmp_path / "straight"))
-  workdir = str(tmp_path / "run")
-  trainer.train(_config(data_dir, num_steps=6), workdir, stop_at_step=4)
-  assert _logged_steps(workdir) == [1, 2, 3, 4]
-  corrupt = os.path.join(workdir, "checkpoints", "4", "state")
-  for root, _, names in os.walk(corrupt):
-    for name in names:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"garbage")
+def test_unreadable_newest_checkpoint_falls_back_and_logs_stay_unique(
+    tmp_path, data_dir, stopped_run, caplog):
+  """Resuming to step 6 restores step 2, moves step 4 aside, trains steps 3-6 again and
+  logs each step once; the result equals a straight 6-step run bit for bit."""
+  assert _logged_steps(stopped_run) == [1, 2, 3, 4]
+  workdir = _copy_with_corrupt_step_4(stopped_run, tmp_path)
   with caplog.at_level(logging.WARNING):
     resumed = trainer.train(_config(data_dir, num_steps=6), workdir)
-  warning = " ".join(m for m in caplog.messages if "could not be read" in m)
+  warning = _fallback_warning(caplog)
   assert "step 4" in warning and "Using step 2" in warning and "nothing was deleted" in warning
   assert len(warning) < 1500  # One paragraph, not a TensorStore dump.
   assert os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", "4"))
   assert _logged_steps(workdir) == [1, 2, 3, 4, 5, 6]
   assert int(resumed.step) == 6
+  straight = trainer.train(_config(data_dir, num_steps=6), str(tmp_path / "straight"))
   jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
   assert checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      _config(data_dir).checkpoint).latest_step() == 6
+
+
+def test_generate_loads_the_newest_readable_checkpoint(tmp_path, stopped_run, caplog):
+  workdir = _copy_with_corrupt_step_4(stopped_run, tmp_path)
+  with caplog.at_level(logging.WARNING):
+    trained = generate.load_trained(workdir)
+  assert "Using step 2" in _fallback_warning(caplog)
+  expected = generate.load_trained(stopped_run, step=2)
+  jax.tree.map(np.testing.assert_array_equal, trained.params, expected.params)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))  # Read-only: left in place.
+  with pytest.raises(checkpoint_lib.CheckpointError, match="step 4 .* unreadable"):
+    generate.load_trained(workdir, step=4)
