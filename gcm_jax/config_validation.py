@@ -268,38 +268,30 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
   return found
 
 
-def _leaf_paths(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
-  """Dotted paths of the fields of a nested config (mesh.shape counts as one field)."""
-  paths = []
+def flat_fields(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{dotted path: value} of the fields of a nested config dict (`mesh.shape`, a dict of
+  axis sizes, counts as one field)."""
+  flat = {}
   for key, value in tree.items():
     path = f"{prefix}{key}"
     if isinstance(value, Mapping) and path != "mesh.shape":
-      paths += _leaf_paths(value, path + ".")
+      flat.update(flat_fields(value, path + "."))
     else:
-      paths.append(path)
-  return paths
-
-
-def _lookup(tree: Mapping[str, Any], path: str) -> Any:
-  for key in path.split("."):
-    tree = tree[key]
-  return tree
+      flat[path] = value
+  return flat
 
 
 def problems(config: ml_collections.ConfigDict, rules: Sequence[Rule] = RULES) -> list[str]:
   """Every problem of `config` as one line each (empty if the config is valid)."""
-  tree = config.to_dict()
+  fields = flat_fields(config.to_dict())
   known = {r.path for r in rules}
   found = [f"config.{p} is not a known field (check its spelling; the fields are those of "
-           f"configs/tiny.py)" for p in _leaf_paths(tree) if p not in known]
+           f"configs/tiny.py)" for p in fields if p not in known]
   for rule in rules:
-    try:
-      value = _lookup(tree, rule.path)
-    except (KeyError, TypeError):
+    if rule.path not in fields:
       found.append(f"config.{rule.path} is missing: expected {rule.expected}")
-      continue
-    if not rule.ok(value):
-      found.append(f"config.{rule.path} = {value!r}: expected {rule.expected}")
+    elif not rule.ok(fields[rule.path]):
+      found.append(f"config.{rule.path} = {fields[rule.path]!r}: expected {rule.expected}")
   if not found:
     found = _cross_field_problems(config)
   return found

@@ -140,16 +140,6 @@ RESUMABLE_FIELDS = ("train.num_steps", "log.", "checkpoint.", "sampling.", "mesh
                     "data.worker_count", "lipsync.syncnet_workdir")
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping) and f"{prefix}{key}" != "mesh.shape":
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict
                        ) -> dict[str, tuple[Any, Any]]:
   """{field: (saved value, new value)} for the fields that define the run and differ.
@@ -157,7 +147,8 @@ def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDi
   Fields the saved config does not have (added to gcm_jax after the run started) keep
   their defaults, which reproduce the earlier behaviour, and are not differences.
   """
-  old, new = _flatten(saved), _flatten(json.loads(config.to_json()))
+  old = config_validation.flat_fields(saved)
+  new = config_validation.flat_fields(json.loads(config.to_json()))
   resumable = lambda path: any(path == f or (f.endswith(".") and path.startswith(f))
                                for f in RESUMABLE_FIELDS)
   return {path: (old[path], new.get(path, "<removed>")) for path in old
@@ -181,8 +172,8 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = read_saved_config(workdir)
   differences = config_differences(saved, config) if saved is not None else {}
   if differences:
-    lines = "\n  ".join(f"config.{k}: saved {a!r}, now {b!r}" for k, a, b in
-                        ((k, *v) for k, v in sorted(differences.items())))
+    lines = "\n  ".join(f"config.{k}: saved {a!r}, now {b!r}"
+                        for k, (a, b) in sorted(differences.items()))
     raise ConfigMismatchError(
         f"{workdir} holds a run with a different config; nothing was changed there. "
         f"Use these values to resume it, or a new --workdir for the new config:\n  {lines}")
