@@ -149,33 +149,69 @@ def test_finite_epoch_pads_the_last_batch_and_drops_nothing(data_dir, mesh):
   assert (np.asarray(batches[0]["text_tokens"])[~mask] == 0).all()
 
 
-def test_hosts_read_disjoint_shards_in_lockstep(data_dir, mesh):
-  # 6 validation examples over 4 hosts: shards of 2, 2, 1, 1; 5 epochs = 10 or 5 records,
-  # 8 per host batch: hosts 2 and 3 run out after 1 batch and pad a second one.
-  cfg = _config(data_dir, batch_size=32)
-  counts, rows = [], []
-  for host in range(4):
-    batches = list(pipeline.make_dataset(cfg, "validation", mesh, num_epochs=5,
-                                         process_index=host, process_count=4))
-    assert len(batches) == 2
-    masks = [np.asarray(b["mask"]) for b in batches]
-    counts.append(sum(int(m.sum()) for m in masks))
-    rows.append({a.tobytes() for b, m in zip(batches, masks) for a in np.asarray(b["audio"])[m]})
-  assert counts == [10, 10, 5, 5]
-  assert [len(r) for r in rows] == [2, 2, 1, 1] and len(set.union(*rows)) == 6
-  cfg = _config(data_dir, batch_size=16)
-  seen = []
-  for host in range(2):
-    it = pipeline.make_dataset(cfg, "train", mesh, num_epochs=1, process_index=host,
-                               process_count=2)
-    rows = set()
-    for batch in it:
-      mask = np.asarray(batch["mask"])
-      assert batch["audio"].shape[0] == 8  # Per-host share of the 16-example batch.
-      rows |= {arr.tobytes() for arr in np.asarray(batch["audio"])[mask]}
-    assert len(rows) == 12
-    seen.append(rows)
-  assert not seen[0] & seen[1]
+def _host_rows(cfg, mesh, split, count, num_batches, **kwargs):
+  """[batch][host] audio rows (host-local numpy) of `count` simulated hosts."""
+  iterators = [pipeline.make_dataset(cfg, split, mesh, process_index=p, process_count=count,
+                                     device_keys=(), **kwargs) for p in range(count)]
+  return [[next(it) for it in iterators] for _ in range(num_batches)], iterators
+
+
+def test_global_batches_do_not_depend_on_the_host_count(data_dir, mesh):
+  """1, 2 or 4 hosts read the same global batches (their rows in host order), across the
+  24-record epoch boundary (3 batches of 8 per epoch), and each epoch is a permutation."""
+  cfg = _config(data_dir)
+  per_count = {}
+  for count in (1, 2, 4):
+    batches, _ = _host_rows(cfg, mesh, "train", count, 7, seed=5)
+    per_count[count] = [np.concatenate([b["audio"] for b in hosts]) for hosts in batches]
+    assert all(b["audio"].shape[0] == 8 // count for hosts in batches for b in hosts)
+  for count in (2, 4):
+    for got, want in zip(per_count[count], per_count[1]):
+      np.testing.assert_array_equal(got, want)
+  source = talking_faces.get_builder(data_dir, **SIZES).as_data_source("train")
+  records = {source[i]["audio"].tobytes() for i in range(len(source))}
+  for epoch in range(2):
+    rows = np.concatenate(per_count[1][3 * epoch:3 * epoch + 3])
+    assert {r.tobytes() for r in rows} == records  # Every record once per epoch.
+  assert not np.array_equal(per_count[1][0], per_count[1][3])  # Reshuffled per epoch.
+
+
+def test_one_hosts_state_resumes_another_host(data_dir, mesh):
+  cfg = _config(data_dir)
+  (_, iterators) = _host_rows(cfg, mesh, "train", 2, 4, seed=7)
+  state = iterators[0].get_state()
+  assert state == iterators[1].get_state()
+  expected = [next(iterators[1])["audio"] for _ in range(3)]
+  resumed = pipeline.make_dataset(cfg, "train", mesh, seed=7, process_index=1, process_count=2,
+                                  device_keys=())
+  resumed.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)["audio"], want)
+
+
+def test_hosts_stay_in_lockstep_and_drop_nothing_in_finite_epochs(data_dir, mesh):
+  """6 validation records x 5 epochs = 30 rows in global batches of 8 over 4 hosts (2 rows
+  each): 4 batches on every host; the last holds rows for hosts 0-2 only, host 3 pads."""
+  cfg = _config(data_dir)
+  batches, iterators = _host_rows(cfg, mesh, "validation", 4, 4, num_epochs=5)
+  assert all(it.num_batches == 4 for it in iterators)
+  for it in iterators:
+    with pytest.raises(StopIteration):
+      next(it)
+  assert [sum(int(batches[i][h]["mask"].sum()) for i in range(4)) for h in range(4)] == [
+      8, 8, 8, 6]
+  assert not batches[3][3]["mask"].any() and not batches[3][3]["audio"].any()
+  rows = [r for hosts in batches for b in hosts for r in b["audio"][b["mask"]]]
+  source = talking_faces.get_builder(data_dir, **SIZES).as_data_source("validation")
+  in_file_order = [source[i % 6]["audio"] for i in range(30)]
+  np.testing.assert_array_equal(np.stack(rows), np.stack(in_file_order))
+
+
+def test_device_keys_choose_what_goes_to_devices(data_dir, mesh):
+  batch = next(pipeline.make_dataset(_config(data_dir), "train", mesh,
+                                     device_keys=("video", "mask")))
+  assert isinstance(batch["video"], jax.Array) and isinstance(batch["mask"], jax.Array)
+  assert isinstance(batch["audio"], np.ndarray) and batch["audio"].shape == (8, 8 * 640)
 
 
 def test_bad_config_raises_clear_errors(data_dir, mesh, tmp_path):

@@ -2,17 +2,18 @@
 
 `make_dataset(config, split, mesh)` returns a `DataIterator` whose `next()` is a dict of
 global `jax.Array`s sharded along the batch axis over `batch_axes` of the mesh (see
-docs/data.md for keys and shapes). Each JAX process reads a disjoint contiguous shard of the records
-(`HostShard`), shuffles it with grain, preprocesses them on the CPU (log-mel
-windows, text tokens, video to [-1, 1]) and batches `batch_size / process_count` of them;
-`jax.make_array_from_process_local_data` assembles the global batch.
+docs/data.md for keys and shapes). The records are shuffled globally per epoch and cut
+into global batches; each JAX process reads its `batch_size / process_count` rows of
+every global batch (`GlobalOrderShard`), preprocesses them on the CPU (log-mel windows,
+text tokens, video to [-1, 1]) and `jax.make_array_from_process_local_data` assembles the
+global batch, which is therefore the same for any number of hosts.
 
-Order is a pure function of (seed, split, number of batches consumed): the iterator's
-`get_state()` bytes (grain's DataLoader state) saved with a checkpoint and passed to
-`set_state()` resume exactly. `DataIterator` follows grain's iterator protocol, so
+Order is a pure function of (seed, split, number of batches consumed), the same on every
+host: the iterator's `get_state()` bytes (grain's DataLoader state) saved with a checkpoint
+by any host and passed to `set_state()` on every host resume exactly. `DataIterator` follows grain's iterator protocol, so
 `grain.checkpoint.CheckpointHandler` / `CheckpointSave` can checkpoint it with orbax.
 """
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import grain
 import jax
@@ -117,75 +118,127 @@ def batch_sharding(mesh: Mesh, batch_axes: Sequence[str]) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(axes))
 
 
-class HostShard:
-  """This host's contiguous slice of a random-access source (the first `n % count` hosts get
-  one extra record), so every record belongs to exactly one host."""
+class GlobalOrderShard:
+  """This process's rows of every global batch of one global record order.
 
-  def __init__(self, source, process_index: int, process_count: int):
+  The global order is the records of epoch 0, 1, ..., each epoch permuted by
+  `np.random.default_rng([seed, epoch])` (or in file order without shuffling). Global batch g
+  is positions [g B, (g + 1) B) of that order, and process p reads rows [p L, (p + 1) L)
+  of each (L = B / process_count). So the global batches, and with them training, do not
+  depend on the number of hosts, and every host's position (batches read) is the same: the
+  iterator state saved by one host resumes all of them.
+
+  With `num_epochs` the order ends after that many epochs (its last global batch may be
+  short: some hosts then hold fewer rows, or none); without, it is endless.
+  """
+
+  _ENDLESS_BATCHES = 2**40  # Batches in an endless order (any run stops long before).
+
+  def __init__(self, source, batch_size: int, process_index: int, process_count: int,
+               seed: int, shuffle: bool, num_epochs: Optional[int]):
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    n = len(source)
-    if n < process_count:
-      raise ValueError(f"{n} records cannot be split over {process_count} processes")
+    if len(source) == 0:
+      raise ValueError(f"the data source {source!r} has no records")
     self._source = source
-    self._start = process_index * (n // process_count) + min(process_index, n % process_count)
-    self._len = n // process_count + (process_index < n % process_count)
+    self._batch, self._rows = batch_size, batch_size // process_count
+    self._first_row = process_index * self._rows
+    self._seed, self._shuffle, self._num_epochs = seed, shuffle, num_epochs
+    self._permutations: dict[int, np.ndarray] = {}
+    if num_epochs is None:
+      self._len = self._ENDLESS_BATCHES * self._rows
+    else:
+      full, rest = divmod(num_epochs * len(source), batch_size)
+      self._len = full * self._rows + min(max(rest - self._first_row, 0), self._rows)
 
   def __len__(self) -> int:
     return self._len
 
-  def __repr__(self) -> str:  # Stable: grain checks it when restoring iterator state.
-    return f"HostShard({self._source!r}, start={self._start}, len={self._len})"
+  def __repr__(self) -> str:  # Host-independent: grain checks it when restoring a state.
+    return (f"GlobalOrderShard({self._source!r}, batch_size={self._batch}, seed={self._seed}, "
+            f"shuffle={self._shuffle}, num_epochs={self._num_epochs})")
+
+  def _record_index(self, epoch: int, position: int) -> int:
+    if not self._shuffle:
+      return position
+    if epoch not in self._permutations:
+      if len(self._permutations) >= 2:
+        self._permutations.pop(min(self._permutations))
+      self._permutations[epoch] = np.random.default_rng(
+          [self._seed, epoch]).permutation(len(self._source))
+    return int(self._permutations[epoch][position])
 
   def __getitem__(self, index: int):
     if not 0 <= index < self._len:
       raise IndexError(f"record {index} out of range [0, {self._len})")
-    return self._source[self._start + index]
+    batch, row = divmod(index, self._rows)
+    epoch, position = divmod(batch * self._batch + self._first_row + row, len(self._source))
+    return self._source[self._record_index(epoch, position)]
 
 
 class DataIterator:
   """Iterator of global batches with grain-compatible `get_state` / `set_state`.
 
   With `num_batches` set (finite iteration) every host yields exactly that many batches:
-  a host whose shard runs out first yields all-padding batches (mask False), so hosts stay
-  in lockstep.
+  a host whose rows run out first (or that has none) yields all-padding batches (mask
+  False, zeros shaped like `padding_example()`), so hosts stay in lockstep.
+
+  Keys in `device_keys` (default: all) become global `jax.Array`s sharded over the batch
+  axis; the others stay this host's rows as numpy arrays `[batch_size / process_count, ...]`
+  (e.g. the raw audio, which only the host that writes sample videos needs).
   """
 
-  def __init__(self, loader: grain.DataLoader, sharding: NamedSharding, local_batch: int,
-               num_batches: int | None):
-    self._iterator = iter(loader)
+  def __init__(self, loader: Optional[grain.DataLoader], sharding: NamedSharding,
+               local_batch: int, num_batches: Optional[int],
+               padding_example: Callable[[], dict[str, np.ndarray]],
+               device_keys: Optional[Sequence[str]] = None):
+    self._iterator = iter(loader) if loader is not None else None
     self._sharding = sharding
     self._local_batch = local_batch
     self.num_batches = num_batches  # Batches until exhaustion; None if infinite.
+    self._padding_example = padding_example
+    self._device_keys = device_keys
     self._yielded = 0
-    self._template: dict[str, np.ndarray] | None = None
 
   def __iter__(self) -> "DataIterator":
     return self
+
+  def _padding_batch(self) -> dict[str, np.ndarray]:
+    return {k: np.zeros((self._local_batch,) + np.shape(v), np.asarray(v).dtype)
+            for k, v in self._padding_example().items()}
 
   def _next_local(self) -> dict[str, np.ndarray]:
     if self.num_batches is not None and self._yielded >= self.num_batches:
       raise StopIteration
     try:
+      if self._iterator is None:
+        raise StopIteration
       local = _pad_batch(next(self._iterator), self._local_batch)
     except StopIteration:
-      if self.num_batches is None or self._template is None:
+      if self.num_batches is None:
         raise
-      local = {k: np.zeros_like(v) for k, v in self._template.items()}
-    self._template = local
+      local = self._padding_batch()
     self._yielded += 1
     return local
 
-  def __next__(self) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(self._sharding, v)
-            for k, v in self._next_local().items()}
+  def __next__(self) -> dict[str, Any]:
+    local = self._next_local()
+    return {k: (jax.make_array_from_process_local_data(self._sharding, v)
+                if self._device_keys is None or k in self._device_keys else v)
+            for k, v in local.items()}
 
   def get_state(self) -> bytes:
-    """Serialized position (JSON bytes); save it with the model checkpoint."""
+    """Serialized position (JSON bytes, the same on every host); save it with the model
+    checkpoint."""
+    if self._iterator is None:
+      raise ValueError("this host has no records of this split; there is no state to save")
     return self._iterator.get_state()
 
   def set_state(self, state: bytes) -> None:
-    """Resumes from a `get_state()` value of an iterator built with the same config."""
+    """Resumes from a `get_state()` value of an iterator built with the same config (on
+    any host)."""
+    if self._iterator is None:
+      raise ValueError("this host has no records of this split; there is no state to set")
     self._iterator.set_state(state)
 
 
@@ -229,8 +282,8 @@ def _data_source(data_cfg: ml_collections.ConfigDict, split: str):
 def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
                  batch_axes: Sequence[str] = ("data", "fsdp"), seed: int = 0,
                  num_epochs: int | None = None, shuffle: bool | None = None,
-                 process_index: int | None = None, process_count: int | None = None
-                 ) -> DataIterator:
+                 process_index: int | None = None, process_count: int | None = None,
+                 device_keys: Optional[Sequence[str]] = None) -> DataIterator:
   """Global-batch iterator over `split` of `config.data`.
 
   Args:
@@ -243,11 +296,13 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
       zero-padded with 'mask' False so no example is dropped (evaluation); every host then
       yields the same number of batches (`DataIterator.num_batches`).
     shuffle: defaults to `config.data.shuffle` for 'train', False otherwise.
-    process_index, process_count: this host's shard; default `jax.process_index()` /
+    process_index, process_count: this host's rows; default `jax.process_index()` /
       `jax.process_count()` (overridable to test multi-host sharding on one host).
+    device_keys: the features that become global arrays (default all); the others stay
+      host-local numpy rows.
 
   Returns:
-    A `DataIterator` of dicts of global arrays `[batch_size, ...]`.
+    A `DataIterator` of dicts of global arrays `[batch_size, ...]` (and host-local rows).
   """
   data_cfg = config.data
   if split not in SPLITS:
@@ -264,16 +319,23 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
   source = _data_source(data_cfg, split)
   if shuffle is None:
     shuffle = split == "train" and data_cfg.shuffle
-  shard = HostShard(source, process_index, process_count)
-  sampler = grain.samplers.IndexSampler(num_records=len(shard), shuffle=shuffle,
-                                        num_epochs=num_epochs, seed=seed)
-  loader = grain.DataLoader(
-      data_source=shard, sampler=sampler, shard_options=grain.sharding.NoSharding(),
-      operations=[_Preprocess(data_cfg.mel_window, data_cfg.mel_alignment,
-                              data_cfg.text_max_len),
-                  grain.transforms.Batch(local_batch, drop_remainder=num_epochs is None)],
-      worker_count=data_cfg.worker_count)
+  shard = GlobalOrderShard(source, batch_size, process_index, process_count, seed, shuffle,
+                           num_epochs)
+  preprocess_op = _Preprocess(data_cfg.mel_window, data_cfg.mel_alignment,
+                              data_cfg.text_max_len)
+  loader = None
+  if len(shard):  # A host can have no rows of a small finite split.
+    loader = grain.DataLoader(
+        data_source=shard,
+        sampler=grain.samplers.IndexSampler(num_records=len(shard), shuffle=False,
+                                            num_epochs=1, seed=seed),
+        shard_options=grain.sharding.NoSharding(),
+        operations=[preprocess_op,
+                    grain.transforms.Batch(local_batch, drop_remainder=num_epochs is None)],
+        worker_count=data_cfg.worker_count)
   num_batches = None
-  if num_epochs is not None:  # The same on every host: the largest shard's batch count.
-    num_batches = -(-num_epochs * -(-len(source) // process_count) // local_batch)
-  return DataIterator(loader, sharding, local_batch, num_batches)
+  if num_epochs is not None:  # The same on every host: the global batch count.
+    num_batches = -(-num_epochs * len(source) // batch_size)
+  return DataIterator(loader, sharding, local_batch, num_batches,
+                      padding_example=lambda: preprocess_op.map(source[0]),
+                      device_keys=device_keys)
