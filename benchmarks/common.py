@@ -163,7 +163,8 @@ class TrainStepBench:
   device, compiled once (with `compiler_options`) for a synthetic batch.
 
   Attributes:
-    compiled: the compiled executable `(state, batch) -> (state, metrics)`.
+    compiled: the compiled executable `(state, batch, {}) -> (state, metrics)` (no frozen
+      networks).
     flops: cost-analysis FLOPs of one step.
     memory: `memory_bytes(compiled)`.
   """
@@ -175,13 +176,13 @@ class TrainStepBench:
     self.batch = synthetic_batch(config)
     jitted = trainer.jit_train_step(config, mesh, shardings)
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
-      self.compiled = jitted.lower(self.state, self.batch).compile(compiler_options)
+      self.compiled = jitted.lower(self.state, self.batch, {}).compile(compiler_options)
     self.flops = cost_flops(self.compiled)
     self.memory = memory_bytes(self.compiled)
 
   def step(self) -> dict[str, jax.Array]:
     """Runs one step (advancing the held state); returns the metrics."""
-    self.state, metrics = self.compiled(self.state, self.batch)
+    self.state, metrics = self.compiled(self.state, self.batch, {})
     return metrics
 
 

@@ -1,6 +1,4 @@
 """Train step and state: sharding invariance, FSDP memory, non-finite skipping, mesh errors."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,7 +171,6 @@ def test_lipsync_term_is_zero_without_audio_and_has_gradients_otherwise():
 
 
 def test_train_step_adds_the_lipsync_loss():
-  from gcm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   config = train_utils.micro_config()
   config.data.num_frames = 6
   config.lipsync.update(weight=0.5)
@@ -181,15 +178,19 @@ def test_train_step_adds_the_lipsync_loss():
   state, shardings = trainer.init_state(config, mesh)
   batch = jax.tree.map(jnp.asarray, train_utils.synthetic_batch(config))
   batch["keypoints"] = jnp.zeros((config.data.batch_size, 6, 8, 2))
-  step = functools.partial(
-      step_lib.train_step, apply_fn=step_lib.model_apply_fn(trainer.make_model(config)),
-      optimizer=state_lib.make_optimizer(config.train), config=config,
-      lipsync_expert=_random_syncnet(config.data.resolution))
+  net, variables = _random_syncnet(config.data.resolution)
+  jitted = trainer.jit_train_step(config, mesh, shardings, lipsync_net=net)
+  other = jax.tree.map(lambda v: 2.0 * v, variables)
   with jax.set_mesh(mesh):
-    _, metrics = jax.jit(step)(state, batch)
+    _, metrics = jitted(jax.tree.map(jnp.copy, state), batch, {"lipsync": variables})
+    _, other_metrics = jitted(state, batch, {"lipsync": other})
   assert float(metrics["lipsync_loss"]) > 0.0
   np.testing.assert_allclose(metrics["loss"], metrics["denoising_loss"] + metrics["lipsync_loss"],
                              rtol=1e-6)
+  # The SyncNet is an input of the compiled step, not a constant baked into it: other
+  # variables change the loss without a new compilation.
+  assert float(other_metrics["lipsync_loss"]) != float(metrics["lipsync_loss"])
+  assert jitted._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_lipsync_config_errors(tmp_path):

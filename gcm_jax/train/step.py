@@ -122,17 +122,27 @@ def lipsync_term(expert: LipSyncExpert, key: jax.Array, x0_hat: jax.Array, logsn
       audio_frame_offset=syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment))
 
 
-def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
-               apply_fn: ApplyFn, optimizer: optax.GradientTransformation,
-               config: ml_collections.ConfigDict,
-               lipsync_expert: Optional[LipSyncExpert] = None
+def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The batch features `train_step` reads (the input pipeline sends only these to devices)."""
+  keys = ("video", "mel", "text_tokens", "text_mask", "mask")
+  if config.diffusion.mouth_loss_weight != 1.0:
+    keys += ("keypoints",)
+  return keys
+
+
+def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
+               frozen: Mapping[str, Any], *, apply_fn: ApplyFn,
+               optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict,
+               lipsync_net: Optional[syncnet_lib.SyncNet] = None
                ) -> tuple[state_lib.TrainState, dict]:
   """One optimization step on a global batch (`batch['video']` `[B, T, H, W, 3]` etc.).
 
   `apply_fn(state.params, x_t, t, cond)` is the network (e.g. `model_apply_fn(model)`, or
   a base model plus ControlNet branch). Examples with `batch['mask'] == False` (padding)
-  do not contribute. With `lipsync_expert` (a frozen SyncNet) the loss adds `lipsync_term`
-  on the model's x0 estimate. Returns the new state and scalar metrics: loss,
+  do not contribute. `frozen` holds the variables of frozen networks, passed as an
+  argument so that they are inputs of the compiled step, not constants baked into it:
+  with `lipsync_net` (a SyncNet module) and `frozen['lipsync']` its variables, the loss
+  adds `lipsync_term` on the model's x0 estimate. Returns the new state and scalar metrics: loss,
   denoising_loss, lipsync_loss, grad_norm, learning_rate, skipped_steps.
   """
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
@@ -149,8 +159,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
     denoising = (jnp.sum(terms["per_example"] * example_weight)
                  / jnp.maximum(example_weight.sum(), 1.0))
     lipsync = jnp.zeros(())
-    if lipsync_expert is not None:
-      lipsync = lipsync_term(lipsync_expert, k_sync, terms["x0_hat"], terms["logsnr"], batch,
+    if lipsync_net is not None:
+      lipsync = lipsync_term((lipsync_net, frozen["lipsync"]), k_sync, terms["x0_hat"], terms["logsnr"], batch,
                              cond, state.step, config)
     return denoising + lipsync, (denoising, lipsync)
 

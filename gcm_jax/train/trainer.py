@@ -20,6 +20,7 @@ import numpy as np
 import tqdm
 
 from gcm_jax import config_validation
+from gcm_jax.alignment import syncnet as syncnet_lib
 from gcm_jax.alignment import train_syncnet
 from gcm_jax.models import stdit
 from gcm_jax.parallel import mesh as mesh_lib
@@ -99,30 +100,38 @@ def load_lipsync_expert(config: ml_collections.ConfigDict
 
 
 def jit_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                   state_shardings: Any):
-  """The `jax.jit` train step (state, batch) -> (state, metrics), state donated.
+                   state_shardings: Any,
+                   lipsync_net: Optional[syncnet_lib.SyncNet] = None):
+  """The `jax.jit` train step (state, batch, frozen) -> (state, metrics), state donated.
 
-  Trace/lower/call it under `jax.set_mesh(mesh)` and the config's logical axis rules
-  (`compile_train_step` does); benchmarks lower it directly for cost analysis.
+  `frozen` is the dict of frozen-network variables (`{'lipsync': ...}` with `lipsync_net`,
+  else `{}`), replicated. Trace/lower/call it under `jax.set_mesh(mesh)` and the config's
+  logical axis rules (`compile_train_step` does); benchmarks lower it directly for cost
+  analysis.
   """
   step_fn = functools.partial(
       step_lib.train_step, apply_fn=step_lib.model_apply_fn(make_model(config)),
       optimizer=state_lib.make_optimizer(config.train), config=config,
-      lipsync_expert=load_lipsync_expert(config))
-  return jax.jit(step_fn, in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
-                 donate_argnums=0)
+      lipsync_net=lipsync_net)
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(step_fn,
+                 in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), replicated),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
 def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                        state_shardings: Any):
-  """The train step as a plain function that enters the mesh and axis-rule contexts."""
-  jitted = jit_train_step(config, mesh, state_shardings)
+  """The train step `(state, batch) -> (state, metrics)` as a plain function that enters the
+  mesh and axis-rule contexts and passes the frozen networks' variables (loaded once)."""
+  expert = load_lipsync_expert(config)
+  lipsync_net, frozen = (None, {}) if expert is None else (expert[0], {"lipsync": expert[1]})
+  jitted = jit_train_step(config, mesh, state_shardings, lipsync_net)
+  frozen = jax.device_put(frozen, mesh_lib.replicated(mesh))
   rules = config.mesh.logical_axis_rules
 
   def run(state, batch):
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      return jitted(state, batch)
+      return jitted(state, batch, frozen)
 
   return run
 
