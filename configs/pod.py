@@ -1,9 +1,11 @@
 """Pod config: multi-host mesh with FSDP and tensor parallelism, 128x128 video.
 
 The mesh shape must multiply to the global device count (e.g. 64 = 8 x 4 x 2 here
-with data=-1 filling the rest). Launch one process per host; on Cloud TPU
-`jax.distributed.initialize()` discovers the topology, elsewhere set
-config.distributed.coordinator_address / num_processes / process_id.
+with data=-1 filling the rest). Launch one process per host with the same command
+(scripts/launch_tpu_vm.sh, scripts/launch_slurm.sh): `jax.distributed` starts from the
+cluster environment (Cloud TPU VMs, SLURM srun, Open MPI, Kubernetes); on other GPU
+clusters pass --config.distributed.coordinator_address=HOST0:PORT
+--config.distributed.num_processes=N --config.distributed.process_id=I (docs/training.md).
 """
 import ml_collections
 
@@ -18,4 +20,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.batch_size = 512
   config.train.update(learning_rate=1e-4, warmup_steps=5_000)
   config.mesh.shape = dict(data=-1, fsdp=4, tensor=2)
+  config.distributed.auto_detect = True
   return config

@@ -139,9 +139,11 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   config.distributed = dict(
-      coordinator_address="",  # "host:port" for multi-host; "" = auto / single process
-      num_processes=1,
-      process_id=0,
+      coordinator_address="",  # "host:port" of process 0: explicit multi-process start-up
+      num_processes=1,          # with coordinator_address
+      process_id=0,             # with coordinator_address
+      auto_detect=False,        # jax.distributed.initialize() from the cluster environment
+                                # (Cloud TPU, SLURM, Open MPI, K8s); single process if none
   )
 
   config.checkpoint = dict(

@@ -205,6 +205,7 @@ RULES: tuple[Rule, ...] = (
     text("distributed.coordinator_address"),
     integer("distributed.num_processes", 1),
     integer("distributed.process_id", 0),
+    boolean("distributed.auto_detect"),
     # Checkpoints and logs.
     integer("checkpoint.every_steps", 0),
     integer("checkpoint.keep", 1),

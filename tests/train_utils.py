@@ -31,3 +31,6 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
       "text_mask": tokens != 0,
       "mask": np.ones((b,), bool),
   }
+
+
+get_config = micro_config  # So run_train.py can load this file: --config=tests/train_utils.py

@@ -10,6 +10,7 @@ decided by config.mesh.logical_axis_rules, never in model code.
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -71,17 +72,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def initialize_distributed(distributed_config: Mapping[str, Any]) -> None:
-  """Starts `jax.distributed` for multi-process runs (no-op for a single process).
+def initialize_distributed(distributed_config: Mapping[str, Any]) -> bool:
+  """Starts `jax.distributed` for multi-process runs; returns whether it did.
 
-  With `coordinator_address` set, uses it with `num_processes` / `process_id`;
-  otherwise multi-process only when `num_processes > 1` is requested, letting JAX
-  auto-detect the cluster (Cloud TPU, SLURM, ...).
+  * `coordinator_address` set ("host:port" of process 0): explicit start-up with
+    `num_processes` and `process_id` (e.g. a GPU cluster without a scheduler JAX knows).
+  * else `auto_detect`: `jax.distributed.initialize()` reads the cluster from its
+    environment (Cloud TPU VMs, SLURM `srun`, Open MPI, Kubernetes JobSet); where there is
+    none (a single machine) the run stays single-process.
+  * else a single process.
+  On CPU the cross-process collectives use gloo.
   """
   address = distributed_config.get("coordinator_address", "")
-  num_processes = int(distributed_config.get("num_processes", 1))
+  if not address and not distributed_config.get("auto_detect", False):
+    return False
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if address:
-    jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
-                               process_id=int(distributed_config.get("process_id", 0)))
-  elif num_processes > 1:
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=int(distributed_config["num_processes"]),
+                               process_id=int(distributed_config["process_id"]))
+    return True
+  try:
     jax.distributed.initialize()
+  except ValueError as e:  # No cluster environment: JAX cannot find a coordinator.
+    if "coordinator_address" not in str(e):
+      raise
+    logging.info("config.distributed.auto_detect: no cluster found (%s); one process", e)
+    return False
+  return True

@@ -37,16 +37,26 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def maybe_save(self, step: int, state: TrainState, data_state: Mapping[str, Any],
-                 force: bool = False) -> bool:
-    """Starts a save at `step` if it is a multiple of `every_steps` (or `force`)."""
+  def should_save(self, step: int, force: bool = False) -> bool:
+    """Whether `maybe_save(step, ...)` would save: `step` is a multiple of `every_steps` (or
+    `force`) and not saved yet."""
     if not force and (self._every <= 0 or step % self._every):
       return False
-    if step in self._manager.all_steps():
+    return step not in self._manager.all_steps()
+
+  def maybe_save(self, step: int, state: TrainState, data_state: Mapping[str, Any],
+                 force: bool = False) -> bool:
+    """Starts a save at `step` if `should_save(step, force)`; returns whether it did."""
+    if not self.should_save(step, force):
       return False
-    return self._manager.save(step, args=ocp.args.Composite(
+    self.save(step, state, data_state)
+    return True
+
+  def save(self, step: int, state: TrainState, data_state: Mapping[str, Any]) -> None:
+    """Starts an (asynchronous) save of (state, data_state) at `step`."""
+    self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data_state))),
-                              force=True)
+                       force=True)
 
   def restore(self, abstract_state: TrainState, step: Optional[int] = None
              ) -> tuple[TrainState, dict]:

@@ -223,24 +223,48 @@ def _resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> ml_col
   return config
 
 
-def write_samples(config: ml_collections.ConfigDict, state: state_lib.TrainState,
-                  batch: dict, workdir: str, step: int) -> list[str]:
-  """Samples videos for the first examples of `batch` with the EMA params; writes mp4s."""
-  from gcm_jax import sampling  # pylint: disable=g-import-not-at-top
-  from gcm_jax import video_io  # pylint: disable=g-import-not-at-top
-  n = config.log.num_samples
-  cond = {k: np.asarray(batch[k])[:n] for k in ("text_tokens", "text_mask", "mel")}
-  videos = jax.jit(functools.partial(sampling.sample_videos, make_model(config),
-                                     config=config))(
-                                         state.ema_params, cond,
-                                         jax.random.PRNGKey(config.seed + step))
-  paths = []
-  if jax.process_index() == 0:
+class SampleWriter:
+  """Samples videos with the EMA params for the first examples of a training batch and
+  writes them as mp4s with their audio (process 0).
+
+  The first `n` rows of the global batch's conditions are gathered onto every host
+  (replicated), so this works with batches that span hosts; the audio comes from process
+  0's own rows, so `n` is at most its share, batch_size / process_count. The sampler is
+  compiled once, on the first call.
+  """
+
+  COND_KEYS = ("text_tokens", "text_mask", "mel")
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               workdir: str):
+    from gcm_jax import sampling  # pylint: disable=g-import-not-at-top
+    self._config, self._mesh, self._workdir = config, mesh, workdir
+    self.num_samples = min(config.log.num_samples,
+                           config.data.batch_size // jax.process_count())
+    replicated = mesh_lib.replicated(mesh)
+    n = self.num_samples
+    self._first_rows = jax.jit(lambda cond: jax.tree.map(lambda x: x[:n], cond),
+                               out_shardings=replicated)
+    self._sample = jax.jit(functools.partial(sampling.sample_videos, make_model(config),
+                                             config=config), out_shardings=replicated)
+
+  def __call__(self, state: state_lib.TrainState, batch: Mapping[str, Any], step: int
+               ) -> list[str]:
+    """Writes `samples/step_<step>_<i>.mp4`; returns the paths (empty off process 0).
+
+    `batch`: global arrays for COND_KEYS and this host's rows of 'audio' `[rows, S]`.
+    """
+    from gcm_jax import video_io  # pylint: disable=g-import-not-at-top
+    with jax.set_mesh(self._mesh), nn.logical_axis_rules(self._config.mesh.logical_axis_rules):
+      cond = self._first_rows({k: batch[k] for k in self.COND_KEYS})
+      videos = self._sample(state.ema_params, cond,
+                            jax.random.PRNGKey(self._config.seed + step))
+    if jax.process_index() != 0:
+      return []
     audio = np.asarray(batch["audio"])
-    for i, video in enumerate(np.asarray(videos)):
-      paths.append(video_io.write_mp4(
-          os.path.join(workdir, "samples", f"step_{step:07d}_{i}.mp4"), video, audio[i]))
-  return paths
+    return [video_io.write_mp4(
+        os.path.join(self._workdir, "samples", f"step_{step:07d}_{i}.mp4"), video, audio[i])
+            for i, video in enumerate(np.asarray(videos.addressable_data(0)))]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -261,8 +285,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   checkpointer = checkpoint_lib.Checkpointer(checkpoint_dir, config.checkpoint)
   state, shardings, data_state = restore_or_init(config, mesh, checkpointer)
   _write_config(config, workdir)
+  step_keys = step_lib.batch_keys(config)
   data = pipeline.make_dataset(config, "train", mesh, batch_axes=mesh_lib.BATCH_AXES,
-                               seed=config.seed)
+                               seed=config.seed, device_keys=step_keys + SampleWriter.COND_KEYS)
   if data_state is not None:
     data.set_state(data_state["iterator"].encode("utf-8"))
   train_step = compile_train_step(config, mesh, shardings)
@@ -270,28 +295,26 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   writer = metrics_lib.MetricWriter(workdir, start_step=start)
   num_steps = config.train.num_steps
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+  write_samples = SampleWriter(config, mesh, workdir) if config.log.num_samples else None
+  every = config.log.sample_every_steps
   batch = None
   with tqdm.tqdm(total=num_steps, initial=start, desc="train",
                  disable=jax.process_index() != 0) as progress:
     for step in range(start + 1, last_step + 1):
       batch = next(data)
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, {k: batch[k] for k in step_keys})
       if step % config.log.every_steps == 0 or step == last_step:
         metrics = jax.device_get(metrics)
         writer.write_scalars(step, metrics)
         progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-      checkpointer.maybe_save(step, state, _data_state(data), force=step == last_step)
-      every = config.log.sample_every_steps
-      if every and step % every == 0 and config.log.num_samples:
-        write_samples(config, state, batch, workdir, step)
+      if checkpointer.should_save(step, force=step == last_step):  # Iterator state only then.
+        checkpointer.save(step, state, {"iterator": data.get_state().decode("utf-8")})
+      if write_samples and every and step % every == 0:
+        write_samples(state, batch, step)
       progress.update(1)
   checkpointer.close()
-  if batch is not None and config.log.num_samples:
-    for path in write_samples(config, state, batch, workdir, last_step):
+  if batch is not None and write_samples:
+    for path in write_samples(state, batch, last_step):
       print(f"sample: {path}")
   writer.close()
   return state
-
-
-def _data_state(data) -> dict:
-  return {"iterator": data.get_state().decode("utf-8")}
