@@ -1,5 +1,48 @@
-"""Test setup: 8 simulated CPU devices so mesh/sharding code runs without accelerators."""
-import os
+"""Test setup: 8 simulated CPU devices so mesh/sharding code runs without accelerators.
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+`--xla_force_host_platform_device_count=8` is added to XLA_FLAGS (keeping any other flags
+already there) before JAX starts; a different device count in XLA_FLAGS is an error, and
+the session refuses to start unless JAX then sees exactly 8 devices, so the mesh tests
+never run on (or skip for) a different device count.
+"""
+import os
+import re
+
+import pytest
+
+NUM_DEVICES = 8
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def xla_flags_with_device_count(flags: str, count: int = NUM_DEVICES) -> str:
+  """`flags` with the host device-count flag set to `count`.
+
+  Raises:
+    ValueError: `flags` already asks for a different device count.
+  """
+  found = re.findall(_DEVICE_COUNT_FLAG + r"=(\S*)", flags)
+  if not found:
+    return f"{flags} {_DEVICE_COUNT_FLAG}={count}".strip()
+  if any(value != str(count) for value in found):
+    raise ValueError(f"XLA_FLAGS={flags!r} sets {_DEVICE_COUNT_FLAG} to {found}, but the tests "
+                     f"need {count} devices: remove the flag or set it to {count}")
+  return flags
+
+
+try:
+  os.environ["XLA_FLAGS"] = xla_flags_with_device_count(os.environ.get("XLA_FLAGS", ""))
+except ValueError as e:
+  raise pytest.UsageError(str(e)) from None
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def pytest_configure(config):
+  del config
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  if len(devices) != NUM_DEVICES:
+    raise pytest.UsageError(
+        f"the tests need {NUM_DEVICES} devices, JAX sees {len(devices)} ({devices[0].platform}); "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}, "
+        f"JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS')!r} (was jax imported before "
+        f"tests/conftest.py set them?)")

@@ -128,8 +128,7 @@ def test_shape_errors():
 
 
 def _mesh():
-  if jax.device_count() < 8:
-    pytest.skip("needs 8 (fake) devices: see tests/conftest.py")
+  """(4, 2) over the 8 fake devices of tests/conftest.py."""
   return jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
 
 

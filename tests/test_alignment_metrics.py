@@ -112,16 +112,36 @@ def test_lse_metrics_batched_equals_per_clip_reference():
     metrics.lse_metrics(net, params, video[:, :5], mel[:, :5])
 
 
-def test_sync_accuracy_and_text_video_score():
-  v = jnp.asarray(_unit(np.abs(np.random.default_rng(0).normal(size=(4, 8)))).astype(np.float32))
-  a = jnp.concatenate([v[:2], jnp.roll(v[2:], 1, axis=-1) * 0 + jnp.eye(8)[:2]], 0)
-  label = jnp.array([1, 1, 0, 0])
-  cos = np.sum(np.float64(v) * np.float64(a), -1)
-  want = np.mean((cos > 0.5) == (np.asarray(label) > 0.5))
-  np.testing.assert_allclose(metrics.sync_accuracy(v, a, label), want)
-  score = metrics.text_video_score(v, -v)
-  np.testing.assert_allclose(score, 0.0)
-  np.testing.assert_allclose(metrics.text_video_score(v, 3 * v), 100.0, rtol=1e-5)
+def _pairs_at_angles(degrees, dim=8, seed=0):
+  """Unit pairs (u_i, w_i) with angle(u_i, w_i) = degrees[i], in random orientations."""
+  rng = np.random.default_rng(seed)
+  u, w = [], []
+  for angle in np.deg2rad(np.asarray(degrees, np.float64)):
+    basis, _ = np.linalg.qr(rng.normal(size=(dim, 2)))  # Two random orthonormal directions.
+    u.append(basis[:, 0])
+    w.append(np.cos(angle) * basis[:, 0] + np.sin(angle) * basis[:, 1])
+  return jnp.asarray(np.stack(u), jnp.float32), jnp.asarray(np.stack(w), jnp.float32)
+
+
+def test_sync_accuracy_counts_pairs_built_to_be_right_or_wrong():
+  # cos:  1.00  0.77  0.53  0.47  -0.17  -1.00  0.87  0.26
+  video, audio = _pairs_at_angles([0, 40, 58, 62, 100, 180, 30, 75])
+  label = jnp.array([1, 1, 0, 0, 1, 0, 1, 1])
+  # threshold 0.5: predicted in sync 1 1 1 0 0 0 1 0 -> pairs 0, 1, 3, 5, 6 right: 5 of 8.
+  np.testing.assert_allclose(metrics.sync_accuracy(video, audio, label), 5 / 8)
+  # threshold 0.6: predicted 1 1 0 0 0 0 1 0 -> pair 2 becomes right: 6 of 8.
+  np.testing.assert_allclose(metrics.sync_accuracy(video, audio, label, threshold=0.6), 6 / 8)
+  # threshold -0.5: only the opposite pair is predicted off sync -> 0, 1, 4, 5, 6, 7 right.
+  np.testing.assert_allclose(metrics.sync_accuracy(video, audio, label, threshold=-0.5), 6 / 8)
+  np.testing.assert_allclose(metrics.sync_accuracy(video, audio, 1 - label), 3 / 8)
+  np.testing.assert_allclose(metrics.sync_accuracy(video, video, jnp.ones(8)), 1.0)
+
+
+def test_text_video_score_is_100_times_the_clipped_cosine():
+  text, video = _pairs_at_angles([0, 60, 90 + 30, 180])
+  scale = jnp.array([[0.5], [3.0], [1.0], [2.0]])  # The score ignores the norms.
+  np.testing.assert_allclose(metrics.text_video_score(text * scale, video / scale),
+                             [100.0, 50.0, 0.0, 0.0], rtol=1e-5, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

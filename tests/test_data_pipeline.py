@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -27,10 +26,7 @@ SIZES = dict(resolution=32, num_frames=8, num_train=24, num_validation=6, num_te
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
-  start = time.time()
   talking_faces.build(path, **SIZES)
-  elapsed = time.time() - start
-  assert elapsed < 30, f"building 34 small examples took {elapsed:.1f}s"
   return path
 
 
@@ -359,8 +355,13 @@ def test_parallel_build_writes_the_same_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_building_200_examples_takes_well_under_a_minute(tmp_path):
-  start = time.time()
-  talking_faces.build(str(tmp_path), resolution=32, num_frames=16, num_train=200,
-                      num_validation=0, num_test=0)
-  assert time.time() - start < 45
+def test_building_200_examples_gives_200_distinct_well_formed_clips(tmp_path):
+  source = talking_faces.build(str(tmp_path), resolution=32, num_frames=16, num_train=200,
+                               num_validation=0, num_test=0).as_data_source("train")
+  assert len(source) == 200
+  videos = set()
+  for record in source:
+    assert record["video"].shape == (16, 32, 32, 3) and record["audio"].shape == (16 * 640,)
+    captions.parse_caption(record["caption"].decode())
+    videos.add(record["video"].tobytes())
+  assert len(videos) == 200

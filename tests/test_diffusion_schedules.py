@@ -87,14 +87,28 @@ def test_target_round_trips_to_x0(schedule, prediction):
                              (ratio * jnp.sum(dx0**2, 1, keepdims=True))[:, 0], rtol=2e-2)
 
 
-def test_v_prediction_matches_salimans_ho_for_vp():
-  alpha, sigma = schedules.alpha_sigma(schedules.CosineSchedule(), jnp.array(0.4))
-  x0, eps = jnp.array([0.3, -1.0]), jnp.array([1.2, 0.5])
-  v = parameterization.training_target("v", x0, eps, alpha, sigma)
-  np.testing.assert_allclose(v, alpha * eps - sigma * x0, rtol=1e-6)
-  np.testing.assert_allclose(parameterization.output_to_x0("v", v, alpha * x0 + sigma * eps,
-                                                           alpha, sigma),
-                             alpha * (alpha * x0 + sigma * eps) - sigma * v, rtol=1e-5)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_v_target_is_the_angular_velocity_of_x_t(schedule):
+  """v (Salimans & Ho 2022, sec. 4) is d x_t / d phi on the circle x_t = cos(phi) x0 +
+  sin(phi) eps, phi = atan(sigma / alpha); off the VP circle (EDM: alpha = 1) it is the
+  same velocity of x_t / r times r = sqrt(alpha^2 + sigma^2). Reference: central finite
+  differences in float64; the inverse must give back the x0 the sample was built from.
+  """
+  rng = np.random.default_rng(0)
+  x0, eps = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+  t = np.array([0.05, 0.3, 0.6, 0.95])
+  alpha, sigma = (np.asarray(a, np.float64)[:, None] for a in schedules.alpha_sigma(schedule, t))
+  phi, r = np.arctan2(sigma, alpha), np.hypot(alpha, sigma)
+  on_circle = lambda angle: np.cos(angle) * x0 + np.sin(angle) * eps
+  h = 1e-6
+  want = r * (on_circle(phi + h) - on_circle(phi - h)) / (2 * h)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  v = parameterization.training_target("v", f32(x0), f32(eps), f32(alpha), f32(sigma))
+  np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+  x_t = alpha * x0 + sigma * eps
+  np.testing.assert_allclose(
+      parameterization.output_to_x0("v", f32(want), f32(x_t), f32(alpha), f32(sigma)), x0,
+      rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("prediction", parameterization.PREDICTIONS)
