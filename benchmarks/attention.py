@@ -8,7 +8,7 @@ T*N tokens. Reports median time (interleaved with the same-run float32 matmul ce
 cost-analysis FLOPs, achieved FLOP/s, the ratio to the ceiling, and the compiled
 temp / peak bytes (memory analysis).
 
-  cd /work/main && /work/venv/bin/python -m benchmarks.attention \
+  python -m benchmarks.attention \
       [--frames 4,8,16,32] [--repeats 5] [--dtype float32] [--impl xla]
 """
 import argparse

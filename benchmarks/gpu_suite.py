@@ -161,7 +161,7 @@ class Suite:
       abstract, shardings = trainer.state_shardings(config, mesh)
       jitted = trainer.jit_train_step(config, mesh, shardings)
       with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
-        self.flops[base] = common.cost_flops(jitted.lower(abstract, batch))
+        self.flops[base] = common.cost_flops(jitted.lower(abstract, batch, {}))
     return self.flops[base]
 
   def timing(self, fn: Callable[[], Any], flops: float) -> dict[str, float]:

@@ -6,7 +6,7 @@ and reports the compiled memory analysis (temp = activations and scratch; peak =
 argument + output + temp - aliased, per device), cost-analysis FLOPs (recomputation
 shows up here) and the median step time interleaved with the same-run matmul ceiling.
 
-  cd /work/main && /work/venv/bin/python -m benchmarks.remat_memory \
+  python -m benchmarks.remat_memory \
       [--config base] [--policies none,full,dots,dots_saveable] [--repeats 3]
 """
 import argparse

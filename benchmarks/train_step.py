@@ -5,7 +5,7 @@ AdamW, EMA, state donated) on one device with a synthetic batch. Time is the med
 `--repeats` steps, each interleaved with a float32 2048^3 matmul (the ceiling), after
 one warm-up step. See benchmarks/common.py for the tiny / base configs.
 
-  cd /work/main && /work/venv/bin/python -m benchmarks.train_step \
+  python -m benchmarks.train_step \
       [--rows tiny:float32,base:float32,base:bfloat16] [--repeats 5] \
       [--attention_impl xla|cudnn|pallas_tpu]
 """
