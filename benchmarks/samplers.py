@@ -13,7 +13,7 @@ call)); ovh/scan = time(jitted sampler) / time(bare lax.scan chaining the same N
 which isolates the sampler's own work from the cost of chaining calls. Times are minima over
 interleaved repeats (robust to other processes on the machine).
 
-  /work/venv/bin/python benchmarks/samplers.py [--schedule <schedules.BY_NAME name>] [--num_samples N]
+  python benchmarks/samplers.py [--schedule <schedules.BY_NAME name>] [--num_samples N]
 """
 import argparse
 import time
