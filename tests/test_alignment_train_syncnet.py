@@ -1,8 +1,10 @@
-"""SyncNet / text-video training: pair sampling, pure train steps, resume, save/load, a slow
-real run."""
+"""SyncNet / text-video training: pair sampling, pure train steps, resume, save/load, the CLI,
+a slow real run."""
 import functools
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,8 @@ from gcm_jax.alignment import syncnet as sn
 from gcm_jax.alignment import train_syncnet as ts
 from gcm_jax.train import checkpoint as checkpoint_lib
 from gcm_jax.train import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny_config():
@@ -157,6 +161,27 @@ def test_train_and_evaluate_writes_loadable_syncnet(straight_run):
     ts.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(data, mel_window=8)))
   with pytest.raises(FileNotFoundError, match="train_syncnet"):
     ts.load_matching_syncnet(str(workdir / "missing"), data)
+
+
+def test_cli_trains_with_the_default_config(tmp_path):
+  """No --config: configs/syncnet.py (found from any working directory), tiny overrides."""
+  workdir = tmp_path / "run"
+  overrides = ["--config.train.num_steps=2", "--config.train.batch_size=8",
+               "--config.data.num_train_clips=8", "--config.data.num_eval_clips=2",
+               "--config.data.eval_num_frames=20", "--config.text_video.num_steps=0"]
+  proc = subprocess.run([sys.executable, "-m", "gcm_jax.alignment.train_syncnet",
+                         f"--workdir={workdir}", *overrides], cwd=tmp_path,
+                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = json.loads((workdir / "report.json").read_text())
+  assert saved["config"]["train"]["num_steps"] == 2
+  default_model = json.loads(syncnet_config.get_config().model.to_json())
+  assert saved["config"]["model"] == default_model
+  assert json.loads(proc.stdout)["sync_acc"] == saved["report"]["sync_acc"]
+  assert _logged_steps(workdir) == [2]
+  ts.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(resolution=32,
+                                                                        mel_window=16)))
 
 
 @pytest.mark.slow

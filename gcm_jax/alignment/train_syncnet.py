@@ -44,6 +44,7 @@ from absl import logging
 from flax import serialization
 from ml_collections import config_flags
 
+from gcm_jax import config_validation
 from gcm_jax.alignment import contrastive
 from gcm_jax.alignment import metrics
 from gcm_jax.alignment import syncnet as syncnet_lib
@@ -61,6 +62,8 @@ TEXT_VIDEO_FILE = "text_video.msgpack"
 REPORT_FILE = "report.json"
 CHECKPOINT_DIR = "checkpoints"  # Orbax checkpoints, under the workdir of each run.
 TEXT_VIDEO_DIR = "text_video"  # The text-video run's checkpoints and logs, under the workdir.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs", "syncnet.py")
 
 
 CLIP_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask")
@@ -484,12 +487,15 @@ def _main(argv):
 def main() -> None:
   """CLI entry point (flags are defined here, not on import, so importing this module
   from other programs does not clash with their flags)."""
-  config_flags.DEFINE_config_file("config", None, "configs/syncnet.py", lock_config=True)
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                  "SyncNet / text-video config (default configs/syncnet.py).",
+                                  lock_config=True)
   flags.DEFINE_string("workdir", None, "checkpoints, logs, weights and report.json",
                       required=True)
   flags.DEFINE_integer("stop_at_step", None,
                        "end SyncNet training at that step (checkpointed); rerun to resume")
-  app.run(_main)
+  app.run(_main, flags_parser=config_validation.config_flags_parser(flags.FLAGS,
+                                                                    DEFAULT_CONFIG))
 
 
 if __name__ == "__main__":
