@@ -4,7 +4,7 @@
 default), mouth-weighted loss and the SyncNet lip-sync loss at every noise level
 (docs/results.md).
 
-  python -m gcm_jax.alignment.train_syncnet --config=configs/syncnet.py --workdir=/tmp/syncnet
+  python -m gcm_jax.alignment.train_syncnet --workdir=/tmp/syncnet
   python run_train.py --config=configs/cpu_recipe.py --workdir=/tmp/recipe
   python -m gcm_jax.evaluate --workdir=/tmp/recipe --syncnet_workdir=/tmp/syncnet_eval
 

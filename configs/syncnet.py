@@ -1,6 +1,6 @@
 """SyncNet + text-video contrastive model on the synthetic talking faces (CPU-sized).
 
-  python -m gcm_jax.alignment.train_syncnet --config=configs/syncnet.py --workdir=/tmp/syncnet
+  python -m gcm_jax.alignment.train_syncnet --workdir=/tmp/syncnet   # this config by default
   (override e.g. --config.train.num_steps=200 for a smoke run)
 """
 import ml_collections
@@ -26,16 +26,29 @@ def get_config() -> ml_collections.ConfigDict:
       audio_widths=(16, 32, 64, 64),
   )
 
+  # Optimizer and EMA as the diffusion trainer (gcm_jax.train.state): AdamW, linear warmup
+  # then cosine decay to 1% of learning_rate, global-norm clipping, weight decay on matrices.
   config.train = dict(
       batch_size=64,            # in-sync + off-sync pair per row
       num_steps=1500,
       learning_rate=1e-3,
       warmup_steps=100,
       weight_decay=1e-4,
+      grad_clip_norm=1.0,
+      b1=0.9,
+      b2=0.999,
+      ema_decay=0.0,            # syncnet.msgpack and report.json use the EMA (0: last params)
+      ema_warmup=True,
       infonce_weight=0.5,       # 0: pure Wav2Lip BCE
       min_shift=3,              # off-sync audio shift range (frames), same clip
       max_shift=12,
-      log_every=100,
+      log_every=100,            # metrics.jsonl / TensorBoard rows (both runs)
+  )
+
+  config.checkpoint = dict(     # Orbax, <workdir>/checkpoints; a rerun resumes (both runs)
+      every_steps=500,
+      keep=2,
+      async_save=True,
   )
 
   config.eval = dict(
@@ -43,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
       audio_shifts=(-3, 3),     # delay the audio by k frames: the offset must read -k
   )
 
+  # Its own schedule; the other optimizer and EMA fields come from config.train.
   config.text_video = dict(
       num_steps=300,
       batch_size=64,

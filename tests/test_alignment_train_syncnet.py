@@ -1,5 +1,10 @@
-"""SyncNet / text-video training: pair sampling, pure train steps, save/load, a slow real run."""
+"""SyncNet / text-video training: pair sampling, pure train steps, resume, save/load, the CLI,
+a slow real run."""
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +15,10 @@ import pytest
 from configs import syncnet as syncnet_config
 from gcm_jax.alignment import syncnet as sn
 from gcm_jax.alignment import train_syncnet as ts
+from gcm_jax.train import checkpoint as checkpoint_lib
+from gcm_jax.train import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny_config():
@@ -22,8 +31,9 @@ def _tiny_config():
   config.model.visual_widths = (8, 16)
   config.model.audio_widths = (8, 16)
   config.train.batch_size = 8
-  config.train.num_steps = 3
+  config.train.num_steps = 4
   config.train.log_every = 1
+  config.checkpoint.every_steps = 2
   config.text_video.num_steps = 1
   config.text_video.batch_size = 4
   config.text_video.embed_dim = 16
@@ -66,10 +76,13 @@ def test_sample_sync_batch_pairs_are_in_and_off_sync(clips):
 
 def test_sync_train_step_is_pure_and_reduces_loss_on_a_fixed_batch(clips):
   config = _tiny_config()
+  config.train.num_steps = 20
   model = ts.build_syncnet(config)
   state = ts.create_sync_state(config, jax.random.PRNGKey(0))
   batch = ts.sample_sync_batch(clips, 8, 3, 12, 2, np.random.default_rng(0))
-  step = jax.jit(functools.partial(ts.sync_train_step, model=model, infonce_weight=0.5))
+  step = jax.jit(functools.partial(ts.sync_train_step, model=model,
+                                   optimizer=state_lib.make_optimizer(config.train),
+                                   train_config=config.train))
   loss0, _ = jax.jit(lambda p, b: ts.sync_loss(p, model, b, 0.5))(state.params, batch)
   s1, out1 = step(state, batch)
   s1b, out1b = step(state, batch)  # same inputs -> same outputs (no hidden state)
@@ -78,30 +91,97 @@ def test_sync_train_step_is_pure_and_reduces_loss_on_a_fixed_batch(clips):
   for _ in range(15):
     s1, out = step(s1, batch)
   assert float(out["loss"]) < float(loss0)
-  assert set(out) == {"loss", "bce", "infonce", "acc", "logit_scale"}
+  assert int(s1.step) == 16
+  assert set(out) == {"loss", "bce", "infonce", "acc", "logit_scale", "grad_norm",
+                      "learning_rate", "skipped_steps"}
 
 
-def test_train_and_evaluate_writes_loadable_syncnet(tmp_path):
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """(workdir, report) of an uninterrupted 4-step tiny run (checkpoints at steps 2, 4)."""
+  workdir = tmp_path_factory.mktemp("straight")
+  return workdir, ts.train_and_evaluate(_tiny_config(), str(workdir))
+
+
+def _final_state(workdir):
+  """The TrainState of the newest SyncNet checkpoint in `workdir`."""
   config = _tiny_config()
+  init_fn = functools.partial(ts.create_sync_state, config, jax.random.PRNGKey(0))
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                             config.checkpoint)
+  state, _ = checkpointer.restore(ts._abstract_state(init_fn))
+  checkpointer.close()
+  return state
+
+
+def _logged_steps(directory):
+  with open(os.path.join(directory, "logs", "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line)["step"] for line in f]
+
+
+def test_rerun_resumes_from_the_checkpoint_bit_exactly(tmp_path, straight_run):
+  """2 steps, stop, rerun for 2 more == 4 straight steps: same params, EMA, optimizer state,
+  held-out report, and each step logged once."""
+  straight_dir, straight_report = straight_run
+  config = _tiny_config()
+  assert ts.train_and_evaluate(config, str(tmp_path), stop_at_step=2) is None
+  assert not (tmp_path / "report.json").exists()
+  assert _logged_steps(tmp_path) == [1, 2]
   report = ts.train_and_evaluate(config, str(tmp_path))
+  assert _logged_steps(tmp_path) == _logged_steps(straight_dir) == [1, 2, 3, 4]
+  assert _logged_steps(tmp_path / "text_video") == [1]
+  resumed, straight = _final_state(tmp_path), _final_state(straight_dir)
+  assert int(resumed.step) == int(straight.step) == 4
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+  assert np.abs(np.asarray(jax.tree.leaves(straight.params)[0])).sum() > 0
+  del report["syncnet_train_seconds"], straight_report["syncnet_train_seconds"]
+  assert report == straight_report
+
+
+def test_train_and_evaluate_writes_loadable_syncnet(straight_run):
+  workdir, report = straight_run
+  config = _tiny_config()
   for key in ("sync_acc", "lse_d", "lse_c", "offset_acc_k3", "text_video_score_matched",
               "text_video_top1_acc"):
     assert np.isfinite(report[key]), key
-  assert (tmp_path / "report.json").exists() and (tmp_path / "text_video.msgpack").exists()
-  model, variables = ts.load_syncnet(config, str(tmp_path))
+  assert (workdir / "report.json").exists() and (workdir / "text_video.msgpack").exists()
+  model, variables = ts.load_syncnet(config, str(workdir))
+  jax.tree.map(np.testing.assert_array_equal, variables["params"],
+               _final_state(workdir).ema_params["syncnet"])
   video = jnp.zeros((1, 8, 32, 32, 3))
   mel = jnp.zeros((1, 8, 16, 80))
   loss = sn.lipsync_loss(model, variables, video, mel, jax.random.PRNGKey(0))
   assert np.isfinite(loss)
   data = ml_collections.ConfigDict(dict(resolution=config.data.resolution, mel_window=16))
-  _, matched = ts.load_matching_syncnet(str(tmp_path), data)
+  _, matched = ts.load_matching_syncnet(str(workdir), data)
   jax.tree.map(np.testing.assert_array_equal, matched, variables)
   with pytest.raises(ValueError, match="trained at 32px"):
-    ts.load_matching_syncnet(str(tmp_path), ml_collections.ConfigDict(dict(data, resolution=64)))
+    ts.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(data, resolution=64)))
   with pytest.raises(ValueError, match="16-frame mel windows"):
-    ts.load_matching_syncnet(str(tmp_path), ml_collections.ConfigDict(dict(data, mel_window=8)))
+    ts.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(data, mel_window=8)))
   with pytest.raises(FileNotFoundError, match="train_syncnet"):
-    ts.load_matching_syncnet(str(tmp_path / "missing"), data)
+    ts.load_matching_syncnet(str(workdir / "missing"), data)
+
+
+def test_cli_trains_with_the_default_config(tmp_path):
+  """No --config: configs/syncnet.py (found from any working directory), tiny overrides."""
+  workdir = tmp_path / "run"
+  overrides = ["--config.train.num_steps=2", "--config.train.batch_size=8",
+               "--config.data.num_train_clips=8", "--config.data.num_eval_clips=2",
+               "--config.data.eval_num_frames=20", "--config.text_video.num_steps=0"]
+  proc = subprocess.run([sys.executable, "-m", "gcm_jax.alignment.train_syncnet",
+                         f"--workdir={workdir}", *overrides], cwd=tmp_path,
+                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = json.loads((workdir / "report.json").read_text())
+  assert saved["config"]["train"]["num_steps"] == 2
+  default_model = json.loads(syncnet_config.get_config().model.to_json())
+  assert saved["config"]["model"] == default_model
+  assert json.loads(proc.stdout)["sync_acc"] == saved["report"]["sync_acc"]
+  assert _logged_steps(workdir) == [2]
+  ts.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(resolution=32,
+                                                                        mel_window=16)))
 
 
 @pytest.mark.slow

@@ -96,3 +96,29 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path):
         f.write(b"garbage")
   with pytest.raises(checkpoint_lib.CheckpointError, match="step 2 .* unreadable"):
     checkpointer.restore(checkpoint_lib.abstract_with_shardings(state, shardings))
+
+
+def test_restore_for_resume_skips_unreadable_newer_checkpoints(tmp_path, caplog):
+  """None without checkpoints; else the newest readable one, newer unreadable ones moved aside."""
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"),
+                                             dict(every_steps=1, keep=3, async_save=False))
+  make = lambda v: state_lib.TrainState(step=jnp.int32(v), params={"w": jnp.full(3, float(v))},
+                                        ema_params={"w": jnp.zeros(3)}, opt_state=())
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = checkpoint_lib.abstract_with_shardings(
+      jax.eval_shape(lambda: make(0)), jax.tree.map(lambda _: sharding, make(0)))
+  assert checkpoint_lib.restore_for_resume(checkpointer, abstract) is None
+  for step in (1, 2):
+    checkpointer.maybe_save(step, make(step), {"iterator": str(step)})
+  checkpointer.wait()
+  for root, _, files in os.walk(tmp_path / "ckpt" / "2" / "state"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with caplog.at_level("WARNING"):
+    state, data_state = checkpoint_lib.restore_for_resume(checkpointer, abstract)
+  assert int(state.step) == 1 and data_state == {"iterator": "1"}
+  np.testing.assert_array_equal(state.params["w"], [1.0, 1.0, 1.0])
+  assert any("Using step 1" in m for m in caplog.messages)
+  assert os.path.isdir(tmp_path / "ckpt_unreadable" / "2") and checkpointer.latest_step() == 1
+  checkpointer.close()

@@ -1,6 +1,7 @@
 """Trains SyncNet and the text-video contrastive model on the synthetic talking faces.
 
-  python -m gcm_jax.alignment.train_syncnet --config=configs/syncnet.py --workdir=/tmp/syncnet
+  python -m gcm_jax.alignment.train_syncnet --workdir=/tmp/syncnet   # configs/syncnet.py
+  python -m gcm_jax.alignment.train_syncnet --workdir=... --config.train.num_steps=200
 
 Clips come from the data module's one-example generator
 (`gcm_jax.data.talking_faces.generate_example`, train / validation splits: disjoint phrases and
@@ -8,14 +9,27 @@ voices) through the pipeline's `preprocess` (video in [-1, 1], per-frame 16-fram
 byte-tokenized caption). SyncNet sees in-sync pairs (a 5-frame lower-face window and its
 audio window) and off-sync pairs (the audio window of the same clip shifted by
 `min_shift..max_shift` frames), trained with Wav2Lip's cosine-BCE plus an optional InfoNCE term
-with in-batch negatives. Writes to `workdir`: `syncnet.msgpack` (SyncNet variables, load with
-`load_syncnet`), `text_video.msgpack`, `report.json` (held-out metrics).
+with in-batch negatives.
+
+Both models train on the diffusion trainer's stack: `gcm_jax.train.state` (TrainState, AdamW
+with warmup + cosine decay and clipping, non-finite steps skipped, EMA), Orbax checkpoints
+(`gcm_jax.train.checkpoint`), `metrics.jsonl` + TensorBoard (`gcm_jax.train.metrics`) and a
+tqdm bar. The batch of step k depends only on (seed, k), so rerunning with the same workdir
+resumes from the newest readable checkpoint and reproduces an uninterrupted run. Writes to
+`workdir`:
+
+  checkpoints/, logs/                        the SyncNet run
+  text_video/checkpoints/, text_video/logs/  the text-video run
+  syncnet.msgpack     final SyncNet EMA variables (`load_syncnet`, `load_matching_syncnet`)
+  text_video.msgpack  final text-video EMA params
+  report.json         held-out metrics and the config
 """
 import functools
 import json
 import os
+import sys
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -23,13 +37,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 from absl import app
 from absl import flags
 from absl import logging
 from flax import serialization
-from flax.training import train_state
 from ml_collections import config_flags
 
+from gcm_jax import config_validation
 from gcm_jax.alignment import contrastive
 from gcm_jax.alignment import metrics
 from gcm_jax.alignment import syncnet as syncnet_lib
@@ -37,11 +52,18 @@ from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import corpus
 from gcm_jax.data.talking_faces import generate_example
+from gcm_jax.train import checkpoint as checkpoint_lib
+from gcm_jax.train import metrics as metrics_lib
+from gcm_jax.train import state as state_lib
 
 Batch = Dict[str, np.ndarray]
 SYNCNET_FILE = "syncnet.msgpack"
 TEXT_VIDEO_FILE = "text_video.msgpack"
 REPORT_FILE = "report.json"
+CHECKPOINT_DIR = "checkpoints"  # Orbax checkpoints, under the workdir of each run.
+TEXT_VIDEO_DIR = "text_video"  # The text-video run's checkpoints and logs, under the workdir.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs", "syncnet.py")
 
 
 CLIP_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask")
@@ -130,14 +152,17 @@ def build_text_video(config: ml_collections.ConfigDict) -> contrastive.TextVideo
                                    video_widths=tuple(tv.video_widths))
 
 
-def _optimizer(lr: float, warmup: int, steps: int, weight_decay: float):
-  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.05)
-  return optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, weight_decay=weight_decay))
+def text_video_train_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """`config.train` with the text-video run's own schedule (`config.text_video`'s
+  learning_rate, warmup_steps, num_steps); the other optimizer and EMA fields are shared."""
+  tv = config.text_video
+  return dict(config.train.to_dict(), learning_rate=tv.learning_rate,
+              warmup_steps=tv.warmup_steps, num_steps=tv.num_steps)
 
 
-def create_sync_state(config: ml_collections.ConfigDict, key: jax.Array) -> train_state.TrainState:
-  """TrainState with params {'syncnet': SyncNet params, 'temperature': LogitScale params}."""
+def create_sync_state(config: ml_collections.ConfigDict, key: jax.Array) -> state_lib.TrainState:
+  """TrainState with params {'syncnet': SyncNet params, 'temperature': LogitScale params}
+  and the optimizer of `config.train`."""
   model = build_syncnet(config)
   res = config.data.resolution
   k1, k2 = jax.random.split(key)
@@ -146,9 +171,7 @@ def create_sync_state(config: ml_collections.ConfigDict, key: jax.Array) -> trai
                             jnp.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS)))["params"],
       "temperature": contrastive.LogitScale().init(k2)["params"],
   }
-  tx = _optimizer(config.train.learning_rate, config.train.warmup_steps, config.train.num_steps,
-                  config.train.weight_decay)
-  return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  return state_lib.create_state(params, state_lib.make_optimizer(config.train))
 
 
 def sync_loss(params: Dict[str, Any], model: syncnet_lib.SyncNet, batch: Batch,
@@ -174,11 +197,28 @@ def sync_loss(params: Dict[str, Any], model: syncnet_lib.SyncNet, batch: Batch,
   return loss, {"loss": loss, "bce": bce, "infonce": nce, "acc": acc, "logit_scale": scale}
 
 
-def sync_train_step(state: train_state.TrainState, batch: Batch, *, model: syncnet_lib.SyncNet,
-                    infonce_weight: float) -> Tuple[train_state.TrainState, Dict[str, jax.Array]]:
-  """One pure SyncNet optimization step (jit with `model`, `infonce_weight` bound)."""
-  grads, out = jax.grad(sync_loss, has_aux=True)(state.params, model, batch, infonce_weight)
-  return state.apply_gradients(grads=grads), out
+def _update(state: state_lib.TrainState, grads: Any, out: Dict[str, jax.Array],
+            optimizer: optax.GradientTransformation, train_config: Mapping[str, Any]
+            ) -> Tuple[state_lib.TrainState, Dict[str, jax.Array]]:
+  """Optimizer + EMA update; adds grad_norm, learning_rate and skipped_steps to the loss
+  metrics `out`."""
+  new_state = state_lib.apply_gradients(state, grads, optimizer, train_config["ema_decay"],
+                                        train_config["ema_warmup"])
+  return new_state, dict(
+      out, grad_norm=optax.global_norm(grads),
+      learning_rate=state_lib.learning_rate_schedule(train_config)(state.step),
+      skipped_steps=state_lib.skipped_steps(new_state))
+
+
+def sync_train_step(state: state_lib.TrainState, batch: Batch, *, model: syncnet_lib.SyncNet,
+                    optimizer: optax.GradientTransformation, train_config: Mapping[str, Any]
+                    ) -> Tuple[state_lib.TrainState, Dict[str, jax.Array]]:
+  """One pure SyncNet optimization step (jit with the keywords bound; `optimizer` from
+  `make_optimizer(train_config)`). Returns (state, `sync_loss` metrics + grad_norm,
+  learning_rate, skipped_steps)."""
+  grads, out = jax.grad(sync_loss, has_aux=True)(state.params, model, batch,
+                                                 train_config["infonce_weight"])
+  return _update(state, grads, out, optimizer, train_config)
 
 
 def evaluate_sync(model: syncnet_lib.SyncNet, variables: Any, clips: Batch,
@@ -230,28 +270,31 @@ def evaluate_sync(model: syncnet_lib.SyncNet, variables: Any, clips: Batch,
 
 
 def create_text_video_state(config: ml_collections.ConfigDict,
-                            key: jax.Array) -> train_state.TrainState:
-  """TrainState of the TextVideoCLIP params (logical-partitioning boxes removed)."""
+                            key: jax.Array) -> state_lib.TrainState:
+  """TrainState of the TextVideoCLIP params (logical-partitioning boxes removed) and the
+  optimizer of `text_video_train_config(config)`."""
   model = build_text_video(config)
-  tv, length = config.text_video, config.data.text_max_len
+  length = config.data.text_max_len
   variables = model.init(key, jnp.ones((1, length), jnp.int32), jnp.ones((1, length), bool),
                          jnp.zeros((1, 2, config.data.resolution, config.data.resolution, 3)))
-  tx = _optimizer(tv.learning_rate, tv.warmup_steps, tv.num_steps, config.train.weight_decay)
-  return train_state.TrainState.create(apply_fn=model.apply, params=nn.unbox(variables["params"]),
-                                       tx=tx)
+  return state_lib.create_state(nn.unbox(variables["params"]),
+                                state_lib.make_optimizer(text_video_train_config(config)))
 
 
-def text_video_train_step(state: train_state.TrainState, batch: Batch, *,
-                          model: contrastive.TextVideoCLIP
-                          ) -> Tuple[train_state.TrainState, Dict[str, jax.Array]]:
-  """One pure CLIP step on (caption tokens, clip) pairs."""
+def text_video_train_step(state: state_lib.TrainState, batch: Batch, *,
+                          model: contrastive.TextVideoCLIP,
+                          optimizer: optax.GradientTransformation,
+                          train_config: Mapping[str, Any]
+                          ) -> Tuple[state_lib.TrainState, Dict[str, jax.Array]]:
+  """One pure CLIP step on (caption tokens, clip) pairs (loss, acc, logit_scale, grad_norm,
+  learning_rate, skipped_steps)."""
   def loss_fn(params):
     t, v, scale = model.apply({"params": params}, batch["text_tokens"], batch["text_mask"],
                               batch["video"])
     loss = contrastive.clip_loss(t, v, scale, normalize=False)
     return loss, {"loss": loss, "acc": contrastive.clip_accuracy(t, v), "logit_scale": scale}
   grads, out = jax.grad(loss_fn, has_aux=True)(state.params)
-  return state.apply_gradients(grads=grads), out
+  return _update(state, grads, out, optimizer, train_config)
 
 
 def evaluate_text_video(model: contrastive.TextVideoCLIP, params: Any,
@@ -271,9 +314,71 @@ def evaluate_text_video(model: contrastive.TextVideoCLIP, params: Any,
           "text_video_top1_acc": float(np.mean(acc))}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
-  """Trains both models, writes them and `report.json` into `workdir`, returns the report."""
-  d = config.data
+def _abstract_state(init_fn: Callable[[], state_lib.TrainState]) -> state_lib.TrainState:
+  """`init_fn()`'s shapes and dtypes on the default device (where the jitted steps run)."""
+  abstract = jax.eval_shape(init_fn)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return checkpoint_lib.abstract_with_shardings(abstract,
+                                                jax.tree.map(lambda _: device, abstract))
+
+
+def fit(init_fn: Callable[[], state_lib.TrainState],
+        step_fn: Callable[[state_lib.TrainState, Batch],
+                          Tuple[state_lib.TrainState, Dict[str, jax.Array]]],
+        batch_at: Callable[[int], Batch], directory: str, num_steps: int, log_every: int,
+        checkpoint_config: Mapping[str, Any], desc: str,
+        stop_at_step: Optional[int] = None) -> state_lib.TrainState:
+  """Trains one model to `num_steps`, or resumes it from `<directory>/checkpoints`.
+
+  Args:
+    init_fn: () -> the initial TrainState (used when there is no checkpoint yet).
+    step_fn: (state, batch) -> (state, scalar metrics with 'loss'), jitted.
+    batch_at: step (1-based) -> that step's batch; a pure function of the step, so a resumed
+      run trains on the batches of an uninterrupted one.
+    directory: checkpoints go to `<directory>/checkpoints` (every
+      `checkpoint_config['every_steps']` and at the last step), metrics to
+      `<directory>/logs` (every `log_every` steps and at the last step).
+    desc: the progress bar's label.
+    stop_at_step: end at that step (checkpointed) without changing the schedule.
+  Returns:
+    the state after the last step (restored as is when it was already trained).
+  """
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(directory, CHECKPOINT_DIR),
+                                             checkpoint_config)
+  restored = checkpoint_lib.restore_for_resume(checkpointer, _abstract_state(init_fn))
+  state = init_fn() if restored is None else restored[0]
+  start = int(state.step)
+  last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+  writer = metrics_lib.MetricWriter(directory, start_step=start)
+  with tqdm.tqdm(total=num_steps, initial=start, desc=desc) as progress:
+    for step in range(start + 1, last_step + 1):
+      state, scalars = step_fn(state, batch_at(step))
+      if step % log_every == 0 or step == last_step:
+        scalars = jax.device_get(scalars)
+        writer.write_scalars(step, scalars)
+        progress.set_postfix(loss=f"{float(scalars['loss']):.4f}")
+      checkpointer.maybe_save(step, state, {}, force=step == last_step)
+      progress.update(1)
+  checkpointer.close()
+  writer.close()
+  return state
+
+
+def _text_video_batch(clips: Batch, batch_size: int, rng: np.random.Generator) -> Batch:
+  """`batch_size` distinct random clips' (video, text_tokens, text_mask)."""
+  idx = rng.choice(len(clips["video"]), batch_size, replace=False)
+  return {k: clips[k][idx] for k in ("video", "text_tokens", "text_mask")}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_at_step: Optional[int] = None) -> Optional[Dict[str, float]]:
+  """Trains (or resumes) both models, writes their EMA weights and `report.json` into
+  `workdir`, returns the report.
+
+  `stop_at_step` ends the SyncNet training at that step (checkpointed, schedule unchanged)
+  and returns None before evaluating; rerunning resumes it.
+  """
+  d, tc = config.data, config.train
   if config.text_video.num_steps > 0 and config.text_video.batch_size > d.num_train_clips:
     raise ValueError(f"text_video.batch_size={config.text_video.batch_size} needs at least as "
                      f"many distinct clips, got data.num_train_clips={d.num_train_clips}")
@@ -281,30 +386,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   t0 = time.time()
   train = make_clips("train", d.num_train_clips, d.num_frames, d.resolution, d.mel_alignment,
                      d.text_max_len, config.seed)
-  val = make_clips("validation", d.num_eval_clips, d.eval_num_frames, d.resolution,
-                   d.mel_alignment, d.text_max_len, config.seed + 1)
-  logging.info("generated %d train / %d validation clips in %.1fs", d.num_train_clips,
-               d.num_eval_clips, time.time() - t0)
+  logging.info("generated %d train clips in %.1fs", d.num_train_clips, time.time() - t0)
   key_sync, key_tv = jax.random.split(jax.random.PRNGKey(config.seed))
-  rng = np.random.default_rng(config.seed)
 
   model = build_syncnet(config)
-  state = create_sync_state(config, key_sync)
   step_fn = jax.jit(functools.partial(sync_train_step, model=model,
-                                      infonce_weight=config.train.infonce_weight), donate_argnums=0)
+                                      optimizer=state_lib.make_optimizer(tc), train_config=tc),
+                    donate_argnums=0)
   frame_offset = syncnet_lib.frame_offset_for_alignment(d.mel_alignment)
   t0 = time.time()
-  for step in range(1, config.train.num_steps + 1):
-    batch = sample_sync_batch(train, config.train.batch_size, config.train.min_shift,
-                              config.train.max_shift, frame_offset, rng)
-    state, out = step_fn(state, batch)
-    if step % config.train.log_every == 0 or step == config.train.num_steps:
-      logging.info("syncnet step %d: %s (%.1fs)", step,
-                   {k: round(float(v), 4) for k, v in out.items()}, time.time() - t0)
-  variables = {"params": state.params["syncnet"]}
+  state = fit(functools.partial(create_sync_state, config, key_sync), step_fn,
+              lambda step: sample_sync_batch(train, tc.batch_size, tc.min_shift, tc.max_shift,
+                                             frame_offset,
+                                             np.random.default_rng((config.seed, 0, step))),
+              workdir, tc.num_steps, tc.log_every, config.checkpoint, "syncnet", stop_at_step)
+  if int(state.step) < tc.num_steps:
+    return None
+  variables = {"params": state.ema_params["syncnet"]}
   with open(os.path.join(workdir, SYNCNET_FILE), "wb") as f:
     f.write(serialization.to_bytes(variables))
   report = {"syncnet_train_seconds": time.time() - t0}
+  val = make_clips("validation", d.num_eval_clips, d.eval_num_frames, d.resolution,
+                   d.mel_alignment, d.text_max_len, config.seed + 1)
   report.update(evaluate_sync(model, variables, val, config, config.seed + 2))
   oracle = metrics.oracle_lipsync(jnp.asarray(val["video"]), jnp.asarray(val["mouth_open"]))
   report["oracle_mouth_corr_ground_truth"] = float(jnp.mean(oracle["mouth_corr"]))
@@ -312,18 +415,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   if config.text_video.num_steps > 0:
     tv_model = build_text_video(config)
-    tv_state = create_text_video_state(config, key_tv)
-    tv_step = jax.jit(functools.partial(text_video_train_step, model=tv_model), donate_argnums=0)
-    keys = ("video", "text_tokens", "text_mask")
-    for step in range(1, config.text_video.num_steps + 1):
-      idx = rng.choice(d.num_train_clips, config.text_video.batch_size, replace=False)
-      tv_state, out = tv_step(tv_state, {k: train[k][idx] for k in keys})
-      if step % config.train.log_every == 0 or step == config.text_video.num_steps:
-        logging.info("text-video step %d: %s", step,
-                     {k: round(float(v), 4) for k, v in out.items()})
+    tv_config = text_video_train_config(config)
+    tv_step = jax.jit(functools.partial(
+        text_video_train_step, model=tv_model, optimizer=state_lib.make_optimizer(tv_config),
+        train_config=tv_config), donate_argnums=0)
+    tv_state = fit(functools.partial(create_text_video_state, config, key_tv), tv_step,
+                   lambda step: _text_video_batch(train, config.text_video.batch_size,
+                                                  np.random.default_rng((config.seed, 1, step))),
+                   os.path.join(workdir, TEXT_VIDEO_DIR), tv_config["num_steps"], tc.log_every,
+                   config.checkpoint, "text-video")
     with open(os.path.join(workdir, TEXT_VIDEO_FILE), "wb") as f:
-      f.write(serialization.to_bytes({"params": tv_state.params}))
-    report.update(evaluate_text_video(tv_model, tv_state.params, val))
+      f.write(serialization.to_bytes({"params": tv_state.ema_params}))
+    report.update(evaluate_text_video(tv_model, tv_state.ema_params, val))
 
   with open(os.path.join(workdir, REPORT_FILE), "w") as f:
     json.dump({"report": report, "config": config.to_dict()}, f, indent=2, default=str)
@@ -333,8 +436,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 def load_syncnet(config: ml_collections.ConfigDict,
                  workdir: str) -> Tuple[syncnet_lib.SyncNet, Dict[str, Any]]:
-  """(SyncNet, frozen variables) trained by `train_and_evaluate` with the same config, ready
-  for `syncnet.lipsync_loss` and `metrics.lse_metrics`."""
+  """(SyncNet, frozen variables) exported by `train_and_evaluate` (`syncnet.msgpack`, the final
+  EMA params) with the same config, ready for `syncnet.lipsync_loss` and `metrics.lse_metrics`."""
   model = build_syncnet(config)
   res = config.data.resolution
   template = model.init(jax.random.PRNGKey(0),
@@ -357,8 +460,7 @@ def load_matching_syncnet(workdir: str, data_config: ml_collections.ConfigDict
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"no trained SyncNet in {workdir!r} ({REPORT_FILE} missing); train one with "
-        f"python -m gcm_jax.alignment.train_syncnet --config=configs/syncnet.py "
-        f"--workdir={workdir}")
+        f"python -m gcm_jax.alignment.train_syncnet --workdir={workdir}")
   with open(path, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f)["config"])
   if config.data.resolution != data_config.resolution:
@@ -372,15 +474,28 @@ def load_matching_syncnet(workdir: str, data_config: ml_collections.ConfigDict
 
 def _main(argv):
   del argv
-  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  try:
+    report = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
+                                stop_at_step=flags.FLAGS.stop_at_step)
+  except checkpoint_lib.CheckpointError as e:
+    sys.exit(f"error: {e}")
+  if report is not None:
+    print(json.dumps(report, indent=2))
 
 
 def main() -> None:
   """CLI entry point (flags are defined here, not on import, so importing this module
   from other programs does not clash with their flags)."""
-  config_flags.DEFINE_config_file("config", None, "configs/syncnet.py", lock_config=True)
-  flags.DEFINE_string("workdir", None, "output directory", required=True)
-  app.run(_main)
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                  "SyncNet / text-video config (default configs/syncnet.py).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "checkpoints, logs, weights and report.json",
+                      required=True)
+  flags.DEFINE_integer("stop_at_step", None,
+                       "end SyncNet training at that step (checkpointed); rerun to resume")
+  app.run(_main, flags_parser=config_validation.config_flags_parser(flags.FLAGS,
+                                                                    DEFAULT_CONFIG))
 
 
 if __name__ == "__main__":

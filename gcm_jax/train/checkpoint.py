@@ -9,6 +9,7 @@ restored onto another.
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
@@ -125,6 +126,24 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def restore_for_resume(checkpointer: Checkpointer, abstract_state: TrainState
+                       ) -> Optional[tuple[TrainState, dict]]:
+  """(state, data_state) of the newest readable checkpoint, or None if there is none.
+
+  Newer unreadable checkpoints are moved aside (`Checkpointer.set_aside`) with a warning,
+  so the resumed run can save those steps again. Raises `CheckpointError` if none can be
+  read (nothing is moved then).
+  """
+  if checkpointer.latest_step() is None:
+    return None
+  state, data_state, step, unreadable = checkpointer.restore_newest_readable(abstract_state)
+  if unreadable:
+    aside = checkpointer.set_aside(sorted(unreadable))
+    logging.warning(fallback_warning(checkpointer.directory, step, unreadable,
+                                     set_aside_to=aside))
+  return state, data_state
 
 
 def short_reason(error: BaseException, limit: int = 200) -> str:
