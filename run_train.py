@@ -14,14 +14,13 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from gcm_jax import config_validation
 from gcm_jax.train import checkpoint
 from gcm_jax.train import trainer
 
 _DEFAULT_CONFIG = "configs/tiny.py"
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config.")
+_CONFIG = config_validation.define_config_flag(_DEFAULT_CONFIG)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gcm_jax_tiny", "Checkpoints, logs, samples.")
 _STOP_AT = flags.DEFINE_integer("stop_at_step", None,
                                 "End this run at that step (checkpointed); rerun to resume.")

@@ -17,10 +17,12 @@ import dataclasses
 import math
 import os
 import runpy
+import sys
 import typing
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
+from ml_collections import config_flags
 
 from gcm_jax import sampling
 from gcm_jax.alignment import syncnet
@@ -317,6 +319,27 @@ def unknown_override(config: ml_collections.ConfigDict, override: str) -> str | 
   return None
 
 
+def _exit_for_unknown_overrides(argv: Sequence[str], default_config_path: str,
+                                error: Exception) -> None:
+  """Raises SystemExit naming the `--config.*` overrides of `argv` that match no field."""
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
+              default_config_path)
+  config = runpy.run_path(path.split(":", 1)[0])["get_config"]()
+  reasons = [r for a in argv if a.startswith("--config.") if (r := unknown_override(config, a))]
+  raise SystemExit("error: " + ("; ".join(reasons) or f"bad --config override ({error})")
+                   ) from None
+
+
+def define_config_flag(default_config_path: str, help_text: str = "Experiment config."):
+  """`config_flags.DEFINE_config_file("config", ...)`, ending with one clear error line if a
+  command-line override names an unknown field (ml_collections already applies overrides
+  to the default config here, at definition time)."""
+  try:
+    return config_flags.DEFINE_config_file("config", default_config_path, help_text)
+  except (AttributeError, KeyError) as e:
+    _exit_for_unknown_overrides(sys.argv, default_config_path, e)
+
+
 def config_flags_parser(flag_values, default_config_path: str) -> Callable[[list[str]], list[str]]:
   """An absl `flags_parser` that turns an override of an unknown config field into one clear
   error line instead of ml_collections' bare AttributeError."""
@@ -325,12 +348,6 @@ def config_flags_parser(flag_values, default_config_path: str) -> Callable[[list
     try:
       return flag_values(argv)
     except (AttributeError, KeyError) as e:
-      path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
-                  default_config_path)
-      config = runpy.run_path(path.split(":", 1)[0])["get_config"]()
-      reasons = [r for a in argv if a.startswith("--config.")
-                 if (r := unknown_override(config, a))]
-      raise SystemExit("error: " + ("; ".join(reasons) or f"bad --config override ({e})")
-                       ) from None
+      _exit_for_unknown_overrides(argv, default_config_path, e)
 
   return parse

@@ -73,12 +73,18 @@ def test_shipped_configs_are_valid():
     assert config_validation.problems(importlib.import_module(f"configs.{name}").get_config()) == []
 
 
-def test_command_line_override_of_an_unknown_field_names_it(tmp_path):
+@pytest.mark.parametrize("config_flag, override, message", [
+    (["--config=configs/tiny.py"], "--config.mesh.shape.model=2",
+     "error: config.mesh.shape has no field 'model' (its fields: data, fsdp, tensor)"),
+    ([], "--config.train.num_step=2",  # The default config: overridden at flag definition.
+     "error: config.train has no field 'num_step' (its fields: b1, b2, ema_decay"),
+])
+def test_command_line_override_of_an_unknown_field_names_it(tmp_path, config_flag, override,
+                                                            message):
   proc = subprocess.run(
-      [sys.executable, "run_train.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/run",
-       "--config.mesh.shape.model=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+      [sys.executable, "run_train.py", *config_flag, f"--workdir={tmp_path}/run", override],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
-  assert ("error: config.mesh.shape has no field 'model' (its fields: data, fsdp, tensor)"
-          in proc.stderr), proc.stderr[-2000:]
+  assert message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "run").exists()

@@ -42,7 +42,6 @@ from absl import app
 from absl import flags
 from absl import logging
 from flax import serialization
-from ml_collections import config_flags
 
 from gcm_jax import config_validation
 from gcm_jax.alignment import contrastive
@@ -487,9 +486,8 @@ def _main(argv):
 def main() -> None:
   """CLI entry point (flags are defined here, not on import, so importing this module
   from other programs does not clash with their flags)."""
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
-                                  "SyncNet / text-video config (default configs/syncnet.py).",
-                                  lock_config=True)
+  config_validation.define_config_flag(
+      DEFAULT_CONFIG, "SyncNet / text-video config (default configs/syncnet.py).")
   flags.DEFINE_string("workdir", None, "checkpoints, logs, weights and report.json",
                       required=True)
   flags.DEFINE_integer("stop_at_step", None,

@@ -11,7 +11,6 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -207,12 +206,8 @@ def restore_or_init(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     state, shardings = init_state(config, mesh)
     return state, shardings, None
   abstract, shardings = state_shardings(config, mesh)
-  state, data_state, step, unreadable = checkpointer.restore_newest_readable(
-      checkpoint_lib.abstract_with_shardings(abstract, shardings))
-  if unreadable:
-    aside = checkpointer.set_aside(sorted(unreadable))
-    logging.warning(checkpoint_lib.fallback_warning(checkpointer.directory, step, unreadable,
-                                                    set_aside_to=aside))
+  state, data_state = checkpoint_lib.restore_for_resume(
+      checkpointer, checkpoint_lib.abstract_with_shardings(abstract, shardings))
   return state, shardings, data_state
 
 
