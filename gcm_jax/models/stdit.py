@@ -117,8 +117,8 @@ class ScanStep(DiTBlock):
   """`DiTBlock` as the body of `nn.scan` over the depth.
 
   Args (call): x (the carry) `[B, T, N, D]`; residual: this block's control residual
-  `[B, T, N, D]` (a slice of the scanned `[depth, B, T, N, D]`) or None; c, text,
-  text_mask, audio as for `DiTBlock` (broadcast to every step).
+  `[B, T, N, D]` in the compute dtype (a slice of the scanned `[depth, B, T, N, D]`) or
+  None; c, text, text_mask, audio as for `DiTBlock` (broadcast to every step).
   Returns: (block(x) + residual, None).
   """
 
@@ -127,7 +127,7 @@ class ScanStep(DiTBlock):
                text_mask: Array, audio: Array) -> tuple[Array, None]:
     x = self._residual_sublayers(x, c, text, text_mask, audio)
     if residual is not None:
-      x = x + residual.astype(self.dtype)
+      x = x + residual
     return x, None
 
 
