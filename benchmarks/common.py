@@ -171,6 +171,7 @@ class TrainStepBench:
   Attributes:
     compiled: the compiled executable `(state, batch, {}) -> (state, metrics)` (no frozen
       networks).
+    compile_seconds: wall seconds of lowering + compiling it.
     flops: cost-analysis FLOPs of one step.
     memory: `memory_bytes(compiled)`.
   """
@@ -186,7 +187,9 @@ class TrainStepBench:
     self.batch = synthetic_batch(config)
     jitted = trainer.jit_train_step(config, mesh, shardings)
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
+      start = time.perf_counter()
       self.compiled = jitted.lower(self.state, self.batch, {}).compile(compiler_options)
+      self.compile_seconds = time.perf_counter() - start
     self.flops = cost_flops(self.compiled)
     self.memory = memory_bytes(self.compiled)
 

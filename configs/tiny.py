@@ -29,6 +29,7 @@ LOGICAL_AXIS_RULES = (
     ("mel", None),
     ("cond", None),
     ("length", None),
+    ("layers", None),  # The stacked [depth] axis of scanned blocks (model.scan_blocks).
 )
 
 
@@ -55,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
       dtype="float32",          # compute dtype; params are always float32
       remat_policy="none",      # none | full | dots | dots_saveable
       attention_impl=None,      # None (auto) | "xla" | "cudnn" | "pallas_tpu"
+      scan_blocks=False,        # nn.scan over the blocks (params [depth, ...]): O(1) compile
   ))
 
   config.data = dict(

@@ -139,6 +139,7 @@ RULES: tuple[Rule, ...] = (
     one_of("model.dtype", DTYPES),
     one_of("model.remat_policy", stdit.REMAT_POLICIES),
     one_of("model.attention_impl", attention.IMPLEMENTATIONS),
+    boolean("model.scan_blocks"),
     # Data.
     one_of("data.name", pipeline.DATASETS),
     text("data.data_dir"),

@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks import attention as attention_bench
 from benchmarks import common
+from benchmarks import scan_blocks
 from benchmarks import train_step
 from gcm_jax.models import attention
 from gcm_jax.train import trainer
@@ -132,6 +133,17 @@ def test_attention_flops_match_a_hand_count(kind):
                                                    compiler_options=common.FAST_COMPILE)
   hand = _attention_matmul_flops(kind, frames=2, patches=4, width=64)
   assert hand <= common.cost_flops(compiled) <= 1.1 * hand
+
+
+def test_scan_blocks_measure_reports_compile_time_and_given_flops(ceiling):
+  """A scanned step's rate uses the FLOPs passed in (XLA counts the scan body once)."""
+  config = _micro_config(scan_blocks=True, remat_policy="full")
+  config.model.depth = 2
+  result = scan_blocks.measure(config, repeats=1, ceiling=ceiling,
+                               compiler_options=common.FAST_COMPILE, flops=1e6)
+  _check_timing(result)
+  assert result["flops"] == 1e6 and result["xla_flops"] > 0
+  assert result["compile_seconds"] > 0 and result["params"] > 0 and result["peak_bytes"] > 0
 
 
 @pytest.mark.parametrize("kind", attention_bench.KINDS)

@@ -115,3 +115,17 @@ def test_generate_loads_the_newest_readable_checkpoint(tmp_path, stopped_run, ca
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))  # Read-only: left in place.
   with pytest.raises(checkpoint_lib.CheckpointError, match="step 4 .* unreadable"):
     generate.load_trained(workdir, step=4)
+
+
+def test_runs_saved_before_the_layers_axis_rule_resume():
+  """Axis rules only place the parameters (checkpoints restore onto any sharding), so a run
+  saved before the 'layers' rule and `model.scan_blocks` existed resumes; switching the
+  block layout of a run does not."""
+  config = _config("")
+  saved = json.loads(config.to_json())
+  saved["mesh"]["logical_axis_rules"] = [
+      rule for rule in saved["mesh"]["logical_axis_rules"] if rule[0] != "layers"]
+  del saved["model"]["scan_blocks"]
+  assert trainer.config_differences(saved, config) == {}
+  saved["model"]["scan_blocks"] = True
+  assert trainer.config_differences(saved, config) == {"model.scan_blocks": (True, False)}

@@ -187,5 +187,5 @@ def test_bad_inputs_raise_clear_errors(model_and_params, mutate, message):
 
 def test_unknown_attention_kind_errors():
   x, t, cond = _inputs()
-  with pytest.raises(ValueError, match="factorized' or 'full3d"):
+  with pytest.raises(ValueError, match=r"attention must be one of \('factorized', 'full3d'\)"):
     stdit.STDiT(**SMALL, attention="axial").init(jax.random.PRNGKey(0), x, t, cond)

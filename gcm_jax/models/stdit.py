@@ -13,7 +13,13 @@ pooled text does for the whole clip); without it the mouth only learns to follow
 through the gated cross-attention, which the CPU recipe showed to be far slower.
 All sublayer gates start at zero, so at init every block is the identity and the
 final (zero-initialized) projection outputs zeros.
+
+The depth blocks run as a Python loop (params `block_0` ... `block_{depth-1}`), or with
+`scan_blocks=True` under `nn.scan` (one set of params `blocks` stacked along a leading
+`[depth]` axis named 'layers'), so compile time does not grow with the depth;
+`stack_block_params` / `unstack_block_params` convert between the two layouts.
 """
+import re
 from typing import Any, Mapping, Optional
 
 import einops
@@ -35,6 +41,8 @@ REMAT_POLICIES = {
 }
 ATTENTION_KINDS = ("factorized", "full3d")  # Factorized space + time, or joint 3-D attention.
 TOKENS = ("act_batch", "act_frames", "act_tokens", "act_embed")
+SCANNED_BLOCKS = "blocks"  # Param name of the scanned blocks (`scan_blocks=True`).
+LAYERS_AXIS = "layers"  # Logical name of their stacked leading `[depth]` axis.
 
 
 def _modulate(x: Array, shift: Array, scale: Array) -> Array:
@@ -80,6 +88,11 @@ class DiTBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, c: Array, text: Array, text_mask: Array,
                audio: Array) -> Array:
+    return self._residual_sublayers(x, c, text, text_mask, audio)
+
+  def _residual_sublayers(self, x: Array, c: Array, text: Array, text_mask: Array,
+                          audio: Array) -> Array:
+    """The block's computation (its submodules are created here, in the compact call)."""
     width = x.shape[-1]
     sublayers = self._sublayers()
     modulation = layers.dense(3 * len(sublayers) * width, ("embed", "modulation"),
@@ -98,6 +111,66 @@ class DiTBlock(nn.Module):
       x = x + gate[:, :, None, :] * h
       x = nn.with_logical_constraint(x, TOKENS)
     return x
+
+
+class ScanStep(DiTBlock):
+  """`DiTBlock` as the body of `nn.scan` over the depth.
+
+  Args (call): x (the carry) `[B, T, N, D]`; residual: this block's control residual
+  `[B, T, N, D]` in the compute dtype (a slice of the scanned `[depth, B, T, N, D]`) or
+  None; c, text, text_mask, audio as for `DiTBlock` (broadcast to every step).
+  Returns: (block(x) + residual, None).
+  """
+
+  @nn.compact
+  def __call__(self, x: Array, residual: Optional[Array], c: Array, text: Array,  # pytype: disable=signature-mismatch
+               text_mask: Array, audio: Array) -> tuple[Array, None]:
+    x = self._residual_sublayers(x, c, text, text_mask, audio)
+    if residual is not None:
+      x = x + residual
+    return x, None
+
+
+def _block_names(params: Mapping[str, Any]) -> list[str]:
+  """The looped blocks' param names `block_0` ... `block_{d-1}` of `params`, in order."""
+  names = sorted((k for k in params if re.fullmatch(r"block_\d+", k)), key=lambda k: int(k[6:]))
+  if names != [f"block_{i}" for i in range(len(names))]:
+    raise ValueError(f"looped block params must be block_0 ... block_{{d-1}}, got {names}")
+  return names
+
+
+def stack_block_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """Looped layout -> scanned layout (`scan_blocks=True`).
+
+  `params['block_i']` (trees of arrays `[...]`, i < depth) become one tree
+  `params['blocks']` of arrays `[depth, ...]`; every other entry is kept as is. Also
+  applies to any tree with the params' layout (EMA params, Adam moments).
+
+  Raises:
+    ValueError: no `block_i` entries, or their indices are not 0 ... depth - 1.
+  """
+  names = _block_names(params)
+  if not names:
+    raise ValueError(f"no looped block params (block_0, ...) among {sorted(params)}")
+  out = {k: v for k, v in params.items() if k not in names}
+  out[SCANNED_BLOCKS] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[n] for n in names])
+  return out
+
+
+def unstack_block_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """Scanned layout -> looped layout: the inverse of `stack_block_params`.
+
+  Raises:
+    ValueError: `params` has no 'blocks' entry.
+  """
+  if SCANNED_BLOCKS not in params:
+    raise ValueError(f"no scanned block params {SCANNED_BLOCKS!r} among {sorted(params)}")
+  blocks = params[SCANNED_BLOCKS]
+  depth = jax.tree.leaves(blocks)[0].shape[0]
+  out = {k: v for k, v in params.items() if k != SCANNED_BLOCKS}
+  for i in range(depth):
+    out[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], blocks)
+  return out
 
 
 def patchify(x: Array, patch_size: int) -> Array:
@@ -150,8 +223,11 @@ class STDiT(nn.Module):
       null embedding (classifier-free guidance),
     optional 'frames' `[B, T, H, W, C]` and 'frame_mask' bool `[B, T]`: clean frames
       given as context (motion frames for long-video extension, infilling),
-    optional 'control' list of `depth` residuals `[B, T, N, D]` from a ControlNet branch.
+    optional 'control' list of K <= `depth` residuals `[B, T, N, D]` from a ControlNet
+      branch, added after blocks 0 ... K-1.
   `t` is a float `[B]` noise level, embedded after multiplying by `time_scale`.
+  `scan_blocks=True` runs the blocks under `nn.scan` (params 'blocks' `[depth, ...]`)
+  instead of a Python loop (params 'block_i'); the outputs are the same.
   """
   in_channels: int = 3
   patch_size: int = 2
@@ -171,6 +247,7 @@ class STDiT(nn.Module):
   dtype: Any = "float32"
   remat_policy: str = "none"
   attention_impl: Optional[str] = None
+  scan_blocks: bool = False
 
   def _encode_conditions(self, cond: Mapping[str, Array], batch: int, dtype):
     """Returns text `[B, L, D]`, text_mask `[B, L]`, pooled text `[B, D]`, audio `[B, T, W, D]`."""
@@ -219,15 +296,28 @@ class STDiT(nn.Module):
         audio.mean(axis=2))
     return c[:, None, :] + audio_pooled, text, text_mask, audio
 
-  def _block(self, index: int, dtype) -> DiTBlock:
+  def _remat(self, block_cls: type[DiTBlock], **kwargs) -> type[DiTBlock]:
+    """`block_cls` under `nn.remat` with the configured policy (as is for 'none')."""
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, "
                        f"got {self.remat_policy!r}")
-    block_cls = DiTBlock
-    if self.remat_policy != "none":
-      block_cls = nn.remat(DiTBlock, policy=REMAT_POLICIES[self.remat_policy])
-    return block_cls(self.num_heads, self.mlp_ratio, self.attention, self.temporal_rotary,
-                     self.attention_impl, dtype, name=f"block_{index}")
+    if self.remat_policy == "none":
+      return block_cls
+    return nn.remat(block_cls, policy=REMAT_POLICIES[self.remat_policy], **kwargs)
+
+  def _block(self, index: int, dtype) -> DiTBlock:
+    return self._remat(DiTBlock)(self.num_heads, self.mlp_ratio, self.attention,
+                                 self.temporal_rotary, self.attention_impl, dtype,
+                                 name=f"block_{index}")
+
+  def _scanned_blocks(self, dtype) -> ScanStep:
+    """All `depth` blocks as one `nn.scan` over `ScanStep` (params stacked on 'layers')."""
+    scanned = nn.scan(self._remat(ScanStep, prevent_cse=False),
+                      variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                      length=self.depth, metadata_params={nn.PARTITION_NAME: LAYERS_AXIS})
+    return scanned(self.num_heads, self.mlp_ratio, self.attention, self.temporal_rotary,
+                   self.attention_impl, dtype, name=SCANNED_BLOCKS)
 
   @nn.compact
   def __call__(self, x: Array, t: Array, cond: Mapping[str, Array]) -> Array:
@@ -240,10 +330,18 @@ class STDiT(nn.Module):
     control = cond.get("control", ())
     if len(control) > self.depth:
       raise ValueError(f"got {len(control)} control residuals for a depth-{self.depth} model")
-    for i in range(self.depth):
-      tokens = self._block(i, dtype)(tokens, c, text, text_mask, audio)
-      if i < len(control):
-        tokens = tokens + control[i].astype(dtype)
+    if self.scan_blocks:
+      residuals = None
+      if control:  # [K, B, T, N, D], zero-padded to [depth, B, T, N, D].
+        residuals = jnp.stack([r.astype(dtype) for r in control])
+        residuals = jnp.pad(residuals, [(0, self.depth - len(control))]
+                            + [(0, 0)] * (residuals.ndim - 1))
+      tokens, _ = self._scanned_blocks(dtype)(tokens, residuals, c, text, text_mask, audio)
+    else:
+      for i in range(self.depth):
+        tokens = self._block(i, dtype)(tokens, c, text, text_mask, audio)
+        if i < len(control):
+          tokens = tokens + control[i].astype(dtype)
 
     shift, scale = jnp.split(layers.dense(2 * self.width, ("embed", "modulation"),
                                           "final_modulation", dtype, zero_init=True)(

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gcm_jax.models import stdit
+
 PyTree = Any
 
 
@@ -40,8 +42,12 @@ def learning_rate_schedule(train_config: Mapping[str, Any]) -> optax.Schedule:
 
 
 def _decay_mask(params: PyTree) -> PyTree:
-  """Weight decay on matrices only (not biases, norms or 1-D embeddings)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on matrices only (not biases, norms or 1-D embeddings); the leading
+  `[depth]` axis of scanned blocks (params under `stdit.SCANNED_BLOCKS`) does not count."""
+  def is_matrix(path, p):
+    stacked = any(getattr(k, "key", None) == stdit.SCANNED_BLOCKS for k in path)
+    return p.ndim - int(stacked) >= 2
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(train_config: Mapping[str, Any],

@@ -140,12 +140,13 @@ class ConfigMismatchError(ValueError):
 
 
 # Fields that may change when a run resumes: how long it trains, where and how often it
-# logs, checkpoints and samples, the mesh and hosts it runs on (checkpoints restore onto
-# any mesh), input workers. Every other field defines the run and must equal the saved
-# config.json (a prefix ending in "." covers a whole section).
+# logs, checkpoints and samples, the mesh and hosts it runs on and how parameters are
+# laid out on it (checkpoints restore onto any mesh and sharding), input workers. Every
+# other field defines the run and must equal the saved config.json (a prefix ending in
+# "." covers a whole section).
 RESUMABLE_FIELDS = ("train.num_steps", "log.", "checkpoint.", "sampling.", "mesh.shape",
-                    "distributed.", "data.data_dir", "data.build_if_missing",
-                    "data.worker_count", "lipsync.syncnet_workdir")
+                    "mesh.logical_axis_rules", "distributed.", "data.data_dir",
+                    "data.build_if_missing", "data.worker_count", "lipsync.syncnet_workdir")
 
 
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict
