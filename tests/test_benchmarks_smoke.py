@@ -141,7 +141,7 @@ def test_scan_blocks_measure_reports_compile_time_and_given_flops(ceiling):
   config.model.depth = 2
   result = scan_blocks.measure(config, repeats=1, ceiling=ceiling,
                                compiler_options=common.FAST_COMPILE, flops=1e6)
-  _check_timing(result)
+  _check_sane(result)
   assert result["flops"] == 1e6 and result["xla_flops"] > 0
   assert result["compile_seconds"] > 0 and result["params"] > 0 and result["peak_bytes"] > 0
 
