@@ -55,7 +55,7 @@ def read_colors(video: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, n
   background: median pixel of the 2-pixel image border.
   """
   r = video.shape[2]
-  inside = np.asarray(keypoint_maps.head_layout(jnp.asarray(keypoints), r))[..., 0] > 0.9
+  inside = keypoint_maps.head_layout(keypoints, r)[..., 0] > 0.9
   border = np.ones((r, r), bool)
   border[2:-2, 2:-2] = False
   face = np.stack([np.median(v[m], axis=0) for v, m in zip(video, inside)])
