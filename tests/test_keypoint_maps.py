@@ -51,3 +51,19 @@ def test_control_maps_stack_heatmaps_and_layout_for_any_leading_axes():
   batched = keypoint_maps.control_maps(np.stack([ex.keypoints[::-1], ex.keypoints]), 32)
   np.testing.assert_array_equal(batched[1], maps)
   np.testing.assert_array_equal(batched[0], maps[::-1])
+
+
+def test_control_maps_of_a_test_clip_for_gcm_generate(tmp_path):
+  from gcm_jax import wav_io  # pylint: disable=g-import-not-at-top
+  from gcm_jax.data.talking_faces import control_maps  # pylint: disable=g-import-not-at-top
+  from gcm_jax.data.talking_faces import talking_faces  # pylint: disable=g-import-not-at-top
+  caption = control_maps.write_clip(str(tmp_path / "maps.npy"), "test", 1, 32, 6,
+                                    audio_output=str(tmp_path / "voice.wav"))
+  example = talking_faces.make_example(
+      talking_faces.TalkingFacesConfig(resolution=32, num_frames=6), "test", 1)
+  assert caption == example.caption and "says:" in caption
+  maps = np.load(tmp_path / "maps.npy")
+  np.testing.assert_array_equal(maps, keypoint_maps.control_maps(example.keypoints, 32))
+  assert maps.shape == (6, 32, 32, 9)
+  samples, rate = wav_io.read_wav(str(tmp_path / "voice.wav"))
+  assert rate == 16000 and samples.shape[0] == 6 * 640
