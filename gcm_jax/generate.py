@@ -13,7 +13,8 @@ Every input is checked before the model is loaded: the output path (an extension
 can mux H.264 video + AAC audio into: .mp4, .mov or .mkv; a folder that exists or can be
 created, and is writable), the workdir (`config.json` and a `checkpoints` folder), the
 text (non-empty, at most `config.model.text_max_len` UTF-8 bytes), the audio (read in
-full) and the control maps (given if and only if the run is a ControlNet run; shape). A bad input ends the CLI with a one-line error and exit code 1. Orbax/absl INFO
+full) and the control maps (given if and only if the run is a ControlNet run; shape,
+frames). A bad input ends the CLI with a one-line error and exit code 1. Orbax/absl INFO
 logs are shown only with `--verbose` (which also shows the traceback of an input error).
 
 Audio: a WAV file (`gcm_jax.wav_io`): PCM 8/16/24/32-bit or float 32/64-bit, plain or
