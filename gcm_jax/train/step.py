@@ -139,8 +139,9 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   `apply_fn(state.params, x_t, t, cond)` is the network (e.g. `model_apply_fn(model)`, or
   a base model plus ControlNet branch, `control.controlled_apply_fn`, which reads
   `cond['control_maps']` passed through from the batch). Examples with
-  `batch['mask'] == False` (padding) do not contribute. `frozen` holds the variables of frozen networks, passed as an
-  argument so that they are inputs of the compiled step, not constants baked into it:
+  `batch['mask'] == False` (padding) do not contribute. `frozen` holds the variables of
+  frozen networks, passed as an argument so that they are inputs of the compiled step, not
+  constants baked into it:
   with `lipsync_net` (a SyncNet module) and `frozen['lipsync']` its variables, the loss
   adds `lipsync_term` on the model's x0 estimate. Returns the new state and scalar metrics: loss,
   denoising_loss, lipsync_loss, grad_norm, learning_rate, skipped_steps.
