@@ -260,9 +260,9 @@ def sampling_row(batch_size: int) -> Callable[[Suite, bool], dict[str, Any]]:
     batch = common.synthetic_batch(config)
     cond = {k: batch[k] for k in ("text_tokens", "text_mask", "mel")}
     key = jax.random.key(0)
-    model = trainer.make_model(config)
+    apply_fn = trainer.make_apply_fn(config)
     start = time.perf_counter()
-    compiled = jax.jit(lambda p, c, k: sampling.sample_videos(model, p, c, k, config)).lower(
+    compiled = jax.jit(lambda p, c, k: sampling.sample_videos(apply_fn, p, c, k, config)).lower(
         params, cond, key).compile(suite.compiler_options)
     compile_seconds = time.perf_counter() - start
     nfe = samplers.nfe(sampling.sampler_config(config))
@@ -285,14 +285,14 @@ def guided_denoiser_flops(config: ml_collections.ConfigDict, params: Any,
                           batch: dict[str, jax.Array]) -> float:
   """Cost-analysis FLOPs of one guided denoiser call (XLA attention) on `batch`'s shapes."""
   config = reference_config(config)
-  model = trainer.make_model(config)
+  apply_fn = trainer.make_apply_fn(config)
   b = config.data.batch_size
   cond = {k: batch[k] for k in ("text_tokens", "text_mask", "mel")}
   cond.update(drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
   t = jnp.full((b,), 0.5, jnp.float32)
 
   def call(p, x, t, c):
-    return sampling.guided_denoiser(model, p, config)(x, t, c)
+    return sampling.guided_denoiser(apply_fn, p, config)(x, t, c)
 
   return common.cost_flops(jax.jit(call).lower(params, batch["video"], t, cond))
 

@@ -106,6 +106,15 @@ def get_config() -> ml_collections.ConfigDict:
       ramp_steps=0,
   )
 
+  # ControlNet mode (docs/models.md): train a control branch, steered by the batch's
+  # keypoint control maps, on the frozen EMA params of a trained base run of this model.
+  config.control = dict(
+      enabled=False,
+      num_blocks=1,             # base blocks the branch copies, in [1, model.depth]
+      channels=9,               # control-map channels: 8 keypoint heatmaps + head layout
+      base_workdir="",          # the base run's workdir (its newest readable checkpoint)
+  )
+
   config.sampling = dict(
       sampler="dpmpp_2m",       # ddpm | ddim | dpmpp_2m | dpmpp_3m | euler | heun
       num_steps=20,

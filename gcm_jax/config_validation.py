@@ -14,6 +14,7 @@ mesh shape happen when the mesh is built (`parallel.mesh.make_mesh`), after
 `jax.distributed` start-up.
 """
 import dataclasses
+import json
 import math
 import os
 import runpy
@@ -28,6 +29,7 @@ from gcm_jax import sampling
 from gcm_jax.alignment import syncnet
 from gcm_jax.data import audio
 from gcm_jax.data import pipeline
+from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.data.talking_faces import renderer
 from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import parameterization
@@ -36,6 +38,7 @@ from gcm_jax.diffusion import schedules
 from gcm_jax.models import attention
 from gcm_jax.models import stdit
 from gcm_jax.parallel import mesh as mesh_lib
+from gcm_jax.train import control
 from gcm_jax.train import step
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -177,6 +180,11 @@ RULES: tuple[Rule, ...] = (
     one_of("lipsync.noise_weighting", syncnet.NOISE_WEIGHTINGS),
     integer("lipsync.start_step", 0),
     integer("lipsync.ramp_steps", 0),
+    # ControlNet mode.
+    boolean("control.enabled"),
+    integer("control.num_blocks", 1),
+    one_of("control.channels", (keypoint_maps.NUM_CONTROL_CHANNELS,)),
+    text("control.base_workdir"),
     # Sampling.
     one_of("sampling.sampler", samplers.SAMPLERS),
     integer("sampling.num_steps", 1),
@@ -263,12 +271,40 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
          f"config.data.num_frames = {c.data.num_frames}"),
     ]
   found = [message for ok, message in checks if not ok]
+  if control.enabled(c):
+    found += _control_problems(c)
   for what, build in (("config.sampling", lambda: sampling.sampler_config(c)),
                       ("config.diffusion", lambda: step.make_loss_config(c.diffusion))):
     try:  # The samplers' and losses' own checks (e.g. spacings a schedule supports).
       build()
     except ValueError as e:
       found.append(f"{what}: {e}")
+  return found
+
+
+def _control_problems(c: ml_collections.ConfigDict) -> list[str]:
+  """A ControlNet run's checks: block count, and a base run of the same model to start from."""
+  from gcm_jax.train import trainer  # pylint: disable=g-import-not-at-top  # It imports this.
+  found = []
+  if c.control.num_blocks > c.model.depth:
+    found.append(f"config.control.num_blocks = {c.control.num_blocks} must be <= "
+                 f"config.model.depth = {c.model.depth} (the branch copies that many blocks)")
+  base = c.control.base_workdir
+  if not base:
+    return found + ["config.control.enabled needs config.control.base_workdir: a trained "
+                    "run_train.py workdir whose EMA params become the frozen base (training "
+                    "the base and the branch together from scratch is not supported)"]
+  saved = trainer.read_saved_config(base) if os.path.isdir(base) else None
+  if saved is None:
+    return found + [f"config.control.base_workdir = {base!r} is not a run_train.py workdir "
+                    f"(no {os.path.join(base, trainer.CONFIG_FILE)}); train the base first"]
+  if control.enabled(ml_collections.ConfigDict(saved)):
+    found.append(f"config.control.base_workdir = {base!r} is a ControlNet run; its base must "
+                 f"be a plain run")
+  model = flat_fields(json.loads(c.model.to_json()))  # As it would be saved.
+  found += [f"config.model.{k} = {model.get(k, '<missing>')!r} but the base run in {base} has "
+            f"{v!r} (the branch needs the base's model config)"
+            for k, v in flat_fields(saved.get("model", {})).items() if model.get(k) != v]
   return found
 
 

@@ -12,7 +12,10 @@ each `clip_frames` long, the model generates a video from the clip's caption and
     clip's audio ("shuffled"): the oracle mouth-opening correlation
     (`alignment.metrics.oracle_lipsync`) and SyncNet LSE-D / LSE-C
     (`alignment.metrics.lse_metrics`, syncnet_python's definitions).
-The same numbers for the ground-truth clips bound what is reachable.
+The same numbers for the ground-truth clips bound what is reachable. A ControlNet run
+generates with each test clip's own control maps (its keypoint heatmaps + head layout,
+`pipeline.preprocess`), and the report says so (`control_maps_from_test_clips`); the
+color read-out inside the clip's head layout then also checks that the head follows them.
 
 `condition_usage` (in the report) shows, per noise level, whether the denoiser takes the
 colors from the text and the mouth from the audio (the diagnostic behind docs/results.md).
@@ -26,6 +29,7 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from gcm_jax import generate
@@ -37,6 +41,7 @@ from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import schedules
+from gcm_jax.train import control
 
 EVAL_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask", "keypoints",
              "face_color", "background_color")
@@ -55,7 +60,7 @@ def read_colors(video: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, n
   background: median pixel of the 2-pixel image border.
   """
   r = video.shape[2]
-  inside = np.asarray(keypoint_maps.head_layout(jnp.asarray(keypoints), r))[..., 0] > 0.9
+  inside = keypoint_maps.head_layout(keypoints, r)[..., 0] > 0.9
   border = np.ones((r, r), bool)
   border[2:-2, 2:-2] = False
   face = np.stack([np.median(v[m], axis=0) for v, m in zip(video, inside)])
@@ -73,12 +78,18 @@ def sync_metrics(video: jax.Array, mel: jax.Array, mouth_open: jax.Array, syncne
           "lse_d": float(jnp.mean(lse["lse_d"])), "lse_c": float(jnp.mean(lse["lse_c"]))}
 
 
+def cond_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The clip features a run generates from: caption, audio (and control maps)."""
+  return ("text_tokens", "text_mask", "mel") + control.batch_keys(config)
+
+
 def generate_for_clips(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
                        key: jax.Array, batch_size: int = 16) -> np.ndarray:
-  """Videos `[N, T, R, R, 3]` for the clips' captions and audio (long-video extension)."""
+  """Videos `[N, T, R, R, 3]` for the clips' captions and audio (and control maps; long-video
+  extension)."""
   config = trained.config
   cfg = sampling.sampler_config(config)
-  denoise = sampling.guided_denoiser(trained.model, trained.params, config)
+  denoise = sampling.guided_denoiser(trained.apply_fn, trained.params, config)
   n, t, r = clips["video"].shape[:3]
   window = config.data.num_frames
 
@@ -87,12 +98,12 @@ def generate_for_clips(trained: generate.TrainedModel, clips: dict[str, np.ndarr
     b = cond["mel"].shape[0]
     cond = dict(cond, drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
     return extension.generate_long_video(denoise, k, cond, cfg, (b, t, r, r, 3), window,
-                                         config.diffusion.max_motion_frames)
+                                         config.diffusion.max_motion_frames,
+                                         time_keys=sampling.time_keys(config))
 
   videos = []
   for start in range(0, n, batch_size):
-    cond = {k: jnp.asarray(clips[k][start:start + batch_size])
-            for k in ("text_tokens", "text_mask", "mel")}
+    cond = {k: jnp.asarray(clips[k][start:start + batch_size]) for k in cond_keys(config)}
     videos.append(np.asarray(jnp.clip(run(jax.random.fold_in(key, start), cond), -1, 1)))
   return np.concatenate(videos)
 
@@ -109,12 +120,12 @@ def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
   """
   config = trained.config
   schedule = schedules.from_name(config.diffusion.schedule)
-  denoise = jax.jit(sampling.denoiser(trained.model, trained.params, config))
+  denoise = jax.jit(sampling.denoiser(trained.apply_fn, trained.params, config))
   x0 = jnp.asarray(clips["video"])
   b = x0.shape[0]
   shuffled = np.roll(np.arange(b), 1)
   mouth = jnp.asarray(clips["mouth_open"])
-  cond = {k: jnp.asarray(clips[k]) for k in ("text_tokens", "text_mask", "mel")}
+  cond = {k: jnp.asarray(clips[k]) for k in cond_keys(config)}
   cond.update(drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
   variants = {"full": cond, "no_text": dict(cond, drop_text=jnp.ones((b,), bool)),
               "shuffled_audio": dict(cond, mel=cond["mel"][shuffled])}
@@ -148,9 +159,10 @@ def evaluate(workdir: str, syncnet_workdir: str, num_clips: int = 32, clip_frame
   config = trained.config
   syncnet, syncnet_vars = train_syncnet.load_matching_syncnet(syncnet_workdir, config.data)
   offset = syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment)
+  keys = EVAL_KEYS + control.batch_keys(config)
   clips = train_syncnet.make_clips("test", num_clips, clip_frames, config.data.resolution,
                                    config.data.mel_alignment, config.model.text_max_len, seed,
-                                   keys=EVAL_KEYS)
+                                   keys=keys)
   videos = generate_for_clips(trained, clips, jax.random.PRNGKey(seed))
   face, background = read_colors(videos, clips["keypoints"])
   gt_face, gt_background = read_colors(clips["video"], clips["keypoints"])
@@ -158,6 +170,7 @@ def evaluate(workdir: str, syncnet_workdir: str, num_clips: int = 32, clip_frame
   mel, mouth = jnp.asarray(clips["mel"]), jnp.asarray(clips["mouth_open"])
   report = {
       "num_clips": num_clips, "clip_frames": clip_frames,
+      "control_maps_from_test_clips": control.enabled(config),
       "face_color_accuracy": float(np.mean(face == clips["face_color"])),
       "background_color_accuracy": float(np.mean(background == clips["background_color"])),
       "ground_truth_face_color_accuracy": float(np.mean(gt_face == clips["face_color"])),
@@ -174,7 +187,7 @@ def evaluate(workdir: str, syncnet_workdir: str, num_clips: int = 32, clip_frame
   }
   short_clips = train_syncnet.make_clips(
       "test", num_clips, config.data.num_frames, config.data.resolution,
-      config.data.mel_alignment, config.model.text_max_len, seed, keys=EVAL_KEYS)
+      config.data.mel_alignment, config.model.text_max_len, seed, keys=keys)
   report["condition_usage"] = condition_usage(trained, short_clips, noise_levels,
                                               jax.random.PRNGKey(seed))
   return report

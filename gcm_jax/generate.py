@@ -4,11 +4,17 @@ CLI (installed as `gcm-generate`):
   gcm-generate --workdir=/tmp/gcm_tiny --text="a green face on a purple background, moving
     left, says: hello there" --audio=voice.wav --output=out.mp4
 
+A ControlNet run (`config.control.enabled`) also needs control maps, a float `.npy`
+array `[N, R, R, Cc]` (keypoint heatmaps + head layout, one frame per video frame; make
+them from a test clip with `python -m gcm_jax.data.talking_faces.control_maps`):
+  gcm-generate --workdir=/tmp/gcm_control --text=... --audio=voice.wav --control=maps.npy
+
 Every input is checked before the model is loaded: the output path (an extension ffmpeg
 can mux H.264 video + AAC audio into: .mp4, .mov or .mkv; a folder that exists or can be
 created, and is writable), the workdir (`config.json` and a `checkpoints` folder), the
-text (non-empty, at most `config.model.text_max_len` UTF-8 bytes) and the audio (read in
-full). A bad input ends the CLI with a one-line error and exit code 1. Orbax/absl INFO
+text (non-empty, at most `config.model.text_max_len` UTF-8 bytes), the audio (read in
+full) and the control maps (given if and only if the run is a ControlNet run; shape,
+frames). A bad input ends the CLI with a one-line error and exit code 1. Orbax/absl INFO
 logs are shown only with `--verbose` (which also shows the traceback of an input error).
 
 Audio: a WAV file (`gcm_jax.wav_io`): PCM 8/16/24/32-bit or float 32/64-bit, plain or
@@ -22,6 +28,7 @@ Python API:
   model = load_trained(workdir)
   samples, rate = wav_io.read_wav("voice.wav")
   video, wav = generate(model, text, samples, rate, key)   # [N, H, W, 3] in [-1, 1]
+  video, wav = generate(model, text, samples, rate, key, control_maps=np.load("maps.npy"))
 """
 import dataclasses
 import logging
@@ -45,10 +52,11 @@ from gcm_jax import wav_io
 from gcm_jax.data import audio as audio_lib
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import samplers
-from gcm_jax.models import stdit
 from gcm_jax.models import tokenizer
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import checkpoint as checkpoint_lib
+from gcm_jax.train import control
+from gcm_jax.train import step as step_lib
 from gcm_jax.train import trainer
 
 # Containers that hold H.264 video + AAC audio (what video_io.write_mp4 muxes).
@@ -57,9 +65,10 @@ OUTPUT_EXTENSIONS = (".mp4", ".mov", ".mkv")
 
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
-  """A model with its config and (EMA) parameters, ready to sample."""
+  """A run's network (`trainer.make_apply_fn`) with its config and (EMA) params, ready to
+  sample."""
   config: ml_collections.ConfigDict
-  model: stdit.STDiT
+  apply_fn: step_lib.ApplyFn
   params: Any
 
 
@@ -77,23 +86,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load_trained(workdir: str, step: Optional[int] = None) -> TrainedModel:
   """Loads `<workdir>/config.json` and the EMA params of the given checkpoint, by default the
-  newest readable one (newer unreadable ones are reported in a warning and left in place)."""
+  newest readable one (newer unreadable ones are reported in a warning and left in place).
+  A ControlNet run loads as its base model plus control branch."""
   config = read_config(workdir)
   config.mesh.shape = dict(data=1, fsdp=1, tensor=1)
   mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
-  abstract_state, shardings = trainer.state_shardings(config, mesh)
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, trainer.CHECKPOINT_DIR),
-                                             config.checkpoint)
-  abstract = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
-  if step is None:
-    state, _, step, unreadable = checkpointer.restore_newest_readable(abstract)
-    if unreadable:
-      absl_logging.warning(checkpoint_lib.fallback_warning(checkpointer.directory, step,
-                                                           unreadable))
-  else:
-    state, _ = checkpointer.restore(abstract, step)
-  checkpointer.close()
-  return TrainedModel(config, trainer.make_model(config), state.ema_params)
+  params, _ = trainer.restore_ema_params(workdir, config, mesh, step)
+  return TrainedModel(config, trainer.make_apply_fn(config), params)
 
 
 def prepare_audio(samples: np.ndarray, sample_rate: int, min_frames: int
@@ -115,10 +114,36 @@ def prepare_audio(samples: np.ndarray, sample_rate: int, min_frames: int
   return np.pad(wav, (0, padded_frames * per_frame - wav.size)), num_frames
 
 
+def check_control_maps(config: ml_collections.ConfigDict, maps: Optional[np.ndarray],
+                       num_frames: int) -> None:
+  """Raises ValueError unless `maps` suit the run: float `[N >= num_frames, R, R, Cc]` for a
+  ControlNet run (R = config.data.resolution, Cc = config.control.channels), None otherwise."""
+  if not control.enabled(config):
+    if maps is not None:
+      raise ValueError("control maps were given but the run is not a ControlNet run "
+                       "(config.control.enabled is False); leave out --control")
+    return
+  r, channels = config.data.resolution, config.control.channels
+  if maps is None:
+    raise ValueError(f"the run is a ControlNet run: give control maps [N, {r}, {r}, {channels}]"
+                     f" with --control=FILE.npy (python -m gcm_jax.data.talking_faces."
+                     f"control_maps makes them from a test clip)")
+  if (maps.ndim != 4 or maps.shape[1:] != (r, r, channels)
+      or not np.issubdtype(maps.dtype, np.floating)):
+    raise ValueError(f"control maps must be a float array [N, {r}, {r}, {channels}] "
+                     f"(resolution {r}, {channels} channels), got {maps.dtype} {maps.shape}")
+  if maps.shape[0] < num_frames:
+    raise ValueError(f"control maps cover {maps.shape[0]} frames but the audio needs "
+                     f"{num_frames} video frames")
+
+
 def generate(trained: TrainedModel, text: str, samples: np.ndarray, sample_rate: int,
-             key: jax.Array, motion_frames: Optional[int] = None, progress: bool = True
-             ) -> tuple[np.ndarray, np.ndarray]:
+             key: jax.Array, motion_frames: Optional[int] = None, progress: bool = True,
+             control_maps: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
   """Generates a video for `text` and the voice `samples` (`[S]` or `[S, channels]`).
+
+  A ControlNet run needs `control_maps` `[N, R, R, Cc]` with N >= the video's frames (see
+  `check_control_maps`); each window sees its frames' maps, as it sees its frames' audio.
 
   Returns:
     video float32 `[N, H, W, 3]` in [-1, 1] at 25 fps, N = ceil(duration * 25), and the
@@ -130,17 +155,22 @@ def generate(trained: TrainedModel, text: str, samples: np.ndarray, sample_rate:
   tokens = tokenizer.encode(text, config.model.text_max_len)
   wav, num_frames = prepare_audio(samples, sample_rate, min_frames=window)
   total = wav.size // audio_lib.SAMPLES_PER_VIDEO_FRAME
+  check_control_maps(config, control_maps, num_frames)
   mel = audio_lib.frame_windows(audio_lib.melspectrogram(wav), total, config.data.mel_window,
                                 config.data.mel_alignment)
   cond = {"text_tokens": jnp.asarray(tokens)[None],
           "text_mask": jnp.asarray(tokenizer.padding_mask(tokens))[None],
           "mel": jnp.asarray(mel)[None],
           "drop_text": jnp.zeros((1,), bool), "drop_audio": jnp.zeros((1,), bool)}
+  if control_maps is not None:  # Padded with its last frame to the audio's padded length.
+    maps = np.asarray(control_maps[:total], np.float32)
+    maps = np.pad(maps, [(0, total - len(maps))] + [(0, 0)] * 3, mode="edge")
+    cond[control.MAPS_KEY] = jnp.asarray(maps)[None]
   cfg = sampling.sampler_config(config)
   num_windows = len(extension.window_starts(total, window, motion))
   bar = tqdm.tqdm(total=num_windows * samplers.nfe(cfg), desc="denoising", unit="step",
                   disable=not progress)
-  denoise = sampling.guided_denoiser(trained.model, trained.params, config)
+  denoise = sampling.guided_denoiser(trained.apply_fn, trained.params, config)
 
   def counted(x, t, c):
     jax.debug.callback(lambda: bar.update(1), ordered=True)
@@ -148,7 +178,8 @@ def generate(trained: TrainedModel, text: str, samples: np.ndarray, sample_rate:
 
   r = config.data.resolution
   run = jax.jit(lambda k, c: extension.generate_long_video(
-      counted, k, c, cfg, (1, total, r, r, config.model.in_channels), window, motion))
+      counted, k, c, cfg, (1, total, r, r, config.model.in_channels), window, motion,
+      time_keys=sampling.time_keys(config)))
   video = np.asarray(jnp.clip(run(key, cond), -1.0, 1.0))[0]
   bar.close()
   return video[:num_frames], wav[:num_frames * audio_lib.SAMPLES_PER_VIDEO_FRAME]
@@ -179,10 +210,22 @@ def check_output_path(path: str) -> None:
     raise ValueError(f"--output {path}: cannot write in {folder} ({e.strerror})") from e
 
 
-def check_inputs(workdir: str, text: str, audio: str, output: str,
-                 num_steps: Optional[int] = None) -> tuple[np.ndarray, int]:
-  """Checks every CLI input without touching the model; returns `wav_io.read_wav(audio)`.
+def load_control_maps(path: str) -> np.ndarray:
+  """The array of a `.npy` file; ValueError (naming `--control`) if it holds none."""
+  try:
+    return np.load(path, allow_pickle=False)
+  except ValueError as e:
+    raise ValueError(f"--control {path}: not a .npy array ({e})") from e
 
+
+def check_inputs(workdir: str, text: str, audio: str, output: str,
+                 num_steps: Optional[int] = None, control_path: Optional[str] = None
+                 ) -> tuple[np.ndarray, int, Optional[np.ndarray]]:
+  """Checks every CLI input without touching the model.
+
+  Returns:
+    `wav_io.read_wav(audio)` (samples, rate) and the control maps of `control_path` (None
+    without).
   Raises:
     ValueError, OSError (FileNotFoundError, ...): one-line messages naming the bad input.
   """
@@ -191,17 +234,27 @@ def check_inputs(workdir: str, text: str, audio: str, output: str,
   tokenizer.encode(text, config.model.text_max_len)
   if num_steps is not None and num_steps < 1:
     raise ValueError(f"--num_steps must be at least 1, got {num_steps}")
-  return wav_io.read_wav(audio)
+  samples, rate = wav_io.read_wav(audio)
+  _, num_frames = prepare_audio(samples, rate, min_frames=config.data.num_frames)
+  maps = None if control_path is None else load_control_maps(control_path)
+  try:
+    check_control_maps(config, maps, num_frames)
+  except ValueError as e:
+    raise ValueError(f"--control{'' if control_path is None else ' ' + control_path}: {e}"
+                     ) from e
+  return samples, rate, maps
 
 
 def generate_file(workdir: str, text: str, audio: str, output: str, seed: int = 0,
-                  num_steps: Optional[int] = None, progress: bool = True) -> str:
+                  num_steps: Optional[int] = None, progress: bool = True,
+                  control_path: Optional[str] = None) -> str:
   """gcm-generate: checks the inputs, then samples and writes `output`; returns a summary."""
-  samples, rate = check_inputs(workdir, text, audio, output, num_steps)
+  samples, rate, maps = check_inputs(workdir, text, audio, output, num_steps, control_path)
   trained = load_trained(workdir)
   if num_steps is not None:
     trained.config.sampling.num_steps = num_steps
-  video, wav = generate(trained, text, samples, rate, jax.random.PRNGKey(seed), progress=progress)
+  video, wav = generate(trained, text, samples, rate, jax.random.PRNGKey(seed),
+                        progress=progress, control_maps=maps)
   path = video_io.write_mp4(output, video, wav)
   return (f"wrote {path}: {video.shape[0]} frames ({video.shape[0] / 25:.2f} s) at "
           f"{video.shape[1]}x{video.shape[2]}")
@@ -219,7 +272,8 @@ def _main(argv) -> None:
   if len(argv) > 1:
     sys.exit(f"gcm-generate: unexpected arguments {argv[1:]}; quote the --text value")
   try:
-    print(generate_file(f.workdir, f.text, f.audio, f.output, f.seed, f.num_steps))
+    print(generate_file(f.workdir, f.text, f.audio, f.output, f.seed, f.num_steps,
+                        control_path=f.control))
   except (ValueError, OSError, checkpoint_lib.CheckpointError) as e:
     if f.verbose:
       raise
@@ -234,6 +288,8 @@ def main() -> None:
   flags.DEFINE_string("output", "generated.mp4", "Output video: .mp4, .mov or .mkv.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_integer("num_steps", None, "Sampler steps (default: the config's).")
+  flags.DEFINE_string("control", None, "ControlNet runs: control maps, a float .npy "
+                      "[N, R, R, Cc] with N >= the video's frames.")
   flags.DEFINE_bool("verbose", False, "Show absl/Orbax INFO logs and input-error tracebacks.")
   flags.mark_flags_as_required(["workdir", "text", "audio"])
   app.run(_main, argv=sys.argv)

@@ -1,5 +1,7 @@
-"""Sampling videos from a trained STDiT: model -> guided x0-denoiser -> sampler.
+"""Sampling videos from a trained network: apply function -> guided x0-denoiser -> sampler.
 
+The network is a run's `apply_fn(params, x_t, t, cond)` (`trainer.make_apply_fn`: the
+STDiT, or for a ControlNet run the STDiT steered by `cond['control_maps']`).
 `sample_videos` is a pure function of (params, cond, key); jit it once per shape.
 """
 import dataclasses
@@ -14,7 +16,8 @@ from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import samplers
 from gcm_jax.diffusion import schedules
-from gcm_jax.models import stdit
+from gcm_jax.train import control
+from gcm_jax.train import step as step_lib
 
 
 # SamplerConfig fields not read from config.sampling under their own name.
@@ -35,27 +38,35 @@ def sampler_config(config: ml_collections.ConfigDict) -> samplers.SamplerConfig:
                                 **options)
 
 
-def denoiser(model: stdit.STDiT, params: Any, config: ml_collections.ConfigDict
+def time_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The per-frame conditions `[B, T, ...]` of a run, cut per window in long videos."""
+  return ("mel",) + control.batch_keys(config)
+
+
+def denoiser(apply_fn: step_lib.ApplyFn, params: Any, config: ml_collections.ConfigDict
              ) -> parameterization.DenoiseFn:
   """x0-denoiser `(x_t, t, cond) -> x0` of the trained network (no guidance)."""
-  model_fn = lambda x, t, c: model.apply({"params": params}, x, t, c)
+  model_fn = lambda x, t, c: apply_fn(params, x, t, c)
   sigma_data = config.diffusion.get("sigma_data", losses.LossConfig.sigma_data)
   return parameterization.make_denoiser(
       model_fn, schedules.from_name(config.diffusion.schedule), config.diffusion.parameterization,
       sigma_data)
 
 
-def guided_denoiser(model: stdit.STDiT, params: Any, config: ml_collections.ConfigDict):
+def guided_denoiser(apply_fn: step_lib.ApplyFn, params: Any,
+                    config: ml_collections.ConfigDict) -> parameterization.DenoiseFn:
   """x0-denoiser `(x_t, t, cond) -> x0` with text/audio classifier-free guidance."""
-  return guidance.text_audio_guidance(denoiser(model, params, config),
+  return guidance.text_audio_guidance(denoiser(apply_fn, params, config),
                                       config.sampling.text_scale, config.sampling.audio_scale)
 
 
-def sample_videos(model: stdit.STDiT, params: Any, cond: Mapping[str, jax.Array],
+def sample_videos(apply_fn: step_lib.ApplyFn, params: Any, cond: Mapping[str, jax.Array],
                   key: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
-  """Generates videos `[B, T, H, W, C]` in [-1, 1] for `cond` (text_tokens, text_mask, mel, ...).
+  """Generates videos `[B, T, H, W, C]` in [-1, 1] for `cond` (text_tokens, text_mask, mel,
+  and for a ControlNet run control_maps `[B, T, H, W, Cc]`).
 
-  The video size comes from `cond['mel']` (B, T) and config.data.resolution.
+  The video size comes from `cond['mel']` (B, T), config.data.resolution and
+  config.model.in_channels.
   """
   b, t = cond["mel"].shape[:2]
   r = config.data.resolution
@@ -64,6 +75,6 @@ def sample_videos(model: stdit.STDiT, params: Any, cond: Mapping[str, jax.Array]
   cond.setdefault("drop_audio", jnp.zeros((b,), bool))
   cfg = sampler_config(config)
   k_init, k_sample = jax.random.split(key)
-  x_T = samplers.initial_noise(k_init, jnp.zeros((b, t, r, r, model.in_channels)), cfg)
-  x0 = samplers.sample(guided_denoiser(model, params, config), k_sample, x_T, cond, cfg)
+  x_T = samplers.initial_noise(k_init, jnp.zeros((b, t, r, r, config.model.in_channels)), cfg)
+  x0 = samplers.sample(guided_denoiser(apply_fn, params, config), k_sample, x_T, cond, cfg)
   return jnp.clip(x0, -1.0, 1.0)

@@ -110,12 +110,10 @@ def test_schedule_name_reaches_sampler_and_loss(name):
   assert step.make_loss_config(config.diffusion).schedule == schedules.from_name(name)
 
 
-class HalfInput:
-  """Stands in for the STDiT: output = x_in / 2."""
-
-  def apply(self, variables, x, t, cond):
-    del variables, t, cond
-    return 0.5 * x
+def half_input(params, x, t, cond):
+  """Stands in for the network: output = x_in / 2."""
+  del params, t, cond
+  return 0.5 * x
 
 
 def test_sigma_data_reaches_the_sampling_denoiser():
@@ -126,7 +124,7 @@ def test_sigma_data_reaches_the_sampling_denoiser():
   outputs = []
   for sigma_data in (0.5, 1.0):
     config.diffusion.sigma_data = sigma_data
-    outputs.append(sampling.guided_denoiser(HalfInput(), {}, config)(x, 0.5, cond))
+    outputs.append(sampling.guided_denoiser(half_input, {}, config)(x, 0.5, cond))
   alpha, sigma = schedules.alpha_sigma(schedules.CosineSchedule(), 0.5)
   s = sigma / alpha  # EDM Table 1 at sigma_hat = s, with F(c_in x_hat) = c_in x_hat / 2.
   want = [sd**2 / (s**2 + sd**2) / alpha + s * sd / (s**2 + sd**2) / 2 / alpha for sd in (0.5, 1.0)]

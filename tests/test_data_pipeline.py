@@ -17,6 +17,7 @@ from gcm_jax.data import audio
 from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import corpus
+from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.data.talking_faces import talking_faces
 from gcm_jax.models import tokenizer
 
@@ -85,6 +86,7 @@ def test_batches_are_global_arrays_sharded_over_the_mesh(data_dir, mesh):
       "mouth_open": ((b, t), np.float32), "keypoints": ((b, t, 8, 2), np.float32),
       "face_color": ((b,), np.int32), "background_color": ((b,), np.int32),
       "motion": ((b,), np.int32), "mask": ((b,), np.bool_),
+      "mouth_region": ((b, t, r, r), np.bool_), "control_maps": ((b, t, r, r, 9), np.float32),
   }
   assert set(batch) == set(expected)
   for key, (shape, dtype) in expected.items():
@@ -108,6 +110,28 @@ def test_batches_are_global_arrays_sharded_over_the_mesh(data_dir, mesh):
   np.testing.assert_allclose(
       np.asarray(batch["mel"][3]), audio.frame_windows(audio.melspectrogram(wav), t, 16),
       atol=1e-5)
+
+
+def test_keypoint_features_are_the_keypoint_maps_of_the_record(data_dir):
+  record = talking_faces.get_builder(data_dir, **SIZES).as_data_source("test")[1]
+  features = pipeline.preprocess(record)
+  keypoints = np.asarray(record["keypoints"])
+  np.testing.assert_array_equal(features["mouth_region"],
+                                keypoint_maps.mouth_region(keypoints, 32))
+  np.testing.assert_array_equal(features["control_maps"],
+                                keypoint_maps.control_maps(keypoints, 32))
+  assert features["mouth_region"].any() and features["control_maps"].max() > 0.5
+  assert not set(pipeline.KEYPOINT_FEATURES) & set(pipeline.preprocess(record,
+                                                                       keypoint_features=()))
+
+
+def test_keypoint_features_only_where_devices_need_them(data_dir, mesh):
+  it = pipeline.make_dataset(_config(data_dir), "train", mesh, seed=0,
+                             device_keys=("video", "mouth_region", "mask"))
+  batch = next(it)
+  assert "mouth_region" in batch and "control_maps" not in batch
+  assert isinstance(batch["mouth_region"], jax.Array)
+  assert isinstance(batch["audio"], np.ndarray)  # Host-local rows.
 
 
 def test_same_seed_same_order_other_seed_differs(data_dir, mesh):

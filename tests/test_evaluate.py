@@ -35,7 +35,8 @@ def test_condition_usage_of_an_untrained_model():
   model = trainer.make_model(config)
   inputs = trainer.example_inputs(config, batch_size=1)
   params = model.init(jax.random.PRNGKey(0), inputs["x"], inputs["t"], inputs["cond"])["params"]
-  trained = generate.TrainedModel(config, model, jax.tree.map(np.asarray, params))
+  trained = generate.TrainedModel(config, trainer.make_apply_fn(config),
+                                  jax.tree.map(np.asarray, params))
   clips = train_syncnet.make_clips("test", 4, 8, 32, "center", config.model.text_max_len,
                                    seed=3, keys=evaluate.EVAL_KEYS)
   rows = evaluate.condition_usage(trained, clips, (0.02, 0.98), jax.random.PRNGKey(0))

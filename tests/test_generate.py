@@ -135,23 +135,48 @@ def _never_load(*args, **kwargs):
     (dict(audio="cut.wav"), ValueError, "cut.wav is truncated"),
     (dict(audio="missing.wav"), FileNotFoundError, "missing.wav"),
     (dict(num_steps=0), ValueError, "--num_steps must be at least 1"),
+    (dict(control_path="maps.npy"), ValueError,
+     "maps.npy: control maps were given but the run is not a ControlNet run"),
+    (dict(workdir="control"), ValueError,
+     r"^--control: the run is a ControlNet run: give control maps \[N, 32, 32, 9\] with "
+     r"--control=FILE.npy"),
+    (dict(workdir="control", control_path="maps_16px.npy"), ValueError,
+     r"control maps must be a float array \[N, 32, 32, 9\] \(resolution 32, 9 channels\), "
+     r"got float32 \(3, 16, 16, 9\)"),
+    (dict(workdir="control", control_path="maps_4ch.npy"), ValueError, "9 channels"),
+    (dict(workdir="control", control_path="maps_int.npy"), ValueError, "got int64"),
+    (dict(workdir="control", control_path="maps_short.npy"), ValueError,
+     "control maps cover 2 frames but the audio needs 3 video frames"),
+    (dict(workdir="control", control_path="voice.wav"), ValueError, "voice.wav: not a .npy"),
+    (dict(workdir="control", control_path="missing.npy"), FileNotFoundError, "missing.npy"),
+    (dict(workdir="control", control_path="maps.npy"), _Loaded, None),  # Good inputs.
 ])
 def test_inputs_are_checked_before_the_model_is_loaded(tmp_path, monkeypatch, change, error,
                                                        message):
   monkeypatch.setattr(generate, "load_trained", _never_load)
-  (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+  control = train_utils.micro_config()
+  control.control.update(enabled=True, base_workdir="/not/read/by/gcm-generate")
   (tmp_path / "empty").mkdir()
-  for workdir in ("run", "empty"):
+  for workdir, config in (("run", train_utils.micro_config()), ("empty", None),
+                          ("control", control)):
+    if config is not None:
+      (tmp_path / workdir / "checkpoints").mkdir(parents=True)
     with open(tmp_path / workdir / trainer.CONFIG_FILE, "w", encoding="utf-8") as f:
-      f.write(train_utils.micro_config().to_json())  # text_max_len 96
-  video_io.write_wav(str(tmp_path / "voice.wav"), np.zeros(1600))
+      f.write((config or train_utils.micro_config()).to_json())  # text_max_len 96
+  video_io.write_wav(str(tmp_path / "voice.wav"), np.zeros(1600))  # 0.1 s: 3 video frames
   (tmp_path / "cut.wav").write_bytes((tmp_path / "voice.wav").read_bytes()[:-100])
+  for name, shape, dtype in (("maps", (3, 32, 32, 9), np.float32),
+                             ("maps_16px", (3, 16, 16, 9), np.float32),
+                             ("maps_4ch", (3, 32, 32, 4), np.float32),
+                             ("maps_int", (3, 32, 32, 9), np.int64),
+                             ("maps_short", (2, 32, 32, 9), np.float32)):
+    np.save(tmp_path / f"{name}.npy", np.zeros(shape, dtype))
   inputs = dict(workdir="run", text="hi", audio="voice.wav", output="out.mp4")
   with pytest.raises(_Loaded):  # The control: good inputs reach the model.
     generate.generate_file(**{k: str(tmp_path / v) if k != "text" else v
                               for k, v in inputs.items()})
   inputs.update(change)
-  inputs = {k: str(tmp_path / v) if k in ("workdir", "audio", "output") else v
+  inputs = {k: str(tmp_path / v) if k in ("workdir", "audio", "output", "control_path") else v
             for k, v in inputs.items()}
   with pytest.raises(error, match=message):
     generate.generate_file(**inputs)
@@ -178,6 +203,20 @@ def test_cli_input_errors_are_one_line_and_the_output_is_checked_first(tmp_path)
   assert unquoted.returncode == 1
   assert unquoted.stderr.splitlines() == [
       "gcm-generate: unexpected arguments ['there']; quote the --text value"]
+
+
+def test_cli_passes_the_control_maps(tmp_path):
+  (tmp_path / "checkpoints").mkdir()
+  with open(tmp_path / trainer.CONFIG_FILE, "w", encoding="utf-8") as f:
+    f.write(train_utils.micro_config().to_json())
+  video_io.write_wav(str(tmp_path / "voice.wav"), np.zeros(1600))
+  np.save(tmp_path / "maps.npy", np.zeros((3, 32, 32, 9), np.float32))
+  result = _cli(f"--workdir={tmp_path}", "--text=hi", f"--audio={tmp_path}/voice.wav",
+                f"--output={tmp_path}/out.mp4", f"--control={tmp_path}/maps.npy")
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+      f"gcm-generate: --control {tmp_path}/maps.npy: control maps were given but the run is "
+      f"not a ControlNet run (config.control.enabled is False); leave out --control"]
 
 
 @pytest.mark.parametrize("verbose", [False, True])

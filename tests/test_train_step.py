@@ -116,24 +116,52 @@ def test_mesh_fills_remaining_axis():
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
 
 
-def test_loss_weights_zero_given_frames_and_upweight_the_mouth():
-  from gcm_jax.data.talking_faces import keypoint_maps  # pylint: disable=g-import-not-at-top
+def _mouth_disc(keypoints, r, margin_pixels=2.0):
+  """Float64 reference `[B, T, R, R]`: pixel centers within half the mouth width + margin of
+  the mouth center (keypoints `[B, T, K, 2]`)."""
+  keypoints = np.asarray(keypoints, np.float64)
+  left, right = keypoints[:, :, 3], keypoints[:, :, 4]  # mouth_left, mouth_right (x, y)
+  cx, cy = [0.5 * (left[..., i] + right[..., i])[:, :, None, None] for i in (0, 1)]
+  radius = (0.5 * (right[..., 0] - left[..., 0]) + margin_pixels / r)[:, :, None, None]
+  centers = (np.arange(r) + 0.5) / r
+  return (centers[None, :] - cx)**2 + (centers[:, None] - cy)**2 <= radius**2
+
+
+def test_loss_weights_from_the_mouth_region_feature():
+  from gcm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from gcm_jax.data.talking_faces import captions  # pylint: disable=g-import-not-at-top
+  from gcm_jax.data.talking_faces import generate_example  # pylint: disable=g-import-not-at-top
   from gcm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  b, t, r = 2, 3, 16
+  t, r = 3, 32
   frame_mask = jnp.array([[True, False, False], [False, False, False]])
-  keypoints = jnp.tile(jnp.array([0.3, 0.4, 0.5, 0.5, 0.5, 0.7, 0.4, 0.75, 0.6, 0.75,
-                                  0.5, 0.72, 0.5, 0.78, 0.5, 0.9]).reshape(1, 1, 8, 2),
-                       (b, t, 1, 1))
-  batch = {"video": jnp.zeros((b, t, r, r, 3)), "keypoints": keypoints}
+  synthetic = np.tile(np.array([0.3, 0.4, 0.5, 0.5, 0.5, 0.7, 0.4, 0.75, 0.6, 0.75,
+                                0.5, 0.72, 0.5, 0.78, 0.5, 0.9]).reshape(1, 8, 2), (t, 1, 1))
+  rendered = generate_example("papa bought a map", captions.Attributes("green", "purple", "left"),
+                              resolution=r, num_frames=t, seed=3).keypoints
+  keypoints = np.stack([synthetic, rendered]).astype(np.float32)
+  batch = {"video": jnp.zeros((2, t, r, r, 3)),
+           "mouth_region": np.stack([pipeline.KEYPOINT_FEATURES["mouth_region"](k, r)
+                                     for k in keypoints])}
   plain = step_lib.loss_weights(batch, frame_mask, 1.0)
   np.testing.assert_array_equal(plain[..., 0, 0], ~frame_mask)
   weighted = np.asarray(step_lib.loss_weights(batch, frame_mask, 5.0))
-  region = np.asarray(keypoint_maps.mouth_region(keypoints, r))
-  assert region[0, 1].sum() > 0
+  disc = _mouth_disc(keypoints, r)
+  assert disc.shape == (2, t, r, r) and 0 < disc[:, 1:].mean() < 0.2
   np.testing.assert_array_equal(weighted[0, 0], 0.0)
-  np.testing.assert_array_equal(weighted[0, 1:], np.where(region[0, 1:], 5.0, 1.0))
-  with pytest.raises(ValueError, match="keypoints"):
+  np.testing.assert_array_equal(weighted[0, 1:], np.where(disc[0, 1:], 5.0, 1.0))
+  np.testing.assert_array_equal(weighted[1], np.where(disc[1], 5.0, 1.0))
+  with pytest.raises(ValueError, match="'mouth_region'"):
     step_lib.loss_weights({"video": batch["video"]}, frame_mask, 5.0)
+
+
+def test_batch_keys_are_the_features_the_step_reads():
+  from gcm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  config = train_utils.micro_config()
+  base = ("video", "mel", "text_tokens", "text_mask", "mask")
+  assert step_lib.batch_keys(config) == base
+  config.diffusion.mouth_loss_weight = 5.0
+  config.control.enabled = True
+  assert step_lib.batch_keys(config) == base + ("mouth_region", "control_maps")
 
 
 def _random_syncnet(resolution):
@@ -177,7 +205,6 @@ def test_train_step_adds_the_lipsync_loss():
   mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
   state, shardings = trainer.init_state(config, mesh)
   batch = jax.tree.map(jnp.asarray, train_utils.synthetic_batch(config))
-  batch["keypoints"] = jnp.zeros((config.data.batch_size, 6, 8, 2))
   net, variables = _random_syncnet(config.data.resolution)
   jitted = trainer.jit_train_step(config, mesh, shardings, lipsync_net=net)
   other = jax.tree.map(lambda v: 2.0 * v, variables)

@@ -23,11 +23,18 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gcm_jax.data import audio
+from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.data.talking_faces import talking_faces
 from gcm_jax.models import tokenizer
 
 SPLITS = ("train", "validation", "test")
 DATASETS = ("talking_faces",)
+# Features computed from a record's keypoints `[T, K, 2]` and the resolution R, in numpy on
+# the CPU, so the model and train step need no keypoint geometry.
+KEYPOINT_FEATURES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "mouth_region": keypoint_maps.mouth_region,  # bool [T, R, R]: the mouth-weighted loss
+    "control_maps": keypoint_maps.control_maps,  # float32 [T, R, R, K + 1]: ControlNet input
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -52,7 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def preprocess(features: dict[str, Any], mel_window: int = 16,
-               mel_alignment: audio.Alignment = "center", text_max_len: int = 128
+               mel_alignment: audio.Alignment = "center", text_max_len: int = 128,
+               keypoint_features: Sequence[str] = tuple(KEYPOINT_FEATURES)
                ) -> dict[str, np.ndarray]:
   """One TFDS record (or `Example.features()`) -> model inputs (numpy, no batch axis).
 
@@ -60,7 +68,9 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
     'video' float32 [T, R, R, 3] in [-1, 1]; 'mel' float32 [T, W, 80]; 'text_tokens' int32
     [L]; 'text_mask' bool [L]; 'audio' float32 [T * 640]; 'visemes' int32 [T];
     'mouth_open' float32 [T]; 'keypoints' float32 [T, K, 2]; 'face_color',
-    'background_color', 'motion' int32 []; 'mask' bool [] (True: a real example).
+    'background_color', 'motion' int32 []; 'mask' bool [] (True: a real example); and the
+    `keypoint_features` (names of KEYPOINT_FEATURES): 'mouth_region' bool [T, R, R],
+    'control_maps' float32 [T, R, R, K + 1].
   """
   caption = features["caption"]
   if isinstance(caption, bytes):
@@ -73,6 +83,7 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
                      f"({num_frames * audio.SAMPLES_PER_VIDEO_FRAME},) for {num_frames} frames")
   mel = audio.frame_windows(audio.melspectrogram(wav), num_frames, mel_window, mel_alignment)
   tokens = tokenizer.encode(caption, text_max_len)
+  keypoints = np.asarray(features["keypoints"], np.float32)
   return {
       "video": video.astype(np.float32) / 127.5 - 1.0,
       "mel": mel,
@@ -81,20 +92,22 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
       "audio": wav,
       "visemes": np.asarray(features["visemes"], np.int32),
       "mouth_open": np.asarray(features["mouth_open"], np.float32),
-      "keypoints": np.asarray(features["keypoints"], np.float32),
+      "keypoints": keypoints,
       "face_color": np.int32(features["face_color"]),
       "background_color": np.int32(features["background_color"]),
       "motion": np.int32(features["motion"]),
       "mask": np.bool_(True),
+      **{name: KEYPOINT_FEATURES[name](keypoints, video.shape[1]) for name in keypoint_features},
   }
 
 
 class _Preprocess(grain.transforms.Map):
   """grain transform wrapping `preprocess` with the config's settings."""
 
-  def __init__(self, mel_window: int, mel_alignment: audio.Alignment, text_max_len: int):
+  def __init__(self, mel_window: int, mel_alignment: audio.Alignment, text_max_len: int,
+               keypoint_features: Sequence[str]):
     self._kwargs = dict(mel_window=mel_window, mel_alignment=mel_alignment,
-                        text_max_len=text_max_len)
+                        text_max_len=text_max_len, keypoint_features=tuple(keypoint_features))
 
   def map(self, element):
     return preprocess(element, **self._kwargs)
@@ -299,7 +312,7 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
     process_index, process_count: this host's rows; default `jax.process_index()` /
       `jax.process_count()` (overridable to test multi-host sharding on one host).
     device_keys: the features that become global arrays (default all); the others stay
-      host-local numpy rows.
+      host-local numpy rows. KEYPOINT_FEATURES not among them are not computed.
 
   Returns:
     A `DataIterator` of dicts of global arrays `[batch_size, ...]` (and host-local rows).
@@ -321,8 +334,9 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
     shuffle = split == "train" and data_cfg.shuffle
   shard = GlobalOrderShard(source, batch_size, process_index, process_count, seed, shuffle,
                            num_epochs)
-  preprocess_op = _Preprocess(data_cfg.mel_window, data_cfg.mel_alignment,
-                              data_cfg.text_max_len)
+  preprocess_op = _Preprocess(
+      data_cfg.mel_window, data_cfg.mel_alignment, data_cfg.text_max_len,
+      [k for k in KEYPOINT_FEATURES if device_keys is None or k in device_keys])
   loader = None
   if len(shard):  # A host can have no rows of a small finite split.
     loader = grain.DataLoader(

@@ -1,8 +1,9 @@
 """ControlNet-style control branch for the STDiT (Zhang et al. 2023; PixArt-delta for DiTs).
 
 The branch is a trainable copy of the base model's input embedding, condition encoders
-and first K blocks. Control maps `[B, T, H, W, Cc]` (keypoint heatmaps for motion, a
-layout map for composition) are patchified and added to the copied tokens through a
+and first K blocks. Control maps `[B, T, H, W, Cc]` (for the talking faces: keypoint
+heatmaps for motion and a head-layout map for composition, made by the input pipeline,
+`gcm_jax.data.pipeline.KEYPOINT_FEATURES`) are patchified and added to the copied tokens through a
 zero-initialized linear layer; after each copied block a zero-initialized linear layer
 produces a residual `[B, T, N, D]` that the base model adds after its own block i
 (`cond['control']`). Both zero layers make every residual exactly zero at init, so the
@@ -17,7 +18,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.models import layers
 from gcm_jax.models import stdit
 
@@ -69,10 +69,4 @@ def init_from_base(control_params: Mapping[str, Any], base_params: Mapping[str, 
     base_params = stdit.unstack_block_params(base_params)
   return {name: jax.tree.map(jnp.copy, base_params[name]) if name in base_params else value
           for name, value in control_params.items()}
-
-
-def control_maps(keypoints: Array, resolution: int) -> Array:
-  """Motion + composition control maps `[B, T, R, R, K + 1]` from keypoints `[B, T, K, 2]`."""
-  return jnp.concatenate([keypoint_maps.keypoint_heatmaps(keypoints, resolution),
-                          keypoint_maps.head_layout(keypoints, resolution)], axis=-1)
 

@@ -58,7 +58,12 @@ def make_mesh(mesh_config: Mapping[str, Any],
 
 
 def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Sequence[tuple]) -> Any:
-  """NamedShardings for a tree of `nn.Partitioned` (logically named) leaves."""
+  """NamedShardings for a tree of `nn.Partitioned` (logically named) leaves, with the tree's
+  structure once unboxed: a box around an empty subtree (optax's MaskedNode in the optimizer
+  state of frozen parameters) becomes that subtree."""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  boxed_tree = jax.tree.map(lambda x: x.value if is_box(x) and not jax.tree.leaves(x.value) else x,
+                            boxed_tree, is_leaf=is_box)
   specs = nn.get_partition_spec(boxed_tree)
   return nn.logical_to_mesh_sharding(specs, mesh, [tuple(r) for r in rules])
 

@@ -93,14 +93,16 @@ def apply_gradients(state: TrainState, grads: PyTree, optimizer: optax.GradientT
                     ema_decay: float, ema_warmup: bool = True) -> TrainState:
   """One optimizer + EMA update (both skipped when the gradients are not finite).
 
-  The EMA decay follows `ema_decay_at(state.step, ema_decay, ema_warmup)`.
+  The EMA decay follows `ema_decay_at(state.step, ema_decay, ema_warmup)`; the average
+  moves by (1 - decay) (p - e), so it stays bit-identical where params equal it (a frozen
+  base model).
   """
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = opt_state.last_finite
   decay = ema_decay_at(state.step, ema_decay, ema_warmup)
   ema_params = jax.tree.map(
-      lambda e, p: jnp.where(finite, decay * e + (1.0 - decay) * p, e),
+      lambda e, p: jnp.where(finite, e + (1.0 - decay) * (p - e), e),
       state.ema_params, params)
   return TrainState(step=state.step + 1, params=params, ema_params=ema_params,
                     opt_state=opt_state)

@@ -7,10 +7,10 @@ condition dropout (text / audio independently plus jointly), and with probabilit
 clean context (`cond['frames']`, `cond['frame_mask']`), which the loss then ignores.
 This teaches the model the motion-frame conditioning used for long-video extension.
 
-With `config.diffusion.mouth_loss_weight` w != 1, pixels in the mouth region (from the
-batch's talking-faces keypoints, `keypoint_maps.mouth_region`) weigh w times the others
-in the per-example mean: the mouth is ~1% of a 32 px frame, yet it is the only part of
-the image the audio determines.
+With `config.diffusion.mouth_loss_weight` w != 1, pixels in the mouth region (the batch
+feature `mouth_region`, made by the input pipeline from the talking-faces keypoints)
+weigh w times the others in the per-example mean: the mouth is ~1% of a 32 px frame, yet
+it is the only part of the image the audio determines.
 """
 import dataclasses
 from typing import Any, Callable, Mapping, Optional
@@ -21,11 +21,11 @@ import ml_collections
 import optax
 
 from gcm_jax.alignment import syncnet as syncnet_lib
-from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import guidance
 from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import schedules
 from gcm_jax.models import stdit
+from gcm_jax.train import control
 from gcm_jax.train import state as state_lib
 
 
@@ -65,7 +65,7 @@ def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
   drop_text, drop_audio = guidance.drop_conditions(
       k_drop, b, diffusion_config["p_drop_text"], diffusion_config["p_drop_audio"],
       diffusion_config["p_drop_both"])
-  passthrough = {k: batch[k] for k in ("keypoints",) if k in batch}  # For control branches.
+  passthrough = {k: batch[k] for k in (control.MAPS_KEY,) if k in batch}  # For control branches.
   return {
       **passthrough,
       "text_tokens": batch["text_tokens"], "text_mask": batch["text_mask"], "mel": batch["mel"],
@@ -80,16 +80,15 @@ def loss_weights(batch: Mapping[str, jax.Array], frame_mask: jax.Array,
   """Per-pixel loss weights `[B, T, H, W]` (or `[B, T, 1, 1]` without mouth weighting).
 
   0 on the given context frames (`frame_mask` `[B, T]`), else 1, times `mouth_loss_weight`
-  inside the mouth region of `batch['keypoints']`.
+  inside `batch['mouth_region']` (bool `[B, T, H, W]`, made by the input pipeline).
   """
   weights = (~frame_mask).astype(jnp.float32)[:, :, None, None]
   if mouth_loss_weight == 1.0:
     return weights
-  if "keypoints" not in batch:
-    raise ValueError("config.diffusion.mouth_loss_weight != 1 needs batch['keypoints'] "
-                     "(talking-faces keypoints) to locate the mouth")
-  region = keypoint_maps.mouth_region(batch["keypoints"], batch["video"].shape[2])
-  return weights * jnp.where(region, mouth_loss_weight, 1.0)
+  if "mouth_region" not in batch:
+    raise ValueError("config.diffusion.mouth_loss_weight != 1 needs the batch feature "
+                     "'mouth_region' (bool [B, T, H, W], gcm_jax.data.pipeline.preprocess)")
+  return weights * jnp.where(batch["mouth_region"], mouth_loss_weight, 1.0)
 
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, Mapping[str, jax.Array]], jax.Array]
@@ -126,8 +125,8 @@ def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The batch features `train_step` reads (the input pipeline sends only these to devices)."""
   keys = ("video", "mel", "text_tokens", "text_mask", "mask")
   if config.diffusion.mouth_loss_weight != 1.0:
-    keys += ("keypoints",)
-  return keys
+    keys += ("mouth_region",)
+  return keys + control.batch_keys(config)
 
 
 def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
@@ -138,9 +137,11 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   """One optimization step on a global batch (`batch['video']` `[B, T, H, W, 3]` etc.).
 
   `apply_fn(state.params, x_t, t, cond)` is the network (e.g. `model_apply_fn(model)`, or
-  a base model plus ControlNet branch). Examples with `batch['mask'] == False` (padding)
-  do not contribute. `frozen` holds the variables of frozen networks, passed as an
-  argument so that they are inputs of the compiled step, not constants baked into it:
+  a base model plus ControlNet branch, `control.controlled_apply_fn`, which reads
+  `cond['control_maps']` passed through from the batch). Examples with
+  `batch['mask'] == False` (padding) do not contribute. `frozen` holds the variables of
+  frozen networks, passed as an argument so that they are inputs of the compiled step, not
+  constants baked into it:
   with `lipsync_net` (a SyncNet module) and `frozen['lipsync']` its variables, the loss
   adds `lipsync_term` on the model's x0 estimate. Returns the new state and scalar metrics: loss,
   denoising_loss, lipsync_loss, grad_norm, learning_rate, skipped_steps.

@@ -2,7 +2,9 @@
 
 `train(config, workdir)` validates the config, builds the mesh, the sharded train state
 (or restores it from the newest readable checkpoint in `workdir`, after checking that
-the config matches the saved one), and runs the jitted train step. `config.json` is
+the config matches the saved one), and runs the jitted train step. With
+`config.control.enabled` the run trains a ControlNet branch on the frozen EMA params of
+the base run in `config.control.base_workdir` (`gcm_jax.train.control`). `config.json` is
 written only once the state is initialized or restored, so a failed resume never
 changes a workdir.
 """
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 
 from gcm_jax import config_validation
@@ -24,6 +27,7 @@ from gcm_jax.alignment import train_syncnet
 from gcm_jax.models import stdit
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import checkpoint as checkpoint_lib
+from gcm_jax.train import control
 from gcm_jax.train import metrics as metrics_lib
 from gcm_jax.train import state as state_lib
 from gcm_jax.train import step as step_lib
@@ -37,11 +41,28 @@ def make_model(config: ml_collections.ConfigDict) -> stdit.STDiT:
   return stdit.STDiT(**config.model.to_dict())
 
 
+def make_apply_fn(config: ml_collections.ConfigDict) -> step_lib.ApplyFn:
+  """The run's network `(params, x_t, t, cond) -> output`: the STDiT, or for a ControlNet
+  run the frozen STDiT steered by its control branch."""
+  if control.enabled(config):
+    return control.controlled_apply_fn(make_model(config), control.make_branch(config))
+  return step_lib.model_apply_fn(make_model(config))
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """`config.train`'s optimizer; a ControlNet run's freezes the base params."""
+  return state_lib.make_optimizer(config.train,
+                                  control.param_labels if control.enabled(config) else None)
+
+
 def example_inputs(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
-  """Zero-valued model inputs with the config's shapes (for init and shape inference)."""
+  """Zero-valued model inputs with the config's shapes (for init and shape inference);
+  a ControlNet run's cond also has zero control maps `[B, T, R, R, config.control.channels]`."""
   t, r = config.data.num_frames, config.data.resolution
   m = config.model
   b = batch_size
+  control_maps = {k: jnp.zeros((b, t, r, r, config.control.channels), jnp.float32)
+                  for k in control.batch_keys(config)}
   return {
       "x": jnp.zeros((b, t, r, r, m.in_channels), jnp.float32),
       "t": jnp.zeros((b,), jnp.float32),
@@ -53,19 +74,30 @@ def example_inputs(config: ml_collections.ConfigDict, batch_size: int) -> dict[s
           "drop_audio": jnp.zeros((b,), bool),
           "frames": jnp.zeros((b, t, r, r, m.in_channels), jnp.float32),
           "frame_mask": jnp.zeros((b, t), bool),
+          **control_maps,
       },
   }
 
 
 def _init_fn(config: ml_collections.ConfigDict):
-  """`key -> TrainState` with logically boxed (nn.Partitioned) parameters."""
-  model = make_model(config)
-  optimizer = state_lib.make_optimizer(config.train)
-  inputs = example_inputs(config, batch_size=1)
+  """`(key, base_params=None) -> TrainState` with logically boxed (nn.Partitioned) params.
 
-  def init_fn(key):
-    boxed = model.init(key, inputs["x"], inputs["t"], inputs["cond"])["params"]
-    return state_lib.create_state(boxed, optimizer)
+  A ControlNet run's params are `control.init_params` of `base_params` (the trained base,
+  `load_base_params`; None: a fresh base init, for shapes and shardings only); a plain
+  run ignores `base_params`.
+  """
+  model = make_model(config)
+  optimizer = make_optimizer(config)
+  inputs = example_inputs(config, batch_size=1)
+  init_model = lambda key: model.init(key, inputs["x"], inputs["t"], inputs["cond"])["params"]
+
+  def init_fn(key, base_params=None):
+    if not control.enabled(config):
+      return state_lib.create_state(init_model(key), optimizer)
+    k_base, k_control = jax.random.split(key)
+    base_params = init_model(k_base) if base_params is None else base_params
+    params = control.init_params(control.make_branch(config), k_control, inputs, base_params)
+    return state_lib.create_state(params, optimizer)
 
   return init_fn
 
@@ -78,14 +110,47 @@ def state_shardings(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   return nn.meta.unbox(abstract), shardings
 
 
+def restore_ema_params(workdir: str, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh, step: Optional[int] = None) -> tuple[Any, int]:
+  """(EMA params, step) of the run in `workdir` (`config`: its config) on `mesh`, from the
+  checkpoint at `step`, by default the newest readable one (newer unreadable ones are
+  reported in a warning and left in place)."""
+  abstract_state, shardings = state_shardings(config, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                             config.checkpoint)
+  abstract = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
+  if step is None:
+    state, _, step, unreadable = checkpointer.restore_newest_readable(abstract)
+    if unreadable:
+      logging.warning(checkpoint_lib.fallback_warning(checkpointer.directory, step, unreadable))
+  else:
+    state, _ = checkpointer.restore(abstract, step)
+  checkpointer.close()
+  return state.ema_params, step
+
+
+def load_base_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
+  """A ControlNet run's frozen base: the EMA params of the newest readable checkpoint of
+  `config.control.base_workdir`, a plain run of the same model (`config_validation`
+  checks its config), on `mesh` with this run's axis rules."""
+  base_config = ml_collections.ConfigDict(read_saved_config(config.control.base_workdir))
+  base_config.mesh.logical_axis_rules = config.mesh.logical_axis_rules
+  params, step = restore_ema_params(config.control.base_workdir, base_config, mesh)
+  logging.info("ControlNet base: EMA params of step %d of %s", step,
+               config.control.base_workdir)
+  return params
+
+
 def init_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
                ) -> tuple[state_lib.TrainState, Any]:
-  """Initializes the TrainState directly into its shardings. Returns (state, shardings)."""
+  """Initializes the TrainState directly into its shardings (a ControlNet run's base from
+  its base run, `load_base_params`). Returns (state, shardings)."""
   _, shardings = state_shardings(config, mesh)
   init_fn = _init_fn(config)
+  base_params = load_base_params(config, mesh) if control.enabled(config) else None
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
-    state = jax.jit(lambda k: nn.meta.unbox(init_fn(k)), out_shardings=shardings)(
-        jax.random.PRNGKey(config.seed))
+    state = jax.jit(lambda k, b: nn.meta.unbox(init_fn(k, b)), out_shardings=shardings)(
+        jax.random.PRNGKey(config.seed), base_params)
   return state, shardings
 
 
@@ -109,9 +174,8 @@ def jit_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   analysis.
   """
   step_fn = functools.partial(
-      step_lib.train_step, apply_fn=step_lib.model_apply_fn(make_model(config)),
-      optimizer=state_lib.make_optimizer(config.train), config=config,
-      lipsync_net=lipsync_net)
+      step_lib.train_step, apply_fn=make_apply_fn(config), optimizer=make_optimizer(config),
+      config=config, lipsync_net=lipsync_net)
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(step_fn,
                  in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), replicated),
@@ -146,7 +210,8 @@ class ConfigMismatchError(ValueError):
 # "." covers a whole section).
 RESUMABLE_FIELDS = ("train.num_steps", "log.", "checkpoint.", "sampling.", "mesh.shape",
                     "mesh.logical_axis_rules", "distributed.", "data.data_dir",
-                    "data.build_if_missing", "data.worker_count", "lipsync.syncnet_workdir")
+                    "data.build_if_missing", "data.worker_count", "lipsync.syncnet_workdir",
+                    "control.base_workdir")
 
 
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict
@@ -226,7 +291,7 @@ class SampleWriter:
   The first `n` rows of the global batch's conditions are gathered onto every host
   (replicated), so this works with batches that span hosts; the audio comes from process
   0's own rows, so `n` is at most its share, batch_size / process_count. The sampler is
-  compiled once, on the first call.
+  compiled once, on the first call. A ControlNet run samples for the batch's control maps.
   """
 
   COND_KEYS = ("text_tokens", "text_mask", "mel")
@@ -235,24 +300,25 @@ class SampleWriter:
                workdir: str):
     from gcm_jax import sampling  # pylint: disable=g-import-not-at-top
     self._config, self._mesh, self._workdir = config, mesh, workdir
+    self.cond_keys = self.COND_KEYS + control.batch_keys(config)
     self.num_samples = min(config.log.num_samples,
                            config.data.batch_size // jax.process_count())
     replicated = mesh_lib.replicated(mesh)
     n = self.num_samples
     self._first_rows = jax.jit(lambda cond: jax.tree.map(lambda x: x[:n], cond),
                                out_shardings=replicated)
-    self._sample = jax.jit(functools.partial(sampling.sample_videos, make_model(config),
+    self._sample = jax.jit(functools.partial(sampling.sample_videos, make_apply_fn(config),
                                              config=config), out_shardings=replicated)
 
   def __call__(self, state: state_lib.TrainState, batch: Mapping[str, Any], step: int
                ) -> list[str]:
     """Writes `samples/step_<step>_<i>.mp4`; returns the paths (empty off process 0).
 
-    `batch`: global arrays for COND_KEYS and this host's rows of 'audio' `[rows, S]`.
+    `batch`: global arrays for `cond_keys` and this host's rows of 'audio' `[rows, S]`.
     """
     from gcm_jax import video_io  # pylint: disable=g-import-not-at-top
     with jax.set_mesh(self._mesh), nn.logical_axis_rules(self._config.mesh.logical_axis_rules):
-      cond = self._first_rows({k: batch[k] for k in self.COND_KEYS})
+      cond = self._first_rows({k: batch[k] for k in self.cond_keys})
       videos = self._sample(state.ema_params, cond,
                             jax.random.PRNGKey(self._config.seed + step))
     if jax.process_index() != 0:
