@@ -108,9 +108,7 @@ def test_control_residuals_are_added_after_the_same_blocks(looped_params):
 
 def test_control_branch_rejects_scan_and_copies_a_scanned_base(looped_params):
   x, t, cond = _inputs()
-  keypoints = jax.random.uniform(jax.random.PRNGKey(5), (x.shape[0], x.shape[1], 8, 2),
-                                 minval=0.2, maxval=0.8)
-  maps = controlnet.control_maps(keypoints, x.shape[2])
+  maps = jax.random.uniform(jax.random.PRNGKey(5), x.shape[:4] + (9,))  # Any control maps.
   branch_kw = dict(SMALL, depth=DEPTH, num_blocks=2)
   with pytest.raises(ValueError, match="config.model.scan_blocks"):
     controlnet.ControlBranch(**branch_kw, scan_blocks=True).init(
@@ -123,7 +121,7 @@ def test_control_branch_rejects_scan_and_copies_a_scanned_base(looped_params):
                controlnet.init_from_base(fresh, looped_params))
   jax.tree.map(np.testing.assert_array_equal, from_scanned["block_1"], looped_params["block_1"])
   branch_params = _randomize(from_scanned, key=3)  # Trained zero layers: active residuals.
-  cond = dict(cond, keypoints=keypoints)
+  cond = dict(cond, **{control.MAPS_KEY: maps})
   out_loop = control.controlled_apply_fn(_model(False), branch)(
       {"base": looped_params, "control": branch_params}, x, t, cond)
   out_scan = control.controlled_apply_fn(_model(True), branch)(
