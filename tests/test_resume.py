@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gcm_jax import generate
+from gcm_jax.data import pipeline
 from gcm_jax.train import checkpoint as checkpoint_lib
 from gcm_jax.train import trainer
 from tests import train_utils
@@ -129,3 +130,33 @@ def test_runs_saved_before_the_layers_axis_rule_resume():
   assert trainer.config_differences(saved, config) == {}
   saved["model"]["scan_blocks"] = True
   assert trainer.config_differences(saved, config) == {"model.scan_blocks": (True, False)}
+
+
+def test_iterator_state_only_when_saving_and_sampler_compiled_once(tmp_path, data_dir,
+                                                                    monkeypatch):
+  """6 steps, checkpoints every 2, samples every 2 and at the end: the data-iterator state is
+  serialized 3 times (once per save), and the sampler is compiled once for its 3 calls."""
+  calls = {"get_state": 0}
+  get_state = pipeline.DataIterator.get_state
+
+  def counted_get_state(self):
+    calls["get_state"] += 1
+    return get_state(self)
+
+  writers = []
+
+  class RecordedSampleWriter(trainer.SampleWriter):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      writers.append(self)
+
+  monkeypatch.setattr(pipeline.DataIterator, "get_state", counted_get_state)
+  monkeypatch.setattr(trainer, "SampleWriter", RecordedSampleWriter)
+  config = _config(data_dir, num_steps=6)
+  config.log.update(num_samples=1, sample_every_steps=2)
+  trainer.train(config, str(tmp_path / "run"))
+  assert calls["get_state"] == 3
+  assert len(writers) == 1
+  assert writers[0]._sample._cache_size() == 1  # pylint: disable=protected-access
+  assert sorted(os.listdir(tmp_path / "run" / "samples")) == [
+      f"step_{s:07d}_0.mp4" for s in (2, 4, 6)]

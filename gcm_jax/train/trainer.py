@@ -371,8 +371,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
       if checkpointer.should_save(step, force=step == last_step):  # Iterator state only then.
         checkpointer.save(step, state, {"iterator": data.get_state().decode("utf-8")})
-      if write_samples and every and step % every == 0:
-        write_samples(state, batch, step)
+      if write_samples and every and step % every == 0 and step != last_step:
+        write_samples(state, batch, step)  # The last step's samples are written below.
       progress.update(1)
   checkpointer.close()
   if batch is not None and write_samples:
