@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
