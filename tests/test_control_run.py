@@ -14,7 +14,6 @@ from gcm_jax import generate
 from gcm_jax import sampling
 from gcm_jax.alignment import train_syncnet
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import checkpoint as checkpoint_lib
 from gcm_jax.train import step as step_lib
 from gcm_jax.train import trainer
 from tests import train_utils
@@ -30,13 +29,7 @@ def base_workdir(tmp_path_factory):
   state, _ = trainer.init_state(config, mesh_lib.make_mesh(config.mesh))
   state = state.replace(params=_randomize(state.params, key=7),
                         ema_params=_randomize(state.params, key=8))
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(path, trainer.CHECKPOINT_DIR),
-                                             config.checkpoint)
-  assert checkpointer.maybe_save(3, state, {"iterator": "{}"}, force=True)
-  checkpointer.close()
-  with open(os.path.join(path, trainer.CONFIG_FILE), "w", encoding="utf-8") as f:
-    f.write(config.to_json())
-  return path
+  return train_utils.write_workdir(path, config, state)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 from gcm_jax import generate
 from gcm_jax import video_io
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import checkpoint as checkpoint_lib
 from gcm_jax.train import trainer
 from tests import train_utils
 
@@ -43,13 +42,7 @@ def workdir(tmp_path_factory):
   config.sampling.num_steps = 2
   config.mesh.shape = dict(data=8, fsdp=1, tensor=1)
   state, _ = trainer.init_state(config, mesh_lib.make_mesh(config.mesh))
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(path, "checkpoints"),
-                                             config.checkpoint)
-  assert checkpointer.maybe_save(3, state, {"iterator": "{}"}, force=True)
-  checkpointer.close()
-  with open(os.path.join(path, trainer.CONFIG_FILE), "w", encoding="utf-8") as f:
-    f.write(config.to_json())
-  return path
+  return train_utils.write_workdir(path, config, state)
 
 
 def test_long_video_from_checkpoint_with_audio(workdir, tmp_path):

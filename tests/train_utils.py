@@ -1,4 +1,6 @@
 """Shared helpers for the training-system tests: a micro config and synthetic batches."""
+import os
+
 import ml_collections
 import numpy as np
 
@@ -31,6 +33,19 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
       "text_mask": tokens != 0,
       "mask": np.ones((b,), bool),
   }
+
+
+def write_workdir(path: str, config: ml_collections.ConfigDict, state, step: int = 3) -> str:
+  """Makes `path` a run_train.py-style workdir: `state` checkpointed at `step` + config.json."""
+  from gcm_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from gcm_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(path, trainer.CHECKPOINT_DIR),
+                                             config.checkpoint)
+  assert checkpointer.maybe_save(step, state, {"iterator": "{}"}, force=True)
+  checkpointer.close()
+  with open(os.path.join(path, trainer.CONFIG_FILE), "w", encoding="utf-8") as f:
+    f.write(config.to_json())
+  return path
 
 
 get_config = micro_config  # So run_train.py can load this file: --config=tests/train_utils.py
