@@ -138,12 +138,21 @@ def restore_for_resume(checkpointer: Checkpointer, abstract_state: TrainState
   """
   if checkpointer.latest_step() is None:
     return None
+  state, data_state, _ = restore_newest(checkpointer, abstract_state, set_aside=True)
+  return state, data_state
+
+
+def restore_newest(checkpointer: Checkpointer, abstract_state: TrainState, set_aside: bool
+                   ) -> tuple[TrainState, dict, int]:
+  """(state, data_state, step) of the newest readable checkpoint, with one warning naming
+  newer unreadable ones; those are moved aside (`Checkpointer.set_aside`) if `set_aside`,
+  else left in place (read-only users such as gcm-generate)."""
   state, data_state, step, unreadable = checkpointer.restore_newest_readable(abstract_state)
   if unreadable:
-    aside = checkpointer.set_aside(sorted(unreadable))
+    aside = checkpointer.set_aside(sorted(unreadable)) if set_aside else None
     logging.warning(fallback_warning(checkpointer.directory, step, unreadable,
                                      set_aside_to=aside))
-  return state, data_state
+  return state, data_state, step
 
 
 def short_reason(error: BaseException, limit: int = 200) -> str:

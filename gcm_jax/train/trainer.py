@@ -121,9 +121,7 @@ def restore_ema_params(workdir: str, config: ml_collections.ConfigDict,
                                              config.checkpoint)
   abstract = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
   if step is None:
-    state, _, step, unreadable = checkpointer.restore_newest_readable(abstract)
-    if unreadable:
-      logging.warning(checkpoint_lib.fallback_warning(checkpointer.directory, step, unreadable))
+    state, _, step = checkpoint_lib.restore_newest(checkpointer, abstract, set_aside=False)
   else:
     state, _ = checkpointer.restore(abstract, step)
   checkpointer.close()
@@ -341,11 +339,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   config_validation.validate(config)
   mesh_lib.initialize_distributed(config.distributed)
   config = _resolve_data_dir(config, workdir)
-  checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
-  if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                             config.checkpoint)
+  if checkpointer.latest_step() is not None:
     check_resumable(config, workdir)
   mesh = mesh_lib.make_mesh(config.mesh)
-  checkpointer = checkpoint_lib.Checkpointer(checkpoint_dir, config.checkpoint)
   state, shardings, data_state = restore_or_init(config, mesh, checkpointer)
   _write_config(config, workdir)
   step_keys = step_lib.batch_keys(config)
