@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from configs import tiny
+from gcm_jax import latents
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import trainer
 
@@ -63,17 +64,23 @@ def benchmark_config(name: str, **model_overrides: Any) -> ml_collections.Config
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, jax.Array]:
   """A random global batch with the input pipeline's keys and shapes.
 
-  Returns 'video' `[B, T, H, W, 3]` in [-1, 1], 'mel' `[B, T, W_mel, 80]`,
-  'text_tokens' int32 `[B, L]` (the last quarter padding), 'text_mask' bool `[B, L]`,
-  'mask' bool `[B]`.
+  Returns 'video' `[B, T, H, W, 3]` in [-1, 1] (a latent config, `config.latent`: 'latents'
+  `[B, T, H/f, W/f, C]` standard normal instead, the step's target), 'mel'
+  `[B, T, W_mel, 80]`, 'text_tokens' int32 `[B, L]` (the last quarter padding), 'text_mask'
+  bool `[B, L]`, 'mask' bool `[B]`.
   """
   rng = np.random.default_rng(seed)
   b, t, r = config.data.batch_size, config.data.num_frames, config.data.resolution
   m = config.model
   tokens = rng.integers(1, 257, (b, m.text_max_len)).astype(np.int32)
   tokens[:, (3 * m.text_max_len) // 4:] = 0
+  if latents.enabled(config):
+    target = {"latents": rng.standard_normal(latents.diffusion_shape(config, b, t),
+                                             np.float32)}
+  else:
+    target = {"video": rng.uniform(-1, 1, (b, t, r, r, m.in_channels)).astype(np.float32)}
   batch = {
-      "video": rng.uniform(-1, 1, (b, t, r, r, m.in_channels)).astype(np.float32),
+      **target,
       "mel": rng.uniform(-4, 4, (b, t, m.mel_window, m.num_mels)).astype(np.float32),
       "text_tokens": tokens,
       "text_mask": tokens != 0,
@@ -166,18 +173,21 @@ class TrainStepBench:
 
   `state`, if given, is the initial TrainState (of the same parameter shapes, e.g. shared
   by configs that differ only in remat or attention kernel); it is copied, since the step
-  donates its state. Otherwise the trainer initializes one.
+  donates its state. Otherwise the trainer initializes one. `lipsync_net`, `autoencoder`
+  and `frozen` are `trainer.jit_train_step`'s frozen networks and their variables
+  (`{'lipsync': ..., 'autoencoder': ...}`; default none).
 
   Attributes:
-    compiled: the compiled executable `(state, batch, {}) -> (state, metrics)` (no frozen
-      networks).
+    compiled: the compiled executable `(state, batch, frozen) -> (state, metrics)`.
     compile_seconds: wall seconds of lowering + compiling it.
     flops: cost-analysis FLOPs of one step.
     memory: `memory_bytes(compiled)`.
   """
 
   def __init__(self, config: ml_collections.ConfigDict,
-               compiler_options: CompilerOptions = None, state: Optional[Any] = None):
+               compiler_options: CompilerOptions = None, state: Optional[Any] = None,
+               lipsync_net: Optional[nn.Module] = None, autoencoder: Optional[nn.Module] = None,
+               frozen: Optional[dict[str, Any]] = None):
     mesh = single_device_mesh(config)
     if state is None:
       self.state, shardings = trainer.init_state(config, mesh)
@@ -185,17 +195,18 @@ class TrainStepBench:
       shardings = trainer.state_shardings(config, mesh)[1]
       self.state = jax.tree.map(lambda x, s: jax.device_put(jnp.copy(x), s), state, shardings)
     self.batch = synthetic_batch(config)
-    jitted = trainer.jit_train_step(config, mesh, shardings)
+    self.frozen = jax.device_put(frozen or {}, mesh_lib.replicated(mesh))
+    jitted = trainer.jit_train_step(config, mesh, shardings, lipsync_net, autoencoder)
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
       start = time.perf_counter()
-      self.compiled = jitted.lower(self.state, self.batch, {}).compile(compiler_options)
+      self.compiled = jitted.lower(self.state, self.batch, self.frozen).compile(compiler_options)
       self.compile_seconds = time.perf_counter() - start
     self.flops = cost_flops(self.compiled)
     self.memory = memory_bytes(self.compiled)
 
   def step(self) -> dict[str, jax.Array]:
     """Runs one step (advancing the held state); returns the metrics."""
-    self.state, metrics = self.compiled(self.state, self.batch, {})
+    self.state, metrics = self.compiled(self.state, self.batch, self.frozen)
     return metrics
 
 

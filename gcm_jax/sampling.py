@@ -16,6 +16,8 @@ from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import samplers
 from gcm_jax.diffusion import schedules
+from gcm_jax import latents
+from gcm_jax.models import conditioning
 from gcm_jax.train import control
 from gcm_jax.train import step as step_lib
 
@@ -40,7 +42,7 @@ def sampler_config(config: ml_collections.ConfigDict) -> samplers.SamplerConfig:
 
 def time_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The per-frame conditions `[B, T, ...]` of a run, cut per window in long videos."""
-  return ("mel",) + control.batch_keys(config)
+  return (conditioning.audio_key(config.model),) + control.batch_keys(config)
 
 
 def denoiser(apply_fn: step_lib.ApplyFn, params: Any, config: ml_collections.ConfigDict
@@ -62,19 +64,21 @@ def guided_denoiser(apply_fn: step_lib.ApplyFn, params: Any,
 
 def sample_videos(apply_fn: step_lib.ApplyFn, params: Any, cond: Mapping[str, jax.Array],
                   key: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
-  """Generates videos `[B, T, H, W, C]` in [-1, 1] for `cond` (text_tokens, text_mask, mel,
-  and for a ControlNet run control_maps `[B, T, H, W, Cc]`).
+  """Generates videos `[B, T, H, W, C]` in [-1, 1] (pixel runs) for `cond` (`conditioning.cond_keys`:
+  text tokens or embeddings, text_mask, mel or whisper windows; and for a ControlNet run
+  control_maps `[B, T, H, W, Cc]`).
 
-  The video size comes from `cond['mel']` (B, T), config.data.resolution and
-  config.model.in_channels.
+  The video size comes from the audio windows (B, T), config.data.resolution and
+  config.model.in_channels. A latent run (`config.latent`) samples latents `[B, T, R/f, R/f,
+  C]` and returns them as they are: `latents.to_pixels(config)` decodes (outside this
+  function, so the autoencoder's params stay an argument).
   """
-  b, t = cond["mel"].shape[:2]
-  r = config.data.resolution
+  b, t = cond[conditioning.audio_key(config.model)].shape[:2]
   cond = dict(cond)
   cond.setdefault("drop_text", jnp.zeros((b,), bool))
   cond.setdefault("drop_audio", jnp.zeros((b,), bool))
   cfg = sampler_config(config)
   k_init, k_sample = jax.random.split(key)
-  x_T = samplers.initial_noise(k_init, jnp.zeros((b, t, r, r, config.model.in_channels)), cfg)
+  x_T = samplers.initial_noise(k_init, jnp.zeros(latents.diffusion_shape(config, b, t)), cfg)
   x0 = samplers.sample(guided_denoiser(apply_fn, params, config), k_sample, x_T, cond, cfg)
-  return jnp.clip(x0, -1.0, 1.0)
+  return x0 if latents.enabled(config) else jnp.clip(x0, -1.0, 1.0)

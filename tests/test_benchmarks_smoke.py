@@ -6,10 +6,12 @@ achieved FLOP/s, ceiling, ratio): a fake clock with known durations. Memory: the
 analysis of functions whose buffers are known (with and without donation), and of the
 train step against the bytes of its arguments. Each benchmark's core measurement also
 runs once on a micro model (compiled with `common.FAST_COMPILE`, XLA's low optimization
-level, for speed). The attention tests check that `attend` rejects unknown kernels, that
-the Pallas TPU path refuses non-TPU backends with a clear error, and (Pallas interpreter,
-any backend) that the splash path matches `jax.nn.dot_product_attention` with key
-padding, sequence padding and the XLA fallback.
+level, for speed). The latent train step: fewer FLOPs and tokens than the pixel step at the
+same output size, and the lip-sync decode of x0 costs 3 decoder forwards (remat). The
+attention tests check that `attend` rejects unknown kernels, that the Pallas TPU path
+refuses non-TPU backends with a clear error, and (Pallas interpreter, any backend) that
+the splash path matches `jax.nn.dot_product_attention` with key padding, sequence padding
+and the XLA fallback.
 """
 import types
 
@@ -18,10 +20,14 @@ import numpy as np
 import pytest
 
 from benchmarks import attention as attention_bench
+from benchmarks import autoencoder as autoencoder_bench
 from benchmarks import common
+from benchmarks import latent_step
 from benchmarks import scan_blocks
 from benchmarks import train_step
+from gcm_jax import latents
 from gcm_jax.models import attention
+from gcm_jax.models import autoencoder
 from gcm_jax.train import trainer
 
 
@@ -209,3 +215,112 @@ def test_splash_rejects_non_padding_masks():
   q, k, v = _qkv(128, 128)
   with pytest.raises(ValueError, match="key padding masks"):
     attention.splash_attention(q, k, v, np.ones((1, 1, 128, 128), bool), interpret=True)
+
+
+def test_paraphrase_colors_table_has_a_row_per_run(monkeypatch):
+  """The table's rows and columns hold each run's text encoder and per-style accuracies
+  (generation stubbed: the accuracies themselves are tested with `evaluate`)."""
+  from benchmarks import paraphrase_colors  # pylint: disable=g-import-not-at-top
+  from gcm_jax import evaluate, generate  # pylint: disable=g-import-not-at-top
+  from tests import train_utils  # pylint: disable=g-import-not-at-top
+  encoders = {"run_a": "bytes", "run_b": "minilm"}
+
+  def load_trained(workdir):
+    config = train_utils.micro_config()
+    config.model.text_encoder = encoders[workdir]
+    return generate.TrainedModel(config, None, None)
+
+  face = {"bytes": 0.25, "minilm": 0.75}
+  monkeypatch.setattr(generate, "load_trained", load_trained)
+  monkeypatch.setattr(evaluate, "test_clips", lambda *args: {})
+  monkeypatch.setattr(evaluate, "paraphrased_color_accuracy", lambda trained, clips, key: {
+      s: {"face": face[trained.config.model.text_encoder], "background": 1.0}
+      for s in ("template", "synonyms")})
+  lines = paraphrase_colors.table(["run_a", "run_b"], num_clips=2, seed=0).splitlines()
+  assert lines[0] == "| run | text encoder | template face / bg | synonyms face / bg |"
+  assert lines[2] == "| run_a | bytes | 0.25 / 1.00 | 0.25 / 1.00 |"
+  assert lines[3] == "| run_b | minilm | 0.75 / 1.00 | 0.75 / 1.00 |"
+
+
+# One level (no resampling), width 32, 8x8 pixels: the encoder's convolutions and attention.
+_AE_CONFIG = autoencoder.AutoencoderConfig(block_out_channels=(32,), layers_per_block=1,
+                                           norm_num_groups=8)
+
+
+def _encode_matmul_flops(size: int, width: int, latent: int) -> int:
+  """XLA counts only the 3x3 taps that fall inside the image (not SAME padding's zeros)."""
+  pixels, taps = size ** 2, (3 * size - 2) ** 2
+  conv3 = lambda c_in, c_out: 2 * taps * c_in * c_out
+  convs = conv3(3, width) + 6 * conv3(width, width) + conv3(width, 2 * latent)  # 1 + 2 + 4 + 1
+  attention = 4 * 2 * pixels * width ** 2 + 2 * 2 * pixels ** 2 * width
+  return convs + attention + 2 * pixels * (2 * latent) ** 2  # + quant_conv (1x1)
+
+
+def test_autoencoder_encode_flops_match_a_hand_count():
+  """XLA also counts the norms, activations and softmax: within 10%."""
+  compiled, _, _ = autoencoder_bench.compile_op(_AE_CONFIG, "encode", resolution=8, frames=1,
+                                                compiler_options=common.FAST_COMPILE)
+  hand = _encode_matmul_flops(8, 32, 4)
+  assert hand <= common.cost_flops(compiled) <= 1.1 * hand
+
+
+def test_autoencoder_measure(ceiling):
+  """decode here; encode compiles in the FLOP test above."""
+  result = autoencoder_bench.measure(_AE_CONFIG, "decode", resolution=8, frames=2, repeats=1,
+                                     ceiling=ceiling, compiler_options=common.FAST_COMPILE)
+  _check_sane(result)
+  assert result["frames_per_s"] == pytest.approx(2 / result["seconds"])
+
+
+def _latent_step_config(kind, lipsync=False, patch=1):
+  """Micro model, 1 clip x 5 frames (the SyncNet window) of 64x64 output pixels."""
+  config = latent_step.row_config(kind, 64, 4 if kind == "pixel" else patch, lipsync,
+                                  batch_size=1, num_frames=5, text_layers=0, audio_layers=0,
+                                  width=32, depth=1, num_heads=2, text_max_len=32)
+  config.diffusion.update(max_motion_frames=1)
+  return config
+
+
+def test_latent_step_rows_and_the_decode_cost(ceiling):
+  """Pixel (patch 4: 16^2 tokens a frame) vs latent (8x8x4 grid, patch 1: 8^2) at 64x64.
+
+  The blocks' per-token work is 4x smaller in the latent step, spatial attention 16x, the
+  patch embedding / output layer 12x (4 latent vs 48 pixel values a token); only the
+  per-clip work (timestep embedding, optimizer) is not smaller: < 1/4 of the pixel FLOPs.
+  With the lip-sync loss the latent step decodes x0 under `jax.checkpoint`: the decoder's
+  forward, its recomputation and its input gradient (its params are frozen) = 3 forwards,
+  plus the small SyncNet (2x would mean no remat, 0 no decode).
+  """
+  configs = [_latent_step_config("pixel"), _latent_step_config("tiny"),
+             _latent_step_config("tiny", lipsync=True)]
+  # Both latent rows start from one state (the same parameter shapes).
+  state, _ = trainer.init_state(configs[1], common.single_device_mesh(configs[1]))
+  pixel, latent, sync = (
+      latent_step.measure(config, repeats=1, ceiling=ceiling,
+                          compiler_options=common.FAST_COMPILE, state=s)
+      for config, s in zip(configs, (None, state, state)))
+  for result in (pixel, latent, sync):
+    _check_sane(result)
+    assert 0 < result["temp_bytes"] < result["peak_bytes"]
+  assert (pixel["grid"], pixel["tokens"]) == (64, 5 * 16 ** 2)
+  assert (latent["grid"], latent["tokens"]) == (sync["grid"], sync["tokens"]) == (8, 5 * 8 ** 2)
+  assert latent["flops"] < pixel["flops"] / 4
+  assert latent["temp_bytes"] < pixel["temp_bytes"]
+  # The decoder's forward on the step's 5 frames of 8x8x4 latents, compiled alone.
+  ae = latents.load(configs[2])
+  decode_fn = jax.jit(lambda p, z: ae.module.apply({"params": p}, z,
+                                                   method=autoencoder.AutoencoderKL.decode))
+  decode = common.cost_flops(decode_fn.lower(ae.params, jax.numpy.zeros((1, 5, 8, 8, 4)))
+                             .compile(common.FAST_COMPILE))
+  assert 2.9 * decode <= sync["flops"] - latent["flops"] <= 3.3 * decode
+  row = latent_step.table_row("tiny", _latent_step_config("tiny", lipsync=True), sync, latent)
+  assert len(row) == len(latent_step.HEADERS)
+  assert row[:7] == ["latent", "tiny", "64x64", "8x8x4", 1, 320, "on"]
+
+
+def test_latent_step_rejects_bad_rows():
+  assert latent_step.parse_row("sd-vae:64:2:sync") == ("sd-vae", 64, 2, True)
+  with pytest.raises(ValueError, match="kind:resolution:patch"):
+    latent_step.parse_row("tiny:64:2:on")
+  with pytest.raises(ValueError, match=">= 5 frames"):
+    latent_step.row_config("tiny", 64, 2, True, num_frames=4)

@@ -69,7 +69,7 @@ def test_cross_field_constraints():
 
 def test_shipped_configs_are_valid():
   import importlib  # pylint: disable=g-import-not-at-top
-  for name in ("tiny", "talking_faces", "pod"):
+  for name in ("tiny", "talking_faces", "pod", "video_folder"):
     assert config_validation.problems(importlib.import_module(f"configs.{name}").get_config()) == []
 
 

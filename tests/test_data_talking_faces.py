@@ -194,3 +194,21 @@ def test_splits_hold_out_phrases_and_voices():
     phrases, voices = map(set, corpus.SPLITS[split])
     assert not phrases & train_p and not voices & train_v
   assert not set(corpus.VALIDATION_VOICES) & set(corpus.TEST_VOICES)
+
+
+def test_paraphrases_keep_the_attributes_in_new_wording():
+  from gcm_jax.data.talking_faces import captions  # pylint: disable=g-import-not-at-top
+  caption = "a green face on a purple background, moving left, says: Papa bought a map."
+  assert captions.paraphrase(caption, "template") == caption
+  assert captions.paraphrase(caption, "reordered") == (
+      "on a purple background, a green face, it moves left and says: Papa bought a map.")
+  assert captions.paraphrase(caption, "predicative") == (
+      "the face is green and the background is purple; it moves left; it says: Papa bought a "
+      "map.")
+  assert captions.paraphrase(caption, "synonyms") == (
+      "an emerald face on a violet background, moving left, says: Papa bought a map.")
+  for style in ("reordered", "predicative", "synonyms"):  # Never the training template.
+    with pytest.raises(ValueError, match="does not follow|must be one of"):
+      captions.parse_caption(captions.paraphrase(caption, style))
+  with pytest.raises(ValueError, match="unknown paraphrase style 'formal'"):
+    captions.paraphrase(caption, "formal")

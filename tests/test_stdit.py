@@ -174,7 +174,7 @@ def test_audio_encoder_is_per_frame():
     (lambda x, t, c: (x, t[:1], c), "timesteps must be"),
     (lambda x, t, c: (x, t, {k: v for k, v in c.items() if k != "mel"}), "missing 'mel'"),
     (lambda x, t, c: (x, t, dict(c, mel=c["mel"][:, :2])), "one window per video frame"),
-    (lambda x, t, c: (x, t, dict(c, mel=c["mel"][..., :5])), "mel windows must be"),
+    (lambda x, t, c: (x, t, dict(c, mel=c["mel"][..., :5])), "audio windows must be"),
     (lambda x, t, c: (x, t, dict(c, text_tokens=c["text_tokens"].astype(jnp.float32))),
      "text tokens must be int"),
     (lambda x, t, c: (x, t, dict(c, frames=x[:, :1])), "conditioning frames"),

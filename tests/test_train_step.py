@@ -140,8 +140,9 @@ def test_loss_weights_from_the_mouth_region_feature():
                               resolution=r, num_frames=t, seed=3).keypoints
   keypoints = np.stack([synthetic, rendered]).astype(np.float32)
   batch = {"video": jnp.zeros((2, t, r, r, 3)),
-           "mouth_region": np.stack([pipeline.KEYPOINT_FEATURES["mouth_region"](k, r)
-                                     for k in keypoints])}
+           "mouth_region": np.stack([
+               pipeline.KEYPOINT_FEATURES["mouth_region"]({"keypoints": k}, r)
+               for k in keypoints])}
   plain = step_lib.loss_weights(batch, frame_mask, 1.0)
   np.testing.assert_array_equal(plain[..., 0, 0], ~frame_mask)
   weighted = np.asarray(step_lib.loss_weights(batch, frame_mask, 5.0))
@@ -162,6 +163,9 @@ def test_batch_keys_are_the_features_the_step_reads():
   config.diffusion.mouth_loss_weight = 5.0
   config.control.enabled = True
   assert step_lib.batch_keys(config) == base + ("mouth_region", "control_maps")
+  config.model.update(text_encoder="minilm", audio_encoder="whisper")
+  assert step_lib.batch_keys(config) == ("video", "mel", "text_embeddings", "text_mask", "mask",
+                                         "whisper", "mouth_region", "control_maps")
 
 
 def _random_syncnet(resolution):

@@ -89,8 +89,8 @@ def make_clips(split: str, num_clips: int, num_frames: int, resolution: int,
         resolution=resolution, num_frames=num_frames, seed=int(rng.integers(2**31)))
     features = pipeline.preprocess(ex.features(), syncnet_lib.MEL_FRAMES, mel_alignment,
                                    text_max_len)
-    for k in keys:
-      out[k].append(features[k])
+    for k in keys:  # 'caption' (str) is the example's own; the rest are model inputs.
+      out[k].append(ex.caption if k == "caption" else features[k])
   return {k: np.stack(v) for k, v in out.items()}
 
 
@@ -439,9 +439,10 @@ def load_syncnet(config: ml_collections.ConfigDict,
   EMA params) with the same config, ready for `syncnet.lipsync_loss` and `metrics.lse_metrics`."""
   model = build_syncnet(config)
   res = config.data.resolution
-  template = model.init(jax.random.PRNGKey(0),
-                        jnp.zeros((1, syncnet_lib.SYNC_FRAMES, res - res // 2, res, 3)),
-                        jnp.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS)))
+  # The variables' structure without running the initializers (an eager init takes seconds).
+  template = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            jnp.zeros((1, syncnet_lib.SYNC_FRAMES, res - res // 2, res, 3)),
+                            jnp.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS)))
   with open(os.path.join(workdir, SYNCNET_FILE), "rb") as f:
     return model, serialization.from_bytes(template, f.read())
 

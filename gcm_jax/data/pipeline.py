@@ -13,28 +13,64 @@ host: the iterator's `get_state()` bytes (grain's DataLoader state) saved with a
 by any host and passed to `set_state()` on every host resume exactly. `DataIterator` follows grain's iterator protocol, so
 `grain.checkpoint.CheckpointHandler` / `CheckpointSave` can checkpoint it with orbax.
 """
+import dataclasses
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import grain
 import jax
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gcm_jax import frozen_encoders
 from gcm_jax.data import audio
+from gcm_jax.data import feature_cache
 from gcm_jax.data.talking_faces import keypoint_maps
+from gcm_jax.data.talking_faces import renderer
 from gcm_jax.data.talking_faces import talking_faces
+from gcm_jax.data.video_folder import builder as video_folder
+from gcm_jax.data.video_folder import faces
 from gcm_jax.models import tokenizer
 
 SPLITS = ("train", "validation", "test")
-DATASETS = ("talking_faces",)
-# Features computed from a record's keypoints `[T, K, 2]` and the resolution R, in numpy on
-# the CPU, so the model and train step need no keypoint geometry.
-KEYPOINT_FEATURES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
-    "mouth_region": keypoint_maps.mouth_region,  # bool [T, R, R]: the mouth-weighted loss
-    "control_maps": keypoint_maps.control_maps,  # float32 [T, R, R, K + 1]: ControlNet input
+# Ground truth only the synthetic set has (renderer truth and caption labels): copied into
+# the model inputs when a record has it, absent otherwise.
+OPTIONAL_FEATURES: dict[str, type] = {
+    "visemes": np.int32, "mouth_open": np.float32, "keypoints": np.float32,
+    "face_color": np.int32, "background_color": np.int32, "motion": np.int32}
+
+
+def _first_present(record: dict[str, Any], resolution: int, name: str,
+                   makers: Sequence[tuple[str, Callable[[np.ndarray, int], np.ndarray]]]
+                   ) -> np.ndarray:
+  """`make(record[key], R)` for the first (key, make) of `makers` whose key the record has."""
+  for key, make in makers:
+    if key in record:
+      return make(np.asarray(record[key], np.float32), resolution)
+  raise ValueError(f"'{name}' needs one of the record features {[k for k, _ in makers]}; "
+                   f"this dataset's records have {sorted(record)}")
+
+
+# Features computed from a record's face geometry (the synthetic keypoints `[T, K, 2]`, or a
+# real clip's mouth box `[T, 4]`) and the resolution R, in numpy on the CPU, so the model and
+# train step need no geometry.
+KEYPOINT_FEATURES: dict[str, Callable[[dict[str, Any], int], np.ndarray]] = {
+    # bool [T, R, R]: the mouth-weighted loss (the keypoints' mouth disc, else the mouth box:
+    # the lower half of a real clip's face crop unless the detector gave landmarks).
+    "mouth_region": lambda record, r: _first_present(
+        record, r, "mouth_region", (("keypoints", keypoint_maps.mouth_region),
+                                    ("mouth_box", faces.mouth_region))),
+    # float32 [T, R, R, K + 1]: ControlNet input (synthetic keypoints only).
+    "control_maps": lambda record, r: _first_present(
+        record, r, "control_maps", (("keypoints", keypoint_maps.control_maps),)),
 }
+
+
+# Features a record carries when the run uses pretrained encoders (`feature_cache`).
+CACHED_FEATURES = ("text_embeddings", "text_mask", "whisper", "latents")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -66,11 +102,12 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
 
   Returns:
     'video' float32 [T, R, R, 3] in [-1, 1]; 'mel' float32 [T, W, 80]; 'text_tokens' int32
-    [L]; 'text_mask' bool [L]; 'audio' float32 [T * 640]; 'visemes' int32 [T];
-    'mouth_open' float32 [T]; 'keypoints' float32 [T, K, 2]; 'face_color',
-    'background_color', 'motion' int32 []; 'mask' bool [] (True: a real example); and the
-    `keypoint_features` (names of KEYPOINT_FEATURES): 'mouth_region' bool [T, R, R],
-    'control_maps' float32 [T, R, R, K + 1].
+    [L]; 'text_mask' bool [L]; 'audio' float32 [T * 640]; 'mask' bool [] (True: a real
+    example); the OPTIONAL_FEATURES the record has (synthetic set: 'visemes' int32 [T],
+    'mouth_open' float32 [T], 'keypoints' float32 [T, K, 2], 'face_color',
+    'background_color', 'motion' int32 []); and the `keypoint_features` (names of
+    KEYPOINT_FEATURES): 'mouth_region' bool [T, R, R], 'control_maps' float32
+    [T, R, R, K + 1].
   """
   caption = features["caption"]
   if isinstance(caption, bytes):
@@ -82,22 +119,25 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
     raise ValueError(f"audio has shape {wav.shape}, expected "
                      f"({num_frames * audio.SAMPLES_PER_VIDEO_FRAME},) for {num_frames} frames")
   mel = audio.frame_windows(audio.melspectrogram(wav), num_frames, mel_window, mel_alignment)
-  tokens = tokenizer.encode(caption, text_max_len)
-  keypoints = np.asarray(features["keypoints"], np.float32)
+  # Byte tokens, unless a pretrained text encoder's features come with the record (their
+  # text_max_len counts its tokens, not bytes); an empty caption (a real clip without
+  # transcript) is all padding, which the model reads as the dropped text.
+  tokens = (tokenizer.encode(caption, text_max_len)
+            if "text_embeddings" not in features and caption.strip()
+            else np.zeros((text_max_len,), np.int32))
   return {
       "video": video.astype(np.float32) / 127.5 - 1.0,
       "mel": mel,
       "text_tokens": tokens,
       "text_mask": tokenizer.padding_mask(tokens),
       "audio": wav,
-      "visemes": np.asarray(features["visemes"], np.int32),
-      "mouth_open": np.asarray(features["mouth_open"], np.float32),
-      "keypoints": keypoints,
-      "face_color": np.int32(features["face_color"]),
-      "background_color": np.int32(features["background_color"]),
-      "motion": np.int32(features["motion"]),
+      **{k: np.asarray(features[k], dtype) for k, dtype in OPTIONAL_FEATURES.items()
+         if k in features},
       "mask": np.bool_(True),
-      **{name: KEYPOINT_FEATURES[name](keypoints, video.shape[1]) for name in keypoint_features},
+      **{name: KEYPOINT_FEATURES[name](features, video.shape[1]) for name in keypoint_features},
+      # Frozen-encoder features cached for the record (`feature_cache`); a pretrained text
+      # encoder's 'text_mask' (its tokens) replaces the byte tokens' one.
+      **{k: np.asarray(features[k]) for k in CACHED_FEATURES if k in features},
   }
 
 
@@ -270,15 +310,12 @@ def _prepared(builder: talking_faces.TalkingFaces, build_if_missing: bool
       f"gcm_jax.data.talking_faces.build(...)")
 
 
-def _data_source(data_cfg: ml_collections.ConfigDict, split: str):
-  """The split's random-access source, generating (or repairing) the dataset first if allowed.
+def _talking_faces_source(data_cfg: ml_collections.ConfigDict, split: str):
+  """The synthetic set, generated (or repaired) first if allowed.
 
   Multi-host: process 0 builds, all processes wait at a barrier; a process that still does
   not see complete data (host-local data_dir) builds its own identical copy.
   """
-  if data_cfg.name not in DATASETS:
-    raise ValueError(f"unknown dataset {data_cfg.name!r}; expected one of {DATASETS}")
-
   def get_builder():
     return talking_faces.get_builder(
         data_cfg.data_dir, data_cfg.resolution, data_cfg.num_frames, data_cfg.num_train,
@@ -290,6 +327,69 @@ def _data_source(data_cfg: ml_collections.ConfigDict, split: str):
     multihost_utils.sync_global_devices("gcm_jax.data.pipeline: dataset built")
     builder = _prepared(get_builder(), data_cfg.build_if_missing)
   return builder.as_data_source(split)
+
+
+def _video_folder_source(data_cfg: ml_collections.ConfigDict, split: str):
+  """Clips of real videos built by `python -m gcm_jax.data.video_folder` into data_dir (it
+  cannot be built from the config: that needs the videos)."""
+  path = video_folder.dataset_path(data_cfg.data_dir, data_cfg.resolution, data_cfg.num_frames)
+  if not os.path.exists(os.path.join(path, "dataset_info.json")):
+    raise FileNotFoundError(
+        f"no video_folder dataset at {path}; build it with python -m gcm_jax.data.video_folder "
+        f"--input=YOUR_VIDEOS --output_dir={data_cfg.data_dir} "
+        f"--resolution={data_cfg.resolution} --num_frames={data_cfg.num_frames}")
+  builder = tfds.builder_from_directory(path)
+  if split not in builder.info.splits:
+    raise ValueError(f"the video_folder dataset at {path} has no {split} clips (splits: "
+                     f"{list(builder.info.splits)}); see its staging/ledger.jsonl")
+  return builder.as_data_source(split)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """How the pipeline reads a dataset (`config.data.name`)."""
+  data_source: Callable[[ml_collections.ConfigDict, str], Any]  # (config.data, split) -> records
+  resolutions: Optional[tuple[int, ...]]  # allowed config.data.resolution; None: any
+  keypoints: bool  # records have the synthetic keypoints (ControlNet maps, color read-out)
+  description: str
+
+
+DATASETS: dict[str, Dataset] = {
+    "talking_faces": Dataset(_talking_faces_source, renderer.RESOLUTIONS, True,
+                             "the synthetic talking faces, generated on first use"),
+    "video_folder": Dataset(_video_folder_source, None, False,
+                            "clips of real videos (python -m gcm_jax.data.video_folder)"),
+}
+
+
+def data_source(data_cfg: ml_collections.ConfigDict, split: str):
+  """The split's random-access records of dataset `data_cfg.name` (DATASETS)."""
+  if data_cfg.name not in DATASETS:
+    raise ValueError(f"unknown dataset {data_cfg.name!r}; expected one of {tuple(DATASETS)}")
+  return DATASETS[data_cfg.name].data_source(data_cfg, split)
+
+
+def with_frozen_features(config: ml_collections.ConfigDict, source, split: str):
+  """`source` whose records carry the run's frozen-encoder features (as is without).
+
+  The features are computed once per split and cached in the dataset's folder
+  (`<dataset dir>/feature_cache/`, see `feature_cache`), by process 0 in a multi-host run
+  (the others wait, then read; a process that sees no cache, host-local data_dir, computes
+  its own identical copy).
+  """
+  if "model" not in config:  # A data-only config: the model's own encoders.
+    return source
+  encoders = frozen_encoders.FrozenEncoders(config)
+  if not encoders.keys:
+    return source
+  cache_root = os.path.join(source.dataset_info.data_dir, "feature_cache")
+  load = lambda: feature_cache.load_or_compute(source, split, encoders, cache_root,
+                                                config.data.num_frames)
+  features = load() if jax.process_index() == 0 else None
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"gcm_jax.data.pipeline: {split} features cached")
+    features = load()
+  return feature_cache.WithFeatures(source, features)
 
 
 def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
@@ -329,7 +429,7 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
     raise ValueError(f"config.data.batch_size={batch_size} must be divisible by the batch "
                      f"mesh size {shards} and the process count {process_count}")
   local_batch = batch_size // process_count
-  source = _data_source(data_cfg, split)
+  source = with_frozen_features(config, data_source(data_cfg, split), split)
   if shuffle is None:
     shuffle = split == "train" and data_cfg.shuffle
   shard = GlobalOrderShard(source, batch_size, process_index, process_count, seed, shuffle,

@@ -36,7 +36,7 @@ class ControlBranch(stdit.STDiT):
   @nn.compact
   def __call__(self, x: Array, t: Array, cond: Mapping[str, Array],  # pytype: disable=signature-mismatch
                control_maps: Array) -> list[Array]:
-    stdit._check_inputs(x, t, cond, self.in_channels, self.patch_size)  # pylint: disable=protected-access
+    self._check_inputs(x, t, cond)
     if control_maps.shape[:4] != x.shape[:4]:
       raise ValueError(f"control maps {control_maps.shape} must be [B, T, H, W, Cc] matching "
                        f"the video {x.shape}")

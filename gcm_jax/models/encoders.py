@@ -1,6 +1,9 @@
-"""Condition encoders: text (byte tokens) and audio (per-frame log-mel windows).
+"""Condition encoders: text (byte tokens or frozen pretrained embeddings) and audio (per-frame
+windows of log-mel frames or of frozen Whisper features).
 
-Both are small pre-LN transformers trained jointly with the DiT.
+All are small pre-LN transformers trained jointly with the DiT; pretrained encoders (MiniLM,
+T5, CLIP, Whisper: `gcm_jax.models.pretrained`) run once, outside the model, and their
+outputs enter through `EmbeddingTextEncoder` / `AudioEncoder`'s input projection.
 """
 import flax.linen as nn
 import jax
@@ -63,11 +66,37 @@ class TextEncoder(nn.Module):
     return layers.layer_norm("final_norm", dtype=self.dtype)(x)
 
 
-class AudioEncoder(nn.Module):
-  """Per-frame audio encoder: log-mel windows `[B, T, W, M]` -> audio tokens `[B, T, W, D]`.
+class EmbeddingTextEncoder(nn.Module):
+  """Frozen pretrained text embeddings `[B, L, E]` + mask `[B, L]` -> tokens `[B, L, D]`.
 
-  Each video frame's window of W mel frames is encoded independently, so frame t's
-  tokens carry only the sound around frame t.
+  A projection to the model width and `num_layers` trainable transformer layers (the
+  embeddings already carry positions). Padded positions are never attended to.
+  """
+  width: int
+  num_layers: int
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, embeddings: Array, mask: Array) -> Array:
+    if embeddings.ndim != 3 or not jnp.issubdtype(embeddings.dtype, jnp.floating):
+      raise ValueError(f"text embeddings must be float [B, L, E], got {embeddings.dtype} "
+                       f"{embeddings.shape}")
+    if mask.shape != embeddings.shape[:2]:
+      raise ValueError(f"text mask {mask.shape} must match embeddings {embeddings.shape[:2]}")
+    x = layers.dense(self.width, ("text_embed", "embed"), "input_proj", self.dtype)(
+        embeddings.astype(self.dtype))
+    for i in range(self.num_layers):
+      x = TransformerLayer(self.num_heads, dtype=self.dtype, name=f"layer_{i}")(x, mask)
+    return layers.layer_norm("final_norm", dtype=self.dtype)(x)
+
+
+class AudioEncoder(nn.Module):
+  """Per-frame audio encoder: windows `[B, T, W, M]` -> audio tokens `[B, T, W, D]`.
+
+  The windows hold W log-mel frames of M bins, or W frozen Whisper feature frames of M
+  dims. Each video frame's window is encoded independently, so frame t's tokens carry only
+  the sound around frame t.
   """
   width: int
   num_layers: int
@@ -80,7 +109,7 @@ class AudioEncoder(nn.Module):
   def __call__(self, mel: Array) -> Array:
     if mel.ndim != 4 or mel.shape[2:] != (self.window, self.num_mels):
       raise ValueError(
-          f"mel windows must be [B, T, W={self.window}, M={self.num_mels}], got {mel.shape}")
+          f"audio windows must be [B, T, W={self.window}, M={self.num_mels}], got {mel.shape}")
     b, t, w, m = mel.shape
     x = layers.dense(self.width, ("mel", "embed"), "input_proj", self.dtype)(
         mel.reshape(b * t, w, m))

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from gcm_jax.models import attention
+from gcm_jax.models import conditioning
 from gcm_jax.models import encoders
 from gcm_jax.models import layers
 
@@ -187,8 +188,9 @@ def unpatchify(patches: Array, grid_h: int, patch_size: int) -> Array:
 
 
 def _check_inputs(x: Array, t: Array, cond: Mapping[str, Array], in_channels: int,
-                  patch_size: int) -> None:
-  """Raises ValueError naming the offending input when shapes/dtypes are wrong."""
+                  patch_size: int, keys: tuple[str, ...]) -> None:
+  """Raises ValueError naming the offending input when shapes/dtypes are wrong; `keys` are
+  the cond's (text, text_mask, audio) keys (`conditioning.cond_keys`)."""
   if x.ndim != 5:
     raise ValueError(f"video must be [B, T, H, W, C], got shape {x.shape}")
   b, t_frames, h, w, ch = x.shape
@@ -200,15 +202,16 @@ def _check_inputs(x: Array, t: Array, cond: Mapping[str, Array], in_channels: in
     raise ValueError(f"video must be floating point, got {x.dtype}")
   if t.shape != (b,):
     raise ValueError(f"timesteps must be [B={b}], got shape {t.shape}")
-  for key in ("text_tokens", "text_mask", "mel"):
+  for key in keys:
     if key not in cond:
       raise ValueError(f"cond is missing {key!r}; it has {sorted(cond)}")
-  if cond["text_tokens"].shape[0] != b:
-    raise ValueError(f"text_tokens batch {cond['text_tokens'].shape[0]} != video batch {b}")
-  mel = cond["mel"]
-  if mel.ndim != 4 or mel.shape[:2] != (b, t_frames):
-    raise ValueError(f"mel must be [B={b}, T={t_frames}, W, M] (one window per video frame), "
-                     f"got {mel.shape}")
+  text_key, _, audio_key = keys
+  if cond[text_key].shape[0] != b:
+    raise ValueError(f"{text_key} batch {cond[text_key].shape[0]} != video batch {b}")
+  windows = cond[audio_key]
+  if windows.ndim != 4 or windows.shape[:2] != (b, t_frames):
+    raise ValueError(f"{audio_key} must be [B={b}, T={t_frames}, W, M] (one window per video "
+                     f"frame), got {windows.shape}")
   if "frames" in cond and cond["frames"].shape != x.shape:
     raise ValueError(f"conditioning frames {cond['frames'].shape} must match video {x.shape}")
 
@@ -216,11 +219,14 @@ def _check_inputs(x: Array, t: Array, cond: Mapping[str, Array], in_channels: in
 class STDiT(nn.Module):
   """The space-time DiT denoiser: `(x_t, t, cond) -> prediction` `[B, T, H, W, C]`.
 
-  `cond` holds:
-    'text_tokens' int `[B, L]`, 'text_mask' bool `[B, L]`,
-    'mel' float `[B, T, W, M]` (log-mel window per video frame),
+  `cond` holds (`conditioning` has the keys per `text_encoder` / `audio_encoder`):
+    'text_tokens' int `[B, L]` (text_encoder 'bytes') or 'text_embeddings' float `[B, L, E]`
+      (a frozen pretrained text encoder's output), 'text_mask' bool `[B, L]`,
+    'mel' float `[B, T, W, M]` (log-mel window per video frame; audio_encoder 'mel') or
+      'whisper' float `[B, T, W, D_whisper]` (frozen Whisper features; 'whisper'),
     optional 'drop_text' / 'drop_audio' bool `[B]`: replace that condition by a learned
-      null embedding (classifier-free guidance),
+      null embedding (classifier-free guidance); an empty text (text_mask all False) is
+      always the dropped text,
     optional 'frames' `[B, T, H, W, C]` and 'frame_mask' bool `[B, T]`: clean frames
       given as context (motion frames for long-video extension, infilling),
     optional 'control' list of K <= `depth` residuals `[B, T, N, D]` from a ControlNet
@@ -242,6 +248,8 @@ class STDiT(nn.Module):
   audio_layers: int = 1
   num_mels: int = 80
   mel_window: int = 16
+  text_encoder: str = conditioning.BYTE_TEXT
+  audio_encoder: str = "mel"
   frame_conditioning: bool = True
   time_scale: float = 1000.0
   dtype: Any = "float32"
@@ -251,17 +259,29 @@ class STDiT(nn.Module):
 
   def _encode_conditions(self, cond: Mapping[str, Array], batch: int, dtype):
     """Returns text `[B, L, D]`, text_mask `[B, L]`, pooled text `[B, D]`, audio `[B, T, W, D]`."""
-    text = encoders.TextEncoder(self.width, self.text_layers, self.num_heads,
-                                self.text_max_len, dtype, name="text_encoder")(
-                                    cond["text_tokens"], cond["text_mask"])
-    audio = encoders.AudioEncoder(self.width, self.audio_layers, self.num_heads,
-                                  self.num_mels, self.mel_window, dtype,
-                                  name="audio_encoder")(cond["mel"])
-    text_mask = cond["text_mask"].astype(bool)
+    fields = self._fields()
+    text_key, mask_key, audio_key = conditioning.cond_keys(fields)
+    text_mask = cond[mask_key].astype(bool)
+    # An empty caption (no real token, e.g. a real clip without transcript) is the dropped
+    # text; the encoder sees its first position so that no attention row is fully masked.
+    empty = ~jnp.any(text_mask, axis=-1, keepdims=True)  # [B, 1]
+    encoder_mask = jnp.where(empty, jnp.arange(text_mask.shape[1]) == 0, text_mask)
+    if text_key == "text_tokens":
+      text = encoders.TextEncoder(self.width, self.text_layers, self.num_heads,
+                                  self.text_max_len, dtype, name="text_encoder")(
+                                      cond[text_key], encoder_mask)
+    else:
+      text = encoders.EmbeddingTextEncoder(self.width, self.text_layers, self.num_heads, dtype,
+                                           name="text_encoder")(cond[text_key], encoder_mask)
+    # Mel windows have configured sizes (checked); pretrained features bring their own.
+    window, feature_dim = ((self.mel_window, self.num_mels) if audio_key == "mel"
+                           else cond[audio_key].shape[2:])
+    audio = encoders.AudioEncoder(self.width, self.audio_layers, self.num_heads, feature_dim,
+                                  window, dtype, name="audio_encoder")(cond[audio_key])
     null_init = layers.partitioned(nn.initializers.normal(0.02), ("length", "embed"))
     null_text = self.param("null_text", null_init, (1, self.width)).astype(dtype)
-    null_audio = self.param("null_audio", null_init, (self.mel_window, self.width)).astype(dtype)
-    drop_text = cond.get("drop_text", jnp.zeros((batch,), bool)).reshape(batch, 1)
+    null_audio = self.param("null_audio", null_init, (window, self.width)).astype(dtype)
+    drop_text = cond.get("drop_text", jnp.zeros((batch,), bool)).reshape(batch, 1) | empty
     text = jnp.where(drop_text[:, :, None], null_text[None], text)
     text_mask = jnp.where(drop_text, jnp.arange(text.shape[1]) == 0, text_mask)
     drop_audio = cond.get("drop_audio", jnp.zeros((batch,), bool)).reshape(batch, 1, 1, 1)
@@ -269,6 +289,14 @@ class STDiT(nn.Module):
     weights = text_mask.astype(dtype)[..., None]
     pooled = (text * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
     return text, text_mask, pooled, audio
+
+  def _fields(self) -> dict[str, Any]:
+    """The conditioning-related fields, as `conditioning`'s functions read them."""
+    return {"text_encoder": self.text_encoder, "audio_encoder": self.audio_encoder}
+
+  def _check_inputs(self, x: Array, t: Array, cond: Mapping[str, Array]) -> None:
+    _check_inputs(x, t, cond, self.in_channels, self.patch_size,
+                  conditioning.cond_keys(self._fields()))
 
   def _embed_video(self, x: Array, cond: Mapping[str, Array], dtype) -> Array:
     """Video `[B, T, H, W, C]` (+ context frames) -> tokens `[B, T, N, D]` with positions."""
@@ -321,7 +349,7 @@ class STDiT(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, t: Array, cond: Mapping[str, Array]) -> Array:
-    _check_inputs(x, t, cond, self.in_channels, self.patch_size)
+    self._check_inputs(x, t, cond)
     dtype = jnp.dtype(self.dtype)
     _, _, h, w, ch = x.shape
     p = self.patch_size

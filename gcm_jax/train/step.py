@@ -15,15 +15,19 @@ it is the only part of the image the audio determines.
 import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
+from gcm_jax.alignment import experts
 from gcm_jax.alignment import syncnet as syncnet_lib
 from gcm_jax.diffusion import guidance
 from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import schedules
+from gcm_jax.models import autoencoder as ae
+from gcm_jax.models import conditioning
 from gcm_jax.models import stdit
 from gcm_jax.train import control
 from gcm_jax.train import state as state_lib
@@ -56,10 +60,20 @@ def motion_frame_mask(key: jax.Array, batch_size: int, num_frames: int, p_motion
   return jnp.arange(num_frames)[None, :] < length[:, None]
 
 
+def target_key(config: ml_collections.ConfigDict) -> str:
+  """The batch feature the model learns to generate: 'video' pixels, or 'latents' (scaled
+  autoencoder latents `[B, T, R/f, R/f, C]`, `config.latent`)."""
+  return "video" if config.get("latent", {}).get("source", "none") == "none" else "latents"
+
+
 def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
-                      diffusion_config: Mapping[str, Any]) -> dict[str, jax.Array]:
-  """The model's `cond` dict for a training batch, with random dropout and motion frames."""
-  video = batch["video"]
+                      diffusion_config: Mapping[str, Any],
+                      model_config: Mapping[str, Any], target: str = "video"
+                      ) -> dict[str, jax.Array]:
+  """The model's `cond` dict for a training batch, with random dropout and motion frames
+  (clean frames of `batch[target]`); the text and audio features are the ones
+  `model_config`'s encoders read (`conditioning`)."""
+  video = batch[target]
   b, t = video.shape[:2]
   k_drop, k_motion = jax.random.split(key)
   drop_text, drop_audio = guidance.drop_conditions(
@@ -68,7 +82,7 @@ def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
   passthrough = {k: batch[k] for k in (control.MAPS_KEY,) if k in batch}  # For control branches.
   return {
       **passthrough,
-      "text_tokens": batch["text_tokens"], "text_mask": batch["text_mask"], "mel": batch["mel"],
+      **{k: batch[k] for k in conditioning.cond_keys(model_config)},
       "drop_text": drop_text, "drop_audio": drop_audio, "frames": video,
       "frame_mask": motion_frame_mask(k_motion, b, t, diffusion_config["p_motion_frames"],
                                       diffusion_config["max_motion_frames"]),
@@ -76,11 +90,13 @@ def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
 
 
 def loss_weights(batch: Mapping[str, jax.Array], frame_mask: jax.Array,
-                 mouth_loss_weight: float) -> jax.Array:
+                 mouth_loss_weight: float, size: Optional[int] = None) -> jax.Array:
   """Per-pixel loss weights `[B, T, H, W]` (or `[B, T, 1, 1]` without mouth weighting).
 
   0 on the given context frames (`frame_mask` `[B, T]`), else 1, times `mouth_loss_weight`
-  inside `batch['mouth_region']` (bool `[B, T, H, W]`, made by the input pipeline).
+  inside `batch['mouth_region']` (bool `[B, T, H, W]`, made by the input pipeline). With
+  `size` (the latent grid of a latent run) the region is pooled to `[B, T, size, size]`: a
+  latent cell is in the mouth if any of its pixels is.
   """
   weights = (~frame_mask).astype(jnp.float32)[:, :, None, None]
   if mouth_loss_weight == 1.0:
@@ -88,7 +104,11 @@ def loss_weights(batch: Mapping[str, jax.Array], frame_mask: jax.Array,
   if "mouth_region" not in batch:
     raise ValueError("config.diffusion.mouth_loss_weight != 1 needs the batch feature "
                      "'mouth_region' (bool [B, T, H, W], gcm_jax.data.pipeline.preprocess)")
-  return weights * jnp.where(batch["mouth_region"], mouth_loss_weight, 1.0)
+  region = batch["mouth_region"]
+  if size is not None and region.shape[2] != size:
+    b, t, h, w = region.shape
+    region = region.reshape(b, t, size, h // size, size, w // size).any(axis=(3, 5))
+  return weights * jnp.where(region, mouth_loss_weight, 1.0)
 
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, Mapping[str, jax.Array]], jax.Array]
@@ -99,13 +119,11 @@ def model_apply_fn(model: stdit.STDiT) -> ApplyFn:
   return lambda params, x, t, cond: model.apply({"params": params}, x, t, cond)
 
 
-LipSyncExpert = tuple[syncnet_lib.SyncNet, Any]  # (frozen SyncNet, its variables)
-
-
-def lipsync_term(expert: LipSyncExpert, key: jax.Array, x0_hat: jax.Array, logsnr: jax.Array,
+def lipsync_term(expert: experts.Expert, key: jax.Array, x0_hat: jax.Array, logsnr: jax.Array,
                  batch: Mapping[str, jax.Array], cond: Mapping[str, jax.Array],
                  step: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
-  """Scalar SyncNet lip-sync loss on the x0 estimate `[B, T, H, W, 3]`.
+  """Scalar lip-sync loss of the expert `config.lipsync.expert` (`experts.EXPERTS`: the
+  project SyncNet or Wav2Lip's SyncNet_color) on the x0 estimate `[B, T, H, W, 3]`.
 
   Per example weighted by `config.lipsync` (weight schedule over steps x noise-level
   weight), and 0 where the audio was dropped (CFG) or the example is padding.
@@ -115,15 +133,26 @@ def lipsync_term(expert: LipSyncExpert, key: jax.Array, x0_hat: jax.Array, logsn
                                                 cfg.ramp_steps)
             * syncnet_lib.noise_level_weight(logsnr, cfg.noise_weighting)
             * (~cond["drop_audio"] & batch["mask"]).astype(jnp.float32))
-  syncnet, variables = expert
-  return syncnet_lib.lipsync_loss(
-      syncnet, variables, x0_hat, batch["mel"], key, weight,
+  net, variables = expert
+  return experts.EXPERTS[cfg.expert].loss(
+      net, variables, x0_hat, batch["mel"], key, weight,
       audio_frame_offset=syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment))
+
+
+def decode_latents(autoencoder: ae.AutoencoderKL, params: Any, latents: jax.Array
+                   ) -> jax.Array:
+  """Scaled latents `[B, T, h, w, C]` -> pixels `[B, T, H, W, 3]` clipped to [-1, 1], under
+  `jax.checkpoint` (inside a loss, the backward pass recomputes the decoder)."""
+  decode = jax.checkpoint(lambda p, z: autoencoder.apply(
+      {"params": p}, ae.unscale_latents(z, autoencoder.config), method=ae.AutoencoderKL.decode))
+  return jnp.clip(decode(params, latents), -1.0, 1.0)
 
 
 def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The batch features `train_step` reads (the input pipeline sends only these to devices)."""
-  keys = ("video", "mel", "text_tokens", "text_mask", "mask")
+  audio = conditioning.audio_key(config.model)  # 'mel' itself always: the SyncNet reads it.
+  keys = ((target_key(config), "mel") + conditioning.text_keys(config.model) + ("mask",)
+          + ((audio,) if audio != "mel" else ()))
   if config.diffusion.mouth_loss_weight != 1.0:
     keys += ("mouth_region",)
   return keys + control.batch_keys(config)
@@ -132,7 +161,8 @@ def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
                frozen: Mapping[str, Any], *, apply_fn: ApplyFn,
                optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict,
-               lipsync_net: Optional[syncnet_lib.SyncNet] = None
+               lipsync_net: Optional[nn.Module] = None,
+               autoencoder: Optional[ae.AutoencoderKL] = None
                ) -> tuple[state_lib.TrainState, dict]:
   """One optimization step on a global batch (`batch['video']` `[B, T, H, W, 3]` etc.).
 
@@ -142,27 +172,35 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   `batch['mask'] == False` (padding) do not contribute. `frozen` holds the variables of
   frozen networks, passed as an argument so that they are inputs of the compiled step, not
   constants baked into it:
-  with `lipsync_net` (a SyncNet module) and `frozen['lipsync']` its variables, the loss
-  adds `lipsync_term` on the model's x0 estimate. Returns the new state and scalar metrics: loss,
-  denoising_loss, lipsync_loss, grad_norm, learning_rate, skipped_steps.
+  with `lipsync_net` (the module of `config.lipsync.expert`) and `frozen['lipsync']` its
+  variables, the loss adds `lipsync_term` on the model's x0 estimate; in a latent run
+  (`batch['latents']`, the `autoencoder` module with `frozen['autoencoder']` its params)
+  that estimate is decoded to pixels first, under remat (the decoder's activations are
+  recomputed in the backward pass, not stored). Returns the new state and scalar metrics:
+  loss, denoising_loss, lipsync_loss, grad_norm, learning_rate, skipped_steps.
   """
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
   k_cond, k_loss, k_sync = jax.random.split(key, 3)
-  cond = make_conditioning(k_cond, batch, config.diffusion)
+  target = batch[target_key(config)]
+  cond = make_conditioning(k_cond, batch, config.diffusion, config.model, target_key(config))
   loss_cfg = make_loss_config(config.diffusion)
   example_weight = batch["mask"].astype(jnp.float32)
-  pixel_weights = loss_weights(batch, cond["frame_mask"], config.diffusion.mouth_loss_weight)
+  pixel_weights = loss_weights(batch, cond["frame_mask"], config.diffusion.mouth_loss_weight,
+                               target.shape[2])
 
   def loss_fn(params):
     model_fn = lambda x, t, c: apply_fn(params, x, t, c)
-    terms = losses.denoising_terms(model_fn, k_loss, batch["video"], cond, loss_cfg,
+    terms = losses.denoising_terms(model_fn, k_loss, target, cond, loss_cfg,
                                    loss_mask=pixel_weights)
     denoising = (jnp.sum(terms["per_example"] * example_weight)
                  / jnp.maximum(example_weight.sum(), 1.0))
     lipsync = jnp.zeros(())
     if lipsync_net is not None:
-      lipsync = lipsync_term((lipsync_net, frozen["lipsync"]), k_sync, terms["x0_hat"], terms["logsnr"], batch,
-                             cond, state.step, config)
+      x0_hat = terms["x0_hat"]
+      if autoencoder is not None:
+        x0_hat = decode_latents(autoencoder, frozen["autoencoder"], x0_hat)
+      lipsync = lipsync_term((lipsync_net, frozen["lipsync"]), k_sync, x0_hat, terms["logsnr"],
+                             batch, cond, state.step, config)
     return denoising + lipsync, (denoising, lipsync)
 
   (loss, (denoising, lipsync)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

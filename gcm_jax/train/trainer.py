@@ -23,8 +23,10 @@ import optax
 import tqdm
 
 from gcm_jax import config_validation
-from gcm_jax.alignment import syncnet as syncnet_lib
-from gcm_jax.alignment import train_syncnet
+from gcm_jax import frozen_encoders
+from gcm_jax import latents
+from gcm_jax.alignment import experts
+from gcm_jax.models import conditioning
 from gcm_jax.models import stdit
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import checkpoint as checkpoint_lib
@@ -58,14 +60,18 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def example_inputs(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
   """Zero-valued model inputs with the config's shapes (for init and shape inference);
-  a ControlNet run's cond also has zero control maps `[B, T, R, R, config.control.channels]`."""
+  a ControlNet run's cond also has zero control maps `[B, T, R, R, config.control.channels]`,
+  a run with pretrained encoders their features (`frozen_encoders`, loaded once here)."""
   t, r = config.data.num_frames, config.data.resolution
   m = config.model
   b = batch_size
+  x_shape = latents.diffusion_shape(config, b, t)
   control_maps = {k: jnp.zeros((b, t, r, r, config.control.channels), jnp.float32)
                   for k in control.batch_keys(config)}
+  pretrained = {k: jnp.zeros((b,) + shape, bool if k.endswith("mask") else jnp.float32)
+                for k, shape in frozen_encoders.FrozenEncoders(config).feature_shapes(t).items()}
   return {
-      "x": jnp.zeros((b, t, r, r, m.in_channels), jnp.float32),
+      "x": jnp.zeros(x_shape, jnp.float32),
       "t": jnp.zeros((b,), jnp.float32),
       "cond": {
           "text_tokens": jnp.zeros((b, m.text_max_len), jnp.int32),
@@ -73,9 +79,10 @@ def example_inputs(config: ml_collections.ConfigDict, batch_size: int) -> dict[s
           "mel": jnp.zeros((b, t, m.mel_window, m.num_mels), jnp.float32),
           "drop_text": jnp.zeros((b,), bool),
           "drop_audio": jnp.zeros((b,), bool),
-          "frames": jnp.zeros((b, t, r, r, m.in_channels), jnp.float32),
+          "frames": jnp.zeros(x_shape, jnp.float32),
           "frame_mask": jnp.zeros((b, t), bool),
           **control_maps,
+          **pretrained,
       },
   }
 
@@ -153,28 +160,31 @@ def init_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   return state, shardings
 
 
-def load_lipsync_expert(config: ml_collections.ConfigDict
-                        ) -> Optional[step_lib.LipSyncExpert]:
-  """The frozen SyncNet of `config.lipsync.syncnet_workdir` if `config.lipsync.weight` > 0
+def load_lipsync_expert(config: ml_collections.ConfigDict) -> Optional[experts.Expert]:
+  """(module, variables) of the frozen lip-sync expert `config.lipsync.expert`
+  (`experts.EXPERTS`: the project SyncNet of `config.lipsync.syncnet_workdir`, or Wav2Lip's
+  `config.lipsync.expert_weights`) if `config.lipsync.weight` > 0, else None
   (`config_validation.validate` checks the lip-sync fields)."""
   if config.lipsync.weight <= 0:
     return None
-  return train_syncnet.load_matching_syncnet(config.lipsync.syncnet_workdir, config.data)
+  return experts.EXPERTS[config.lipsync.expert].load(config)
 
 
 def jit_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                    state_shardings: Any,
-                   lipsync_net: Optional[syncnet_lib.SyncNet] = None):
+                   lipsync_net: Optional[nn.Module] = None,
+                   autoencoder: Optional[Any] = None):
   """The `jax.jit` train step (state, batch, frozen) -> (state, metrics), state donated.
 
   `frozen` is the dict of frozen-network variables (`{'lipsync': ...}` with `lipsync_net`,
-  else `{}`), replicated. Trace/lower/call it under `jax.set_mesh(mesh)` and the config's
-  logical axis rules (`compile_train_step` does); benchmarks lower it directly for cost
+  `'autoencoder'` with `autoencoder` (the AutoencoderKL module of a latent run whose
+  lip-sync loss decodes the x0 estimate), else `{}`), replicated. Trace/lower/call it under
+  `jax.set_mesh(mesh)` and the config's logical axis rules (`compile_train_step` does); benchmarks lower it directly for cost
   analysis.
   """
   step_fn = functools.partial(
       step_lib.train_step, apply_fn=make_apply_fn(config), optimizer=make_optimizer(config),
-      config=config, lipsync_net=lipsync_net)
+      config=config, lipsync_net=lipsync_net, autoencoder=autoencoder)
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(step_fn,
                  in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), replicated),
@@ -187,7 +197,11 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   mesh and axis-rule contexts and passes the frozen networks' variables (loaded once)."""
   expert = load_lipsync_expert(config)
   lipsync_net, frozen = (None, {}) if expert is None else (expert[0], {"lipsync": expert[1]})
-  jitted = jit_train_step(config, mesh, state_shardings, lipsync_net)
+  decoder = latents.load(config) if expert is not None else None  # Decodes x0 for SyncNet.
+  if decoder is not None:
+    frozen["autoencoder"] = decoder.params
+  jitted = jit_train_step(config, mesh, state_shardings, lipsync_net,
+                          None if decoder is None else decoder.module)
   frozen = jax.device_put(frozen, mesh_lib.replicated(mesh))
   rules = config.mesh.logical_axis_rules
 
@@ -210,7 +224,7 @@ class ConfigMismatchError(ValueError):
 RESUMABLE_FIELDS = ("train.num_steps", "log.", "checkpoint.", "sampling.", "mesh.shape",
                     "mesh.logical_axis_rules", "distributed.", "data.data_dir",
                     "data.build_if_missing", "data.worker_count", "lipsync.syncnet_workdir",
-                    "control.base_workdir")
+                    "lipsync.expert_weights", "control.base_workdir")
 
 
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict
@@ -293,13 +307,11 @@ class SampleWriter:
   compiled once, on the first call. A ControlNet run samples for the batch's control maps.
   """
 
-  COND_KEYS = ("text_tokens", "text_mask", "mel")
-
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                workdir: str):
     from gcm_jax import sampling  # pylint: disable=g-import-not-at-top
     self._config, self._mesh, self._workdir = config, mesh, workdir
-    self.cond_keys = self.COND_KEYS + control.batch_keys(config)
+    self.cond_keys = conditioning.cond_keys(config.model) + control.batch_keys(config)
     self.num_samples = min(config.log.num_samples,
                            config.data.batch_size // jax.process_count())
     replicated = mesh_lib.replicated(mesh)
@@ -323,9 +335,10 @@ class SampleWriter:
     if jax.process_index() != 0:
       return []
     audio = np.asarray(batch["audio"])
+    videos = np.asarray(latents.to_pixels(self._config)(videos.addressable_data(0)))
     return [video_io.write_mp4(
         os.path.join(self._workdir, "samples", f"step_{step:07d}_{i}.mp4"), video, audio[i])
-            for i, video in enumerate(np.asarray(videos.addressable_data(0)))]
+            for i, video in enumerate(videos)]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -348,7 +361,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   _write_config(config, workdir)
   step_keys = step_lib.batch_keys(config)
   data = pipeline.make_dataset(config, "train", mesh, batch_axes=mesh_lib.BATCH_AXES,
-                               seed=config.seed, device_keys=step_keys + SampleWriter.COND_KEYS)
+                               seed=config.seed, device_keys=step_keys + conditioning.cond_keys(config.model))
   if data_state is not None:
     data.set_state(data_state["iterator"].encode("utf-8"))
   train_step = compile_train_step(config, mesh, shardings)

@@ -82,6 +82,42 @@ def make_caption(attributes: Attributes, script: str) -> str:
           f"{motion}, says: {script.strip()}")
 
 
+# Held-out phrasings (evaluation only; training captions all follow `make_caption`): does a
+# text encoder carry a caption's meaning, or only its training template's wording?
+COLOR_SYNONYMS = {"red": "crimson", "orange": "tangerine", "yellow": "golden", "green": "emerald",
+                  "cyan": "turquoise", "blue": "cobalt", "purple": "violet", "pink": "rose",
+                  "white": "snow-white", "brown": "chocolate"}
+
+
+def _with_article(word: str) -> str:
+  return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _motion_clause(motion: str) -> str:
+  return "it stays still" if motion == "still" else f"it moves {motion}"
+
+
+PARAPHRASES = {
+    "template": lambda a, s: make_caption(a, s),
+    "reordered": lambda a, s: (f"on a {a.background_color} background, a {a.face_color} face, "
+                               f"{_motion_clause(a.motion)} and says: {s}"),
+    "predicative": lambda a, s: (f"the face is {a.face_color} and the background is "
+                                 f"{a.background_color}; {_motion_clause(a.motion)}; it says: {s}"),
+    "synonyms": lambda a, s: (
+        f"{_with_article(COLOR_SYNONYMS[a.face_color])} face on "
+        f"{_with_article(COLOR_SYNONYMS[a.background_color])} background, "
+        + make_caption(a, s).split(" background, ", 1)[1]),
+}
+
+
+def paraphrase(caption: str, style: str) -> str:
+  """`caption` (a `make_caption` caption) phrased in one of the PARAPHRASES styles."""
+  if style not in PARAPHRASES:
+    raise ValueError(f"unknown paraphrase style {style!r}; expected one of {tuple(PARAPHRASES)}")
+  attributes, script = parse_caption(caption)
+  return PARAPHRASES[style](attributes, script)
+
+
 def parse_caption(caption: str) -> tuple[Attributes, str]:
   """Inverse of `make_caption`: returns (attributes, script).
 

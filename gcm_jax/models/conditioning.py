@@ -1,0 +1,39 @@
+"""Which batch features carry the caption and the voice into the STDiT, per encoder choice.
+
+`model.text_encoder` names how the caption is encoded:
+  'bytes': the model's own byte-token encoder, trained with it; batch 'text_tokens' int
+    `[B, L]` + 'text_mask' bool `[B, L]`.
+  a pretrained encoder ('minilm', 't5', 'clip'; `gcm_jax.models.pretrained.text_encoders`):
+    frozen, run once per caption outside the model; batch 'text_embeddings' float
+    `[B, L, E]` + 'text_mask'.
+`model.audio_encoder` names how the voice is encoded:
+  'mel': log-mel windows, batch 'mel' float `[B, T, mel_window, num_mels]`.
+  'whisper': frozen Whisper encoder features (50 Hz, 2 per video frame) around each video
+    frame (`gcm_jax.models.pretrained.whisper.whisper_frame_features`): batch 'whisper'
+    float `[B, T, W, D_whisper]`.
+The SyncNet (lip-sync loss, metrics) always reads 'mel'.
+"""
+from typing import Any, Mapping
+
+BYTE_TEXT = "bytes"
+TEXT_KEYS = {BYTE_TEXT: ("text_tokens", "text_mask")}
+PRETRAINED_TEXT_KEYS = ("text_embeddings", "text_mask")
+AUDIO_KEYS = {"mel": "mel", "whisper": "whisper"}
+
+
+def text_keys(model: Mapping[str, Any]) -> tuple[str, str]:
+  """('text_tokens' | 'text_embeddings', 'text_mask') for `config.model`."""
+  return TEXT_KEYS.get(model.get("text_encoder", BYTE_TEXT), PRETRAINED_TEXT_KEYS)
+
+
+def audio_key(model: Mapping[str, Any]) -> str:
+  """The batch key of the per-frame audio windows the model reads ('mel' or 'whisper')."""
+  name = model.get("audio_encoder", "mel")
+  if name not in AUDIO_KEYS:
+    raise ValueError(f"unknown audio_encoder {name!r}; expected one of {tuple(AUDIO_KEYS)}")
+  return AUDIO_KEYS[name]
+
+
+def cond_keys(model: Mapping[str, Any]) -> tuple[str, ...]:
+  """The batch features the model's `cond` takes from a batch (text, mask, audio)."""
+  return text_keys(model) + (audio_key(model),)

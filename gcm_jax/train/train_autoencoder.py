@@ -1,0 +1,602 @@
+"""Trains the KL autoencoder (`gcm_jax.models.autoencoder`) on the frames of a configured dataset.
+
+  python -m gcm_jax.train.train_autoencoder --config=configs/autoencoder.py --workdir=DIR
+  python -m gcm_jax.train.train_autoencoder --workdir=DIR --config.train.num_steps=50
+
+Frames come from the project's input pipeline (`gcm_jax.data.pipeline.make_dataset`, any
+`config.data.name`; 'video' `[B, T, R, R, 3]` in [-1, 1]); each step trains on
+`train.frames_per_clip` random frames of every clip of the global batch (the autoencoder folds
+them into its batch). Loss per frame, averaged over the frames:
+
+  reconstruction (L1 or L2, per value) + ssim_weight * (1 - SSIM)
+    + kl_weight * KL(posterior || N(0, I)) / (H W 3)
+
+The KL term divided by the number of pixel values puts `kl_weight` on SD's scale (SD sums the
+reconstruction over pixels and adds 1e-6 x the KL summed over latents). The decoder reads a
+posterior sample. No patch-GAN discriminator (not implemented).
+
+The run uses the diffusion trainer's stack: `gcm_jax.train.state` (TrainState, AdamW with warmup
++ cosine decay and clipping, non-finite steps skipped, EMA), Orbax checkpoints with the data
+iterator's position (`gcm_jax.train.checkpoint`), `metrics.jsonl` + TensorBoard
+(`gcm_jax.train.metrics`). The key of step k is `fold_in(PRNGKey(seed), k)` and the batches
+resume from the iterator state, so rerunning with the same workdir resumes from the newest
+readable checkpoint and reproduces an uninterrupted run (a changed config that defines the run is
+refused, `check_resumable`). After the last step, with the EMA params:
+
+  * the latent statistics of `latent_stats.num_batches` training batches: shift = mean of the
+    posterior means, scale = 1 / std(mean - shift) (as SD3 / Flux compute theirs);
+  * held-out PSNR / SSIM (posterior mean decoded, clipped to [-1, 1]) on `eval.split`.
+
+Writes to `workdir`:
+
+  config.json          the run's config (resume check)
+  checkpoints/, logs/  Orbax checkpoints, metrics.jsonl + TensorBoard
+  autoencoder.msgpack  the final EMA params
+  autoencoder.json     {"config": AutoencoderConfig fields with the data's scaling_factor and
+                        shift_factor, "step", "params": "ema"}
+  report.json          {"report": held-out PSNR / SSIM, latent statistics, times; "config"}
+
+`load_trained_autoencoder(workdir)` returns (AutoencoderConfig, params) for latent diffusion and
+`autoencoder_identity(workdir)` a string that changes whenever those change (latent caches).
+"""
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import tqdm
+from absl import app
+from absl import flags
+from absl import logging
+from flax import serialization
+from jax.sharding import NamedSharding, PartitionSpec
+
+from gcm_jax import config_validation as cv
+from gcm_jax import image_quality
+from gcm_jax.models import autoencoder as ae
+from gcm_jax.parallel import mesh as mesh_lib
+from gcm_jax.train import checkpoint as checkpoint_lib
+from gcm_jax.train import metrics as metrics_lib
+from gcm_jax.train import state as state_lib
+
+Batch = Mapping[str, jax.Array]
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "autoencoder.msgpack"
+AUTOENCODER_FILE = "autoencoder.json"
+REPORT_FILE = "report.json"
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs", "autoencoder.py")
+
+# Per-value reconstruction losses (config.loss.reconstruction).
+RECONSTRUCTION_LOSSES: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "l1": jnp.abs,
+    "l2": jnp.square,
+}
+EVAL_SPLITS = ("validation", "test")
+# config.model: the AutoencoderConfig fields a run chooses (the rest keep their defaults).
+MODEL_FIELDS = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups",
+                "mid_block_add_attention")
+
+
+def _int_tuple(v: Any) -> bool:
+  return (isinstance(v, (tuple, list)) and len(v) > 0
+          and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in v))
+
+
+RULES: tuple[cv.Rule, ...] = (
+    cv.integer("seed", 0),
+    cv.integer("num_devices", 0),
+    cv.Rule("model.block_out_channels", _int_tuple, "a non-empty tuple of integers >= 1"),
+    cv.integer("model.layers_per_block", 1),
+    cv.integer("model.latent_channels", 1),
+    cv.integer("model.norm_num_groups", 1),
+    cv.boolean("model.mid_block_add_attention"),
+    # The data section: the diffusion config's rules for it (configs/tiny.py's fields).
+    *(r for r in cv.RULES if r.path.startswith("data.")),
+    cv.one_of("loss.reconstruction", RECONSTRUCTION_LOSSES),
+    cv.non_negative("loss.ssim_weight"),
+    cv.non_negative("loss.kl_weight"),
+    cv.integer("train.num_steps", 1),
+    cv.integer("train.frames_per_clip", 1),
+    cv.positive("train.learning_rate"),
+    cv.integer("train.warmup_steps", 0),
+    cv.non_negative("train.weight_decay"),
+    cv.positive("train.grad_clip_norm"),
+    cv.number("train.ema_decay", 0.0, 1.0, high_open=True),
+    cv.boolean("train.ema_warmup"),
+    cv.number("train.b1", 0.0, 1.0, high_open=True),
+    cv.number("train.b2", 0.0, 1.0, high_open=True),
+    cv.one_of("eval.split", EVAL_SPLITS),
+    cv.integer("latent_stats.num_batches", 1),
+    cv.integer("checkpoint.every_steps", 0),
+    cv.integer("checkpoint.keep", 1),
+    cv.boolean("checkpoint.async_save"),
+    cv.integer("log.every_steps", 1),
+)
+
+# Fields that may differ when a run resumes (a prefix ending in "." covers a section; the global
+# batches and the replicated state do not depend on the device count); the others define the
+# run and must equal its config.json.
+RESUMABLE_FIELDS = ("num_devices", "train.num_steps", "eval.", "latent_stats.", "checkpoint.",
+                    "log.", "data.data_dir", "data.build_if_missing", "data.worker_count")
+
+
+class ConfigMismatchError(ValueError):
+  """A resumed workdir's saved config differs in fields that define the run."""
+
+
+def autoencoder_config(config: ml_collections.ConfigDict, scaling_factor: float = 1.0,
+                       shift_factor: float = 0.0) -> ae.AutoencoderConfig:
+  """The AutoencoderConfig of `config.model` with the given latent scale / shift."""
+  fields = {k: config.model[k] for k in MODEL_FIELDS}
+  fields["block_out_channels"] = tuple(fields["block_out_channels"])
+  return ae.AutoencoderConfig(**fields, scaling_factor=scaling_factor, shift_factor=shift_factor)
+
+
+def _cross_field_problems(c: ml_collections.ConfigDict,
+                          datasets: Optional[Mapping[str, Any]]) -> list[str]:
+  try:
+    downsampling = autoencoder_config(c).downsampling
+  except ValueError as e:
+    return [f"config.model: {e}"]
+  checks = [
+      (c.data.resolution % downsampling == 0,
+       f"config.data.resolution = {c.data.resolution} must be a multiple of the autoencoder's "
+       f"downsampling {downsampling} (2^(len(config.model.block_out_channels) - 1))"),
+      (c.train.frames_per_clip <= c.data.num_frames,
+       f"config.train.frames_per_clip = {c.train.frames_per_clip} must be <= "
+       f"config.data.num_frames = {c.data.num_frames}"),
+      (c.data.num_train >= c.data.batch_size,
+       f"config.data.num_train = {c.data.num_train} must be >= config.data.batch_size = "
+       f"{c.data.batch_size} (training batches drop the remainder)"),
+      (c.data.resolution >= image_quality.SSIM_WINDOW,
+       f"config.data.resolution = {c.data.resolution} must be >= {image_quality.SSIM_WINDOW} "
+       f"(the SSIM window)"),
+  ]
+  found = [message for ok, message in checks if not ok]
+  resolutions = getattr(datasets.get(c.data.name), "resolutions", None) if datasets else None
+  if resolutions is not None and c.data.resolution not in resolutions:
+    found.append(f"config.data.resolution = {c.data.resolution}: expected one of {resolutions} "
+                 f"for config.data.name = {c.data.name!r}")
+  if c.eval.split == "validation" and c.data.num_validation == 0 or (
+      c.eval.split == "test" and c.data.num_test == 0):
+    found.append(f"config.eval.split = {c.eval.split!r} but config.data.num_{c.eval.split} = 0")
+  return found
+
+
+def problems(config: ml_collections.ConfigDict,
+             datasets: Optional[Mapping[str, Any]] = None) -> list[str]:
+  """Every problem of an autoencoder-training config, one line each (empty if valid).
+
+  Args:
+    config: the run's config (fields: configs/autoencoder.py).
+    datasets: the input pipeline's dataset registry (`pipeline.DATASETS`), to check the
+      resolution against the dataset's; None skips that check.
+  """
+  fields = cv.flat_fields(config.to_dict())
+  known = {r.path for r in RULES}
+  found = [f"config.{p} is not a known field (check its spelling; the fields are those of "
+           f"configs/autoencoder.py)" for p in fields if p not in known]
+  for rule in RULES:
+    if rule.path not in fields:
+      found.append(f"config.{rule.path} is missing: expected {rule.expected}")
+    elif not rule.ok(fields[rule.path]):
+      found.append(f"config.{rule.path} = {fields[rule.path]!r}: expected {rule.expected}")
+  return found or _cross_field_problems(config, datasets)
+
+
+def validate(config: ml_collections.ConfigDict,
+             datasets: Optional[Mapping[str, Any]] = None) -> None:
+  """Raises `config_validation.ConfigError` listing every problem of `config` (`problems`)."""
+  found = problems(config, datasets)
+  if found:
+    raise cv.ConfigError("invalid autoencoder config:\n  " + "\n  ".join(found))
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ConfigMismatchError naming each field, outside RESUMABLE_FIELDS, that differs
+  from the workdir's config.json (nothing to check without one)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    old = cv.flat_fields(json.load(f))
+  new = cv.flat_fields(json.loads(config.to_json()))
+  resumable = lambda p: any(p == f or (f.endswith(".") and p.startswith(f))
+                            for f in RESUMABLE_FIELDS)
+  differences = [f"config.{p}: saved {old.get(p, '<missing>')!r}, now {new.get(p, '<removed>')!r}"
+                 for p in sorted(set(old) | set(new))
+                 if not resumable(p) and old.get(p, "<missing>") != new.get(p, "<removed>")]
+  if differences:
+    raise ConfigMismatchError(
+        f"{workdir} holds an autoencoder run with a different config; nothing was changed "
+        f"there. Use these values to resume it, or a new --workdir:\n  " +
+        "\n  ".join(differences))
+
+
+# --- the pure pieces -----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _compiled_init(config: ae.AutoencoderConfig) -> Callable[[jax.Array], Any]:
+  """The AutoencoderKL initializer compiled without XLA's backend optimizations: it runs once,
+  and its ~60 unrolled threefry draws otherwise take 4x longer to compile on CPU."""
+  f = config.downsampling  # The smallest frame: the params do not depend on the size.
+  init = jax.jit(lambda key: ae.AutoencoderKL(config).init(
+      key, jnp.zeros((1, 1, f, f, config.in_channels)))["params"])
+  return init.lower(jax.ShapeDtypeStruct((2,), jnp.uint32)).compile(
+      {"xla_backend_optimization_level": 0})
+
+
+def init_params(config: ae.AutoencoderConfig, key: jax.Array) -> Any:
+  """Freshly initialized AutoencoderKL params (compiled once per architecture).
+
+  Args:
+    key: a raw uint32 [2] PRNG key (`jax.random.PRNGKey`).
+  """
+  return _compiled_init(config)(key)
+
+
+def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> state_lib.TrainState:
+  """TrainState of freshly initialized AutoencoderKL params and `config.train`'s optimizer."""
+  return state_lib.create_state(init_params(autoencoder_config(config), key),
+                                state_lib.make_optimizer(config.train))
+
+
+def abstract_state(config: ml_collections.ConfigDict) -> state_lib.TrainState:
+  """`create_state`'s shapes and dtypes (nothing computed)."""
+  optimizer = state_lib.make_optimizer(config.train)
+  return jax.eval_shape(lambda p: state_lib.create_state(p, optimizer),
+                        ae.expected_params(autoencoder_config(config)))
+
+
+def select_frames(video: jax.Array, num: int, key: jax.Array) -> jax.Array:
+  """`num` distinct random frames of every clip: `[B, T, H, W, C]` -> `[B, num, H, W, C]`."""
+  b, t = video.shape[:2]
+  idx = jax.vmap(lambda k: jax.random.choice(k, t, (num,), replace=False))(
+      jax.random.split(key, b))
+  return jnp.take_along_axis(video, idx[:, :, None, None, None], axis=1)
+
+
+def autoencoder_loss(params: Any, model: ae.AutoencoderKL, frames: jax.Array, key: jax.Array,
+                     loss_config: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Reconstruction + SSIM + KL loss of a posterior sample's decoding (module docstring).
+
+  Args:
+    frames: `[B, T, H, W, 3]` in [-1, 1].
+    loss_config: `config.loss` (reconstruction, ssim_weight, kl_weight).
+
+  Returns:
+    (loss, metrics: loss, reconstruction, ssim, kl (per frame, summed over latents), psnr).
+  """
+  recon, mean, logvar = model.apply({"params": params}, frames, key)
+  reconstruction = jnp.mean(RECONSTRUCTION_LOSSES[loss_config["reconstruction"]](recon - frames))
+  ssim = jnp.mean(image_quality.ssim(recon, frames))
+  kl = jnp.mean(ae.kl_divergence(mean, logvar))
+  values_per_frame = frames[0, 0].size
+  loss = (reconstruction + loss_config["ssim_weight"] * (1.0 - ssim)
+          + loss_config["kl_weight"] * kl / values_per_frame)
+  psnr = jnp.mean(image_quality.psnr(jnp.clip(recon, -1.0, 1.0), frames))
+  return loss, {"loss": loss, "reconstruction": reconstruction, "ssim": ssim, "kl": kl,
+                "psnr": psnr}
+
+
+def train_step(state: state_lib.TrainState, batch: Batch, key: jax.Array, *,
+               model: ae.AutoencoderKL, optimizer: optax.GradientTransformation,
+               train_config: Mapping[str, Any], loss_config: Mapping[str, Any]
+               ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+  """One pure optimization step (jit with the keywords bound; `optimizer` from
+  `state.make_optimizer(train_config)`).
+
+  Args:
+    batch: {'video': `[B, T, H, W, 3]` in [-1, 1]}; `train_config['frames_per_clip']` random
+      frames of each clip are trained on.
+    key: picks the frames and samples the posterior.
+
+  Returns:
+    (state, `autoencoder_loss` metrics + grad_norm, learning_rate, skipped_steps).
+  """
+  k_frames, k_sample = jax.random.split(key)
+  frames = select_frames(batch["video"], train_config["frames_per_clip"], k_frames)
+  grads, out = jax.grad(autoencoder_loss, has_aux=True)(state.params, model, frames, k_sample,
+                                                       loss_config)
+  new_state = state_lib.apply_gradients(state, grads, optimizer, train_config["ema_decay"],
+                                        train_config["ema_warmup"])
+  return new_state, dict(
+      out, grad_norm=optax.global_norm(grads),
+      learning_rate=state_lib.learning_rate_schedule(train_config)(state.step),
+      skipped_steps=state_lib.skipped_steps(new_state))
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_train_step(config: ae.AutoencoderConfig, train_items: tuple[tuple[str, Any], ...],
+                        loss_items: tuple[tuple[str, Any], ...],
+                        sharding: jax.sharding.Sharding) -> Callable[..., Any]:
+  """`train_step` jitted for an architecture and (sorted items of) config.train / config.loss,
+  state and metrics on `sharding`, the state donated; compiled once per process for each."""
+  train_config = dict(train_items)
+  return jax.jit(functools.partial(train_step, model=ae.AutoencoderKL(config),
+                                   optimizer=state_lib.make_optimizer(train_config),
+                                   train_config=train_config, loss_config=dict(loss_items)),
+                 out_shardings=(sharding, sharding), donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _quality_sums(config: ae.AutoencoderConfig, params: Any, video: jax.Array,
+                  mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(sum of per-frame PSNR, of per-frame SSIM, frame count) over the rows with `mask`."""
+  recon = jnp.clip(ae.AutoencoderKL(config).apply({"params": params}, video)[0], -1.0, 1.0)
+  weight = jnp.broadcast_to(mask[:, None], video.shape[:2]).astype(jnp.float32)
+  return (jnp.sum(weight * image_quality.psnr(recon, video)),
+          jnp.sum(weight * image_quality.ssim(recon, video)), jnp.sum(weight))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _latent_sums(config: ae.AutoencoderConfig, params: Any, video: jax.Array,
+                 mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(sum, sum of squares, count) of the posterior means' values over the rows with `mask`."""
+  mean = ae.AutoencoderKL(config).apply({"params": params}, video, method="encode")[0]
+  weight = mask.astype(jnp.float32)[:, None, None, None, None]
+  return (jnp.sum(weight * mean), jnp.sum(weight * jnp.square(mean)),
+          jnp.sum(jnp.broadcast_to(weight, mean.shape)))
+
+
+def evaluate(config: ae.AutoencoderConfig, params: Any,
+             batches: Iterable[Batch]) -> dict[str, float]:
+  """Held-out reconstruction quality of the posterior mean, decoded and clipped to [-1, 1].
+
+  Args:
+    config: the architecture of `params`.
+    batches: {'video': `[B, T, H, W, 3]` in [-1, 1], 'mask': bool `[B]` (padding rows False),
+      other keys ignored}.
+
+  Returns:
+    {'psnr': mean per-frame PSNR (dB), 'ssim': mean per-frame SSIM, 'num_frames'}.
+  """
+  totals = [0.0, 0.0, 0.0]
+  for batch in batches:
+    sums = _quality_sums(config, params, batch["video"], batch["mask"])
+    totals = [t + float(s) for t, s in zip(totals, sums)]
+  psnr, ssim, count = totals
+  if count == 0:
+    raise ValueError("no held-out frames to evaluate")
+  return {"psnr": psnr / count, "ssim": ssim / count, "num_frames": int(count)}
+
+
+def latent_statistics(config: ae.AutoencoderConfig, params: Any,
+                      batches: Iterable[Batch]) -> tuple[float, float]:
+  """(shift, scale) of the posterior means of the frames in `batches`: shift = their mean,
+  scale = 1 / their standard deviation (over every latent value; padding rows excluded).
+
+  Args:
+    config: the architecture of `params`.
+    batches: {'video': `[B, T, H, W, 3]`, 'mask': bool `[B]`, other keys ignored}.
+  """
+  total = total_sq = count = 0.0
+  for batch in batches:
+    s, sq, n = _latent_sums(config, params, batch["video"], batch["mask"])
+    total, total_sq, count = total + float(s), total_sq + float(sq), count + float(n)
+  if count == 0:
+    raise ValueError("no frames to compute the latent statistics from")
+  shift = total / count
+  std = max(total_sq / count - shift * shift, 0.0) ** 0.5
+  if not std > 0:
+    raise ValueError("the posterior means are constant (std 0): the latent scale is undefined")
+  return shift, 1.0 / std
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+def make_mesh(num_devices: int) -> jax.sharding.Mesh:
+  """The data-parallel mesh: batches split over 'data', params replicated, over all devices
+  (`num_devices` 0, multi-host too) or this host's first `num_devices`.
+
+  Raises:
+    ValueError: more devices asked for than this host has.
+  """
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > jax.local_device_count():
+      raise ValueError(f"config.num_devices = {num_devices} but this host has "
+                       f"{jax.local_device_count()} devices")
+    devices = jax.local_devices()[:num_devices]
+  return mesh_lib.make_mesh({"shape": {"data": -1, "fsdp": 1, "tensor": 1}}, devices)
+
+
+def _write_json(path: str, value: Any) -> None:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2, sort_keys=True, default=str)
+  os.replace(path + ".tmp", path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_at_step: Optional[int] = None) -> Optional[dict[str, Any]]:
+  """Trains (or resumes) the autoencoder, writes the params, latent statistics and held-out
+  report into `workdir` (module docstring) and returns the report.
+
+  `stop_at_step` ends training at that step (checkpointed, schedule unchanged) and returns
+  None; rerunning resumes it.
+
+  Raises:
+    config_validation.ConfigError: an invalid config (every problem listed).
+    ConfigMismatchError: `workdir` holds a run with a different config.
+    checkpoint.CheckpointError: no checkpoint in `workdir` can be read.
+  """
+  # gcm_jax.train imports the data package only here (tests/test_package_boundaries.py).
+  from gcm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  validate(config, pipeline.DATASETS)
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not config.data.data_dir:
+    config.data.data_dir = os.path.join(workdir, "data")
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                             config.checkpoint)
+  if checkpointer.latest_step() is not None:
+    check_resumable(config, workdir)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+      f.write(config.to_json(indent=2))
+
+  mesh = make_mesh(config.num_devices)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract = abstract_state(config)
+  restored = checkpoint_lib.restore_for_resume(
+      checkpointer, checkpoint_lib.abstract_with_shardings(
+          abstract, jax.tree.map(lambda _: replicated, abstract)))
+  state, data_state = ((jax.device_put(create_state(config, jax.random.PRNGKey(config.seed)),
+                                        replicated), None) if restored is None
+                       else restored)
+  # A data-only config: the pipeline reads no model fields (no frozen-encoder features).
+  data_config = ml_collections.ConfigDict({"data": config.data.to_dict()})
+  data = pipeline.make_dataset(data_config, "train", mesh, batch_axes=mesh_lib.BATCH_AXES,
+                               seed=config.seed, device_keys=("video", "mask"))
+  if data_state is not None:
+    data.set_state(data_state["iterator"].encode("utf-8"))
+
+  ae_config = autoencoder_config(config)
+  step_fn = compiled_train_step(ae_config, tuple(sorted(config.train.items())),
+                                tuple(sorted(config.loss.items())), replicated)
+  base_key = jax.random.PRNGKey(config.seed)
+  start, num_steps = int(state.step), config.train.num_steps
+  last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+  writer = metrics_lib.MetricWriter(workdir, start_step=start)
+  t0 = time.time()
+  with tqdm.tqdm(total=num_steps, initial=start, desc="autoencoder",
+                 disable=jax.process_index() != 0) as progress:
+    for step in range(start + 1, last_step + 1):
+      batch = next(data)
+      state, scalars = step_fn(state, {"video": batch["video"]},
+                               jax.random.fold_in(base_key, step))
+      if step % config.log.every_steps == 0 or step == last_step:
+        scalars = jax.device_get(scalars)
+        writer.write_scalars(step, scalars)
+        progress.set_postfix(loss=f"{float(scalars['loss']):.4f}",
+                             psnr=f"{float(scalars['psnr']):.2f}")
+      if checkpointer.should_save(step, force=step == last_step):
+        checkpointer.save(step, state, {"iterator": data.get_state().decode("utf-8")})
+      progress.update(1)
+  train_seconds = time.time() - t0
+  checkpointer.close()
+  writer.close()
+  if int(state.step) < num_steps:
+    return None
+
+  params = state.ema_params
+  t0 = time.time()
+  stats_data = pipeline.make_dataset(data_config, "train", mesh, batch_axes=mesh_lib.BATCH_AXES,
+                                     seed=config.seed + 1, num_epochs=1, shuffle=True,
+                                     device_keys=("video", "mask"))
+  shift, scale = latent_statistics(ae_config, params,
+                                   itertools.islice(stats_data, config.latent_stats.num_batches))
+  held_out = pipeline.make_dataset(data_config, config.eval.split, mesh,
+                                   batch_axes=mesh_lib.BATCH_AXES, num_epochs=1,
+                                   device_keys=("video", "mask"))
+  quality = evaluate(ae_config, params, held_out)
+  report = {f"{config.eval.split}_psnr": quality["psnr"],
+            f"{config.eval.split}_ssim": quality["ssim"],
+            f"{config.eval.split}_frames": quality["num_frames"],
+            "scaling_factor": scale, "shift_factor": shift, "step": num_steps,
+            "train_seconds_this_run": train_seconds, "eval_seconds": time.time() - t0}
+  if jax.process_index() == 0:
+    host_params = jax.device_get(params)
+    with open(os.path.join(workdir, PARAMS_FILE) + ".tmp", "wb") as f:
+      f.write(serialization.msgpack_serialize(serialization.to_state_dict(host_params)))
+    os.replace(os.path.join(workdir, PARAMS_FILE) + ".tmp", os.path.join(workdir, PARAMS_FILE))
+    trained = autoencoder_config(config, scaling_factor=scale, shift_factor=shift)
+    _write_json(os.path.join(workdir, AUTOENCODER_FILE),
+                {"config": dataclasses.asdict(trained), "step": num_steps, "params": "ema",
+                 "params_file": PARAMS_FILE})
+    _write_json(os.path.join(workdir, REPORT_FILE), {"report": report,
+                                                     "config": config.to_dict()})
+  logging.info("autoencoder report: %s", report)
+  return report
+
+
+# --- loading a trained autoencoder ---------------------------------------------------------------
+
+def _read_autoencoder_json(workdir: str) -> dict[str, Any]:
+  path = os.path.join(workdir, AUTOENCODER_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"no trained autoencoder in {workdir!r} ({AUTOENCODER_FILE} missing: the run has not "
+        f"finished); train one with python -m gcm_jax.train.train_autoencoder "
+        f"--workdir={workdir}")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def load_trained_autoencoder(workdir: str) -> tuple[ae.AutoencoderConfig, dict[str, Any]]:
+  """The autoencoder trained by `train_and_evaluate` in `workdir`.
+
+  Returns:
+    (config with the data's scaling_factor / shift_factor, params): the EMA params of the
+    final checkpoint (`autoencoder.msgpack`), for
+    `AutoencoderKL(config).apply({"params": params}, ...)` and `scale_latents(z, config)`.
+
+  Raises:
+    FileNotFoundError: no finished run in `workdir`.
+    ValueError: the saved params do not fit the saved config (every mismatch named).
+  """
+  saved = _read_autoencoder_json(workdir)
+  fields = dict(saved["config"], block_out_channels=tuple(saved["config"]["block_out_channels"]))
+  config = ae.AutoencoderConfig(**fields)
+  with open(os.path.join(workdir, saved["params_file"]), "rb") as f:
+    params = serialization.msgpack_restore(f.read())
+  expected = {jax.tree_util.keystr(p): x.shape for p, x in
+              jax.tree_util.tree_leaves_with_path(ae.expected_params(config))}
+  found = {jax.tree_util.keystr(p): x.shape for p, x in
+           jax.tree_util.tree_leaves_with_path(params)}
+  wrong = ([f"missing {k}" for k in sorted(set(expected) - set(found))]
+           + [f"unexpected {k}" for k in sorted(set(found) - set(expected))]
+           + [f"{k}: {found[k]}, expected {v}" for k, v in sorted(expected.items())
+              if k in found and found[k] != v])
+  if wrong:
+    raise ValueError(f"{os.path.join(workdir, saved['params_file'])} does not fit the config in "
+                     f"{AUTOENCODER_FILE}: " + "; ".join(wrong))
+  return config, jax.tree.map(jnp.asarray, params)
+
+
+def autoencoder_identity(workdir: str) -> str:
+  """"own:<sha256>" of the trained autoencoder's saved config (with scale / shift) and params;
+  any change of either changes it (key for cached latents)."""
+  saved = _read_autoencoder_json(workdir)
+  digest = hashlib.sha256(json.dumps(saved, sort_keys=True).encode("utf-8"))
+  with open(os.path.join(workdir, saved["params_file"]), "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return f"own:{digest.hexdigest()}"
+
+
+def _main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  try:
+    report = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
+                                stop_at_step=flags.FLAGS.stop_at_step)
+  except (cv.ConfigError, ConfigMismatchError, checkpoint_lib.CheckpointError) as e:
+    sys.exit(f"error: {e}")
+  if report is not None:
+    print(json.dumps(report, indent=2))
+
+
+def main() -> None:
+  """CLI entry point (flags are defined here, not on import)."""
+  cv.define_config_flag(DEFAULT_CONFIG, "autoencoder config (default configs/autoencoder.py).")
+  flags.DEFINE_string("workdir", None, "checkpoints, logs, weights, autoencoder.json, report.json",
+                      required=True)
+  flags.DEFINE_integer("stop_at_step", None,
+                       "end training at that step (checkpointed); rerun to resume")
+  app.run(_main, flags_parser=cv.config_flags_parser(flags.FLAGS, DEFAULT_CONFIG))
+
+
+if __name__ == "__main__":
+  main()

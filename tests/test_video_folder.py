@@ -1,0 +1,340 @@
+"""The video_folder builder on generated videos (tests/video_fixtures.py): clips, crops,
+A/V alignment, captions, splits, rejects, resume after a kill, the SyncNet pass, and
+training + evaluation on the result."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from gcm_jax.data import pipeline
+from gcm_jax.data.video_folder import builder
+from gcm_jax.data.video_folder import captions
+from gcm_jax.data.video_folder import decode
+from gcm_jax.data.video_folder import faces
+from gcm_jax.data.video_folder import splits
+from tests import video_fixtures as vf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+R, T = 32, 8
+# Fractions that put alice in test, carol in validation and bob in train (hash of the name).
+SETTINGS = builder.Settings(resolution=R, num_frames=T, validation_fraction=0.2,
+                            test_fraction=0.2)
+SPECS = {s.name + s.path_suffix: s for s in vf.SPECS}
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory):
+  path = tmp_path_factory.mktemp("videos")
+  vf.write_all(str(path))
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def built(videos, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("built"))
+  summary = builder.build(videos, out, SETTINGS, progress=False)
+  return out, summary
+
+
+def _records(out: str) -> dict[str, list[dict]]:
+  data = tfds.builder_from_directory(builder.dataset_path(out, R, T))
+  return {split: list(data.as_data_source(split)) for split in data.info.splits}
+
+
+def _ledger(out: str, name: str = "ledger.jsonl") -> dict[str, dict]:
+  path = os.path.join(out, "video_folder", f"r{R}_t{T}", "staging", name)
+  with open(path, encoding="utf-8") as f:
+    return {row["key"]: row for row in map(json.loads, f)}
+
+
+def test_clips_rejects_and_summary(built):
+  out, summary = built
+  assert summary.rejects == {r: 1 for r in vf.EXPECTED_REJECTS.values()}
+  rejects = _ledger(out, "rejects.jsonl")
+  assert {k.rsplit(".", 1)[0]: r["reason"] for k, r in rejects.items()} == vf.EXPECTED_REJECTS
+  ledger = _ledger(out)
+  by_video = {k: r["clips"] for k, r in ledger.items() if r["status"] == "ok"}
+  # 3 s at 25 fps = 75 frames; a track spans its first to last detection (every 5th frame):
+  # frames 0-70 = 8 clips of 8. The cut video (3.2 s, cut at 1.6 s): 0-35 and 40-75, 4 + 4.
+  assert by_video == {"alice/talk.mp4": 8, "alice/late_audio.mp4": 8, "bob/vfr.mp4": 8,
+                      "carol/webm.webm": 8, "bob/cut.mp4": 8}
+  assert ledger["bob/cut.mp4"]["track_ends"]["scene_cut"] == 1
+  records = _records(out)
+  assert summary.clips == {s: len(r) for s, r in records.items()} == {
+      "train": 16, "validation": 8, "test": 16}
+  for record in sum(records.values(), []):
+    assert record["video"].shape == (T, R, R, 3) and record["video"].dtype == np.uint8
+    assert record["audio"].shape == (T * 640,)
+    assert np.isnan(record["sync_confidence"]) and record["sync_offset"] == 0
+    np.testing.assert_array_equal(record["mouth_box"], np.tile([0, 0.5, 1, 1], (T, 1)))
+  # 25 fps: the clips of a video start 8 frames = 0.32 s apart.
+  starts = [r["start_time"] for r in records["test"] if r["source"] == b"alice/talk.mp4"]
+  np.testing.assert_allclose(np.diff(starts), T / 25, atol=1e-5)
+  assert "clips: train 16, validation 8, test 16" in str(summary)
+
+
+def test_splits_hold_identities_apart(built):
+  records = _records(built[0])
+  identities = {s: {r["identity"].decode() for r in recs} for s, recs in records.items()}
+  assert identities == {"train": {"bob"}, "validation": {"carol"}, "test": {"alice"}}
+  assert splits.split_of("alice", 0.2, 0.2) == "test"
+  assert splits.identity_of("id00012/21Uxsk56VDQ/00001.mp4", "top_folder") == "id00012"
+  assert splits.identity_of("WDA_BarackObama_000.mp4", "stem_prefix") == "WDA_BarackObama"
+  assert splits.identity_of("alice/talk.mp4", "parent") == "alice"
+
+
+def test_crops_follow_the_face(built):
+  errors = []
+  for record in sum(_records(built[0]).values(), []):
+    spec = SPECS[record["source"].decode()]
+    box = record["crop_box"]
+    center = 0.5 * (box[:, :2] + box[:, 2:])
+    size = (box[:, 2] - box[:, 0]) / (1 + 2 * SETTINGS.margin)
+    times = record["start_time"] + (np.arange(T) + 0.5) / 25
+    face = np.array([vf.face_position(spec, t)[0] for t in times])
+    errors.append(center - face - np.stack([0 * size, SETTINGS.shift * size], axis=1))
+  errors = np.abs(np.concatenate(errors))
+  # Within a few pixels (frames 256x192, face boxes ~55 px), a pixel or two on average.
+  assert errors.max() < 6.0 and errors.mean() < 2.5, (errors.max(0), errors.mean(0))
+
+
+@pytest.mark.parametrize("name", ["alice/talk.mp4", "alice/late_audio.mp4", "bob/vfr.mp4",
+                                  "carol/webm.webm"])
+def test_audio_and_video_stay_within_one_frame(built, name):
+  """The flash (video) and click (audio) of the source, both at `marker` s, land in the same
+  clip frame (late_audio's audio stream starts 0.3 s after its video)."""
+  spec = SPECS[name]
+  record = next(r for r in sum(_records(built[0]).values(), [])
+                if r["source"].decode() == name and
+                r["start_time"] <= spec.marker < r["start_time"] + T / 25)
+  video = record["video"].astype(np.float32)
+  green = (video[..., 1] - video[..., 0]).max(axis=(1, 2))
+  flash = int(np.argmax(green > 100))  # First frame showing the green square.
+  assert green[flash] > 100 and green[:flash].max(initial=0) < 60
+  expected = spec.marker - record["start_time"]
+  window = record["audio"][int((expected - 0.1) * 16000):]  # Silence before the click.
+  click = (int((expected - 0.1) * 16000) + int(np.argmax(np.abs(window) > 0.3))) / 16000
+  assert abs(click - expected) < 0.002       # The sound is where the source has it ...
+  assert abs(flash / 25 - click) <= 1 / 25   # ... and the picture within one frame of it.
+
+
+def test_captions_are_the_words_of_each_clip(built):
+  records = _records(built[0])
+  talk = [r for r in records["test"] if r["source"] == b"alice/talk.mp4"]
+  words = vf.words(SPECS["alice/talk.mp4"])
+  for r in talk:
+    start, end = r["start_time"], r["start_time"] + T / 25
+    said = [w for w, s, e in words if start <= (s + e) / 2 < end]
+    assert r["caption"].decode() == " ".join(said)
+  assert {r["caption"].decode() for r in records["train"] if r["source"] == b"bob/vfr.mp4"} == {
+      vf.PHRASE}  # Untimed .txt: the whole text.
+  assert {r["caption"] for r in records["validation"]} == {b""}  # No transcript.
+
+
+def test_transcripts_and_manifests(tmp_path):
+  srt = captions.parse_timed("1\n00:00:01,000 --> 00:00:02,000\n<i>hello</i> big\n\n"
+                             "2\n00:00:02,500 --> 00:00:03,000\nworld\n")
+  vtt = captions.parse_timed("WEBVTT\n\n00:01.000 --> 00:02.000\nhello big\n\n"
+                             "00:02.500 --> 00:03.000 align:start\nworld\n")
+  assert srt == vtt
+  assert srt.caption(1.0, 2.0, 128) == "hello big" and srt.caption(1.6, 3.0, 128) == "big world"
+  assert captions.truncate("one two three", 9) == "one two"
+  assert captions.parse_plain(" a  b\n").caption(0, 1, 3) == "a b"
+  (tmp_path / "v").mkdir()
+  (tmp_path / "m.jsonl").write_text(json.dumps(
+      {"path": "v/a.mp4", "transcript": "hi there", "identity": "x", "split": "test"}) + "\n")
+  (tmp_path / "m.csv").write_text("path,identity\nv/b.mov,y\n")
+  (item,) = captions.list_inputs(str(tmp_path / "m.jsonl"))
+  assert (item.key, item.identity, item.split, item.transcript.text) == (
+      "v/a.mp4", "x", "test", "hi there")
+  assert captions.list_inputs(str(tmp_path / "m.csv"))[0].path == str(tmp_path / "v" / "b.mov")
+  with pytest.raises(ValueError, match="manifest"):
+    captions.list_inputs(str(tmp_path / "m.txt"))
+  (tmp_path / "bad.csv").write_text("path,split\nv/c.mp4,dev\n")
+  with pytest.raises(ValueError, match="'dev'"):
+    captions.list_inputs(str(tmp_path / "bad.csv"))
+
+
+def _det(x, y, size):
+  return faces.Detection(np.array([x - size / 2, y - size / 2, x + size / 2, y + size / 2]))
+
+
+def test_tracks_cut_at_lost_faces_second_faces_and_scene_cuts():
+  cuts = np.zeros(100, bool)
+  cuts[60] = True
+  dets = {f: [_det(50 + f / 10 + 30 * (f >= 60), 50, 40)] for f in range(0, 100, 5)}
+  dets[25] = dets[30] = []                                   # Lost for two detections.
+  for f in (45, 50):
+    dets[f] = dets[f] + [_det(150, 50, 35)]                  # A second face, twice.
+  dets[85] = dets[85] + [_det(150, 50, 35)]                  # A single false detection.
+  tracks, ends = faces.track(dets, cuts)
+  assert [(t.start, t.end) for t in tracks] == [(0, 21), (35, 41), (55, 56), (60, 96)]
+  assert ends == {"face_lost": 1, "second_face": 1, "scene_cut": 1}
+  np.testing.assert_allclose(tracks[-1].boxes[-1], [89.5, 50, 40], atol=0.1)
+  region = faces.mouth_region(np.array([[0.0, 0.5, 1.0, 1.0]]), 4)
+  assert region.tolist() == [[[False] * 4] * 2 + [[True] * 4] * 2]
+
+
+def test_detectors_registry():
+  assert set(faces.DETECTORS) >= {"lbp", "haar", "yunet"}
+  with pytest.raises(ValueError, match="yunet"):
+    faces.make_detector("yunet")
+  with pytest.raises(ValueError, match="unknown detector"):
+    faces.make_detector("s3fd")
+  frame = vf.render(vf.Spec("x"), 0.0, 0.0)
+  (face,) = faces.make_detector("lbp")(frame)
+  center, scale = vf.face_position(vf.Spec("x"), 0.0)
+  assert np.abs(face.center - center).max() < 4 and 40 < face.size < 70
+
+
+def test_resume_after_a_kill_gives_the_complete_dataset(videos, built, tmp_path):
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  for name in ("alice", "bob", "carol"):
+    os.symlink(os.path.join(videos, name), inputs / name)
+  out = tmp_path / "out"
+  command = [sys.executable, "-m", "gcm_jax.data.video_folder", f"--input={inputs}",
+             f"--output_dir={out}", f"--resolution={R}", f"--num_frames={T}",
+             "--validation_fraction=0.2", "--test_fraction=0.2"]
+  ledger = out / "video_folder" / f"r{R}_t{T}" / "staging" / "ledger.jsonl"
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+  while not (ledger.exists() and ledger.read_text().count("\n") >= 1):
+    assert process.poll() is None, process.stdout.read().decode()
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert ledger.read_text().count("\n") < 5  # Killed part way.
+  assert not (out / "video_folder" / f"r{R}_t{T}" / "1.0.0").exists()
+  result = subprocess.run(command + ["--workers=2"], cwd=REPO, capture_output=True, text=True,
+                          check=True)
+  assert "5 videos (" in result.stdout and "rejected 0" in result.stdout
+  resumed = _records(str(out))
+  full = _records(built[0])
+  for split, records in full.items():
+    assert [(r["source"], r["start_time"]) for r in resumed[split]] == [
+        (r["source"], r["start_time"]) for r in records]
+    for a, b in zip(resumed[split], records):
+      np.testing.assert_array_equal(a["video"], b["video"])
+  dataset = out / "video_folder" / f"r{R}_t{T}" / "1.0.0" / "dataset_info.json"
+  written = dataset.stat().st_mtime_ns
+  rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+  assert "(0 processed in this run)" in rerun.stdout
+  assert dataset.stat().st_mtime_ns == written  # Nothing new: the dataset is left as it is.
+  changed = subprocess.run(command + ["--margin=0.5"], cwd=REPO, capture_output=True, text=True)
+  assert changed.returncode != 0 and "other settings" in changed.stderr
+
+
+def test_syncnet_pass_moves_the_audio_and_drops_unsure_clips(videos):
+  calls = []
+
+  def expert(clips, clip_audio, max_offset):
+    calls.append((clips.shape, clip_audio.shape, max_offset))
+    n = len(clips)
+    return np.full(n, 2, np.int32), np.where(np.arange(n) % 2, 0.1, 0.9).astype(np.float32)
+
+  item = captions.Item("alice/talk.mp4", os.path.join(videos, "alice", "talk.mp4"),
+                       captions.Transcript())
+  settings = builder.Settings(resolution=R, num_frames=T, sync_max_offset=3,
+                              sync_min_confidence=0.5)
+  tools = builder.Tools(faces.make_detector("lbp"), expert)
+  records = []
+  row = builder.process_video(item, settings, tools, records.append)
+  assert calls == [((8, T, R, R, 3), (8, T * 640), 3)]
+  assert row["clips"] == len(records) == 4 and row["dropped_by_sync"] == 4
+  wav = decode.audio_16k(item.path, 0.0, 80 * 640)
+  for record in records:
+    assert record["sync_offset"] == 2 and record["sync_confidence"] == np.float32(0.9)
+    first = int(round(record["start_time"] * 25)) + 2
+    np.testing.assert_array_equal(record["audio"], wav[first * 640:(first + T) * 640])
+  always_off = builder.Tools(tools.detector,
+                             lambda c, a, m: (np.full(len(c), 5, np.int32),
+                                              np.ones(len(c), np.float32)))
+  with pytest.raises(decode.RejectError, match="low_sync"):
+    builder.process_video(item, settings, always_off, records.append)
+
+
+def test_project_syncnet_pass(videos, tmp_path):
+  """The builder's SyncNet pass with the project's SyncNet (random weights: the numbers are
+  arbitrary, the plumbing is real)."""
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  os.symlink(os.path.join(videos, "alice", "talk.mp4"), inputs / "talk.mp4")
+  workdir = vf.random_syncnet_workdir(str(tmp_path / "syncnet"), R)
+  settings = builder.Settings(resolution=R, num_frames=T, syncnet_workdir=workdir,
+                              sync_max_offset=2, sync_min_confidence=-1.0, validation_fraction=0.0,
+                              test_fraction=1.0)
+  summary = builder.build(str(inputs), str(tmp_path / "out"), settings, progress=False)
+  assert summary.clips == {"test": 8} and summary.seconds["sync"] > 0
+  (records,) = _records(str(tmp_path / "out")).values()
+  offsets = np.array([r["sync_offset"] for r in records])
+  assert np.all(np.abs(offsets) <= 2) and np.all(np.isfinite([r["sync_confidence"]
+                                                             for r in records]))
+  from gcm_jax.data.video_folder import sync  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match="train_syncnet"):
+    sync.load_expert(str(tmp_path))
+  with pytest.raises(ValueError, match=">= 6 frames"):
+    builder.Settings(num_frames=5, syncnet_workdir=workdir)
+
+
+def test_pipeline_reads_real_clips_without_synthetic_features(built):
+  from tests import train_utils  # pylint: disable=g-import-not-at-top
+  config = train_utils.micro_config()
+  config.data.update(name="video_folder", data_dir=built[0], num_frames=T)
+  source = pipeline.data_source(config.data, "train")
+  features = pipeline.preprocess(source[0], text_max_len=96, keypoint_features=("mouth_region",))
+  assert not set(pipeline.OPTIONAL_FEATURES) & set(features)
+  np.testing.assert_array_equal(features["mouth_region"],
+                                faces.mouth_region(source[0]["mouth_box"], R))
+  region = features["mouth_region"]
+  assert region[:, R // 2:].all() and not region[:, :R // 2].any()
+  with pytest.raises(ValueError, match="control_maps"):
+    pipeline.preprocess(source[0], keypoint_features=("control_maps",))
+  missing = config.data.copy_and_resolve_references()
+  missing.data_dir = "/nonexistent"
+  with pytest.raises(FileNotFoundError, match="python -m gcm_jax.data.video_folder"):
+    pipeline.data_source(missing, "train")
+
+
+def test_config_rules_for_real_data():
+  from gcm_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from tests import train_utils  # pylint: disable=g-import-not-at-top
+  config = train_utils.micro_config()
+  config.data.update(name="video_folder", resolution=256)
+  config.model.patch_size = 8
+  assert config_validation.problems(config) == []
+  config.data.name = "talking_faces"
+  assert any("expected one of (32, 64, 128)" in p for p in config_validation.problems(config))
+  config.data.update(name="video_folder", resolution=32)
+  config.control.update(enabled=True, base_workdir="/x")
+  assert any("keypoint control maps" in p for p in config_validation.problems(config))
+
+
+def test_train_and_evaluate_on_the_built_clips(built, tmp_path):
+  out = built[0]
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "run_train.py", "--config=tests/train_utils.py",
+       f"--workdir={workdir}", "--config.data.name=video_folder",
+       f"--config.data.data_dir={out}", f"--config.data.num_frames={T}",
+       "--config.train.num_steps=2", "--config.diffusion.mouth_loss_weight=2.0"],
+      cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / "logs" / "metrics.jsonl", encoding="utf-8") as f:
+    losses = [json.loads(line)["loss"] for line in f if "loss" in line]
+  assert len(losses) == 2 and np.all(np.isfinite(losses))
+  from gcm_jax import evaluate  # pylint: disable=g-import-not-at-top
+  syncnet = vf.random_syncnet_workdir(str(tmp_path / "syncnet"), R)
+  report = evaluate.evaluate(str(workdir), {"syncnet_workdir": syncnet},
+                             num_clips=4, clip_frames=T, noise_levels=(0.5,))
+  assert report["dataset"] == "video_folder" and report["num_clips"] == 4
+  assert np.isfinite(report["fidelity"]["flicker_255"]["ground_truth"])
+  assert np.isfinite(report["generated_matched"]["lse_c"])
+  assert "mouth_corr" not in report["generated_matched"]
+  assert set(report["skipped"]) == set(evaluate.NEEDS_SYNTHETIC_TRUTH) | {"lse_syncnet_python"}
