@@ -112,7 +112,7 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
               "ground_truth_shuffled"):
     assert sorted(report[row]) == ["lse_c", "lse_d", "mouth_corr"]
   assert set(report["color_accuracy"]) == {"generated", "ground_truth"}
-  assert list(report["skipped"]) == ["lse_syncnet_python"]
+  assert list(report["skipped"]) == ["lse_syncnet_python", "fid", "fvd"]
   # Rows: generated half A vs ground truth half B; the floor: ground truth A vs B.
   gt = train_syncnet.make_clips("test", 4, 8, 32, "center", config.model.text_max_len, 0,
                                 keys=("video",))["video"]
@@ -127,7 +127,7 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="num_clips must be >= 4"):
     evaluate.evaluate("unused", {"syncnet_workdir": syncnet_workdir}, num_clips=3)
   with pytest.raises(ValueError, match="unknown weights"):
-    evaluate.evaluate("unused", {"fid_weights": "x"})
+    evaluate.evaluate("unused", {"inception_weights": "x"})
 
 
 def test_metrics_without_weights_are_skipped_and_the_reports_written(tmp_path, monkeypatch):
@@ -182,7 +182,7 @@ def test_lse_weights_end_to_end(tmp_path, monkeypatch):
   for row in ("generated", "ground_truth"):
     assert np.isfinite(got[row]["lse_d"]) and np.isfinite(got[row]["lse_c"])
     assert len(got[row]["offsets"]) == 4
-  assert report["skipped"] == {}
+  assert sorted(report["skipped"]) == ["fid", "fvd"]  # Their weights were not given.
   md = (tmp_path / "out" / "eval.md").read_text(encoding="utf-8")
   assert f"| generated | {got['generated']['lse_d']:.4g} | {got['generated']['lse_c']:.4g} |" in md
   assert "LSE-D 6.386, LSE-C 7.789" in md and "not comparable" in md
