@@ -196,19 +196,6 @@ def sync_loss(params: Dict[str, Any], model: syncnet_lib.SyncNet, batch: Batch,
   return loss, {"loss": loss, "bce": bce, "infonce": nce, "acc": acc, "logit_scale": scale}
 
 
-def _update(state: state_lib.TrainState, grads: Any, out: Dict[str, jax.Array],
-            optimizer: optax.GradientTransformation, train_config: Mapping[str, Any]
-            ) -> Tuple[state_lib.TrainState, Dict[str, jax.Array]]:
-  """Optimizer + EMA update; adds grad_norm, learning_rate and skipped_steps to the loss
-  metrics `out`."""
-  new_state = state_lib.apply_gradients(state, grads, optimizer, train_config["ema_decay"],
-                                        train_config["ema_warmup"])
-  return new_state, dict(
-      out, grad_norm=optax.global_norm(grads),
-      learning_rate=state_lib.learning_rate_schedule(train_config)(state.step),
-      skipped_steps=state_lib.skipped_steps(new_state))
-
-
 def sync_train_step(state: state_lib.TrainState, batch: Batch, *, model: syncnet_lib.SyncNet,
                     optimizer: optax.GradientTransformation, train_config: Mapping[str, Any]
                     ) -> Tuple[state_lib.TrainState, Dict[str, jax.Array]]:
@@ -217,7 +204,7 @@ def sync_train_step(state: state_lib.TrainState, batch: Batch, *, model: syncnet
   learning_rate, skipped_steps)."""
   grads, out = jax.grad(sync_loss, has_aux=True)(state.params, model, batch,
                                                  train_config["infonce_weight"])
-  return _update(state, grads, out, optimizer, train_config)
+  return state_lib.update_with_metrics(state, grads, out, optimizer, train_config)
 
 
 def evaluate_sync(model: syncnet_lib.SyncNet, variables: Any, clips: Batch,
@@ -293,7 +280,7 @@ def text_video_train_step(state: state_lib.TrainState, batch: Batch, *,
     loss = contrastive.clip_loss(t, v, scale, normalize=False)
     return loss, {"loss": loss, "acc": contrastive.clip_accuracy(t, v), "logit_scale": scale}
   grads, out = jax.grad(loss_fn, has_aux=True)(state.params)
-  return _update(state, grads, out, optimizer, train_config)
+  return state_lib.update_with_metrics(state, grads, out, optimizer, train_config)
 
 
 def evaluate_text_video(model: contrastive.TextVideoCLIP, params: Any,

@@ -111,3 +111,16 @@ def apply_gradients(state: TrainState, grads: PyTree, optimizer: optax.GradientT
 def skipped_steps(state: TrainState) -> jax.Array:
   """How many updates were skipped for non-finite gradients so far."""
   return state.opt_state.total_notfinite
+
+
+def update_with_metrics(state: TrainState, grads: Any, out: Mapping[str, jax.Array],
+                        optimizer: optax.GradientTransformation, train_config: Mapping[str, Any]
+                        ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`apply_gradients` (optimizer + EMA with `train_config`'s ema_decay / ema_warmup) and the
+  loss metrics `out` plus grad_norm, learning_rate and skipped_steps."""
+  new_state = apply_gradients(state, grads, optimizer, train_config["ema_decay"],
+                              train_config["ema_warmup"])
+  return new_state, dict(
+      out, grad_norm=optax.global_norm(grads),
+      learning_rate=learning_rate_schedule(train_config)(state.step),
+      skipped_steps=skipped_steps(new_state))

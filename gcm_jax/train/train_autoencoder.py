@@ -309,12 +309,7 @@ def train_step(state: state_lib.TrainState, batch: Batch, key: jax.Array, *,
   frames = select_frames(batch["video"], train_config["frames_per_clip"], k_frames)
   grads, out = jax.grad(autoencoder_loss, has_aux=True)(state.params, model, frames, k_sample,
                                                        loss_config)
-  new_state = state_lib.apply_gradients(state, grads, optimizer, train_config["ema_decay"],
-                                        train_config["ema_warmup"])
-  return new_state, dict(
-      out, grad_norm=optax.global_norm(grads),
-      learning_rate=state_lib.learning_rate_schedule(train_config)(state.step),
-      skipped_steps=state_lib.skipped_steps(new_state))
+  return state_lib.update_with_metrics(state, grads, out, optimizer, train_config)
 
 
 @functools.lru_cache(maxsize=None)
