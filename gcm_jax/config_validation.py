@@ -407,17 +407,25 @@ def flat_fields(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def problems(config: ml_collections.ConfigDict, rules: Sequence[Rule] = RULES) -> list[str]:
-  """Every problem of `config` as one line each (empty if the config is valid)."""
+def field_problems(config: ml_collections.ConfigDict, rules: Sequence[Rule],
+                   config_file: str) -> list[str]:
+  """One line per unknown, missing or invalid field of `config` under `rules` (unknown
+  fields point at `config_file`, the config that lists them all)."""
   fields = flat_fields(config.to_dict())
   known = {r.path for r in rules}
   found = [f"config.{p} is not a known field (check its spelling; the fields are those of "
-           f"configs/tiny.py)" for p in fields if p not in known]
+           f"{config_file})" for p in fields if p not in known]
   for rule in rules:
     if rule.path not in fields:
       found.append(f"config.{rule.path} is missing: expected {rule.expected}")
     elif not rule.ok(fields[rule.path]):
       found.append(f"config.{rule.path} = {fields[rule.path]!r}: expected {rule.expected}")
+  return found
+
+
+def problems(config: ml_collections.ConfigDict, rules: Sequence[Rule] = RULES) -> list[str]:
+  """Every problem of `config` as one line each (empty if the config is valid)."""
+  found = field_problems(config, rules, "configs/tiny.py")
   if not found:
     found = _cross_field_problems(config)
   return found

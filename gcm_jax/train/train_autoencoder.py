@@ -183,16 +183,8 @@ def problems(config: ml_collections.ConfigDict,
     datasets: the input pipeline's dataset registry (`pipeline.DATASETS`), to check the
       resolution against the dataset's; None skips that check.
   """
-  fields = cv.flat_fields(config.to_dict())
-  known = {r.path for r in RULES}
-  found = [f"config.{p} is not a known field (check its spelling; the fields are those of "
-           f"configs/autoencoder.py)" for p in fields if p not in known]
-  for rule in RULES:
-    if rule.path not in fields:
-      found.append(f"config.{rule.path} is missing: expected {rule.expected}")
-    elif not rule.ok(fields[rule.path]):
-      found.append(f"config.{rule.path} = {fields[rule.path]!r}: expected {rule.expected}")
-  return found or _cross_field_problems(config, datasets)
+  return (cv.field_problems(config, RULES, "configs/autoencoder.py")
+          or _cross_field_problems(config, datasets))
 
 
 def validate(config: ml_collections.ConfigDict,
