@@ -47,6 +47,7 @@ def test_weighted_loss_in_x0_space_matches_definition(schedule, weighting):
     ratio = {"eps": snr, "x0": 1.0, "v": (alpha**2 + sigma**2)**2 / sigma**2,
              "edm": (s_hat**2 + 0.25) / (0.5 * s_hat)**2}[prediction]
     want = {"uniform": ratio * mse_x0, "min_snr": np.minimum(snr, 5.0) * mse_x0,
+            "v": (np.minimum(snr, 5.0) + 1.0) * mse_x0,
             "edm": (s_hat**2 + 0.25) / (0.5 * s_hat)**2 * mse_x0}[weighting]
     np.testing.assert_allclose(per_example, want, rtol=2e-3)
     np.testing.assert_allclose(loss, np.mean(want), rtol=2e-3)
@@ -65,6 +66,24 @@ def test_min_snr_weights_match_hang_et_al_for_vp():
                              jnp.minimum(snr, 5.0) / snr, rtol=1e-5)
   np.testing.assert_allclose(losses.loss_weight(cfg_v, alpha, sigma),
                              jnp.minimum(snr, 5.0) / (snr + 1), rtol=1e-5)
+
+
+def test_v_weighting_is_the_v_mse_below_its_cap():
+  """VP: v = alpha eps - sigma x0 has ||v_hat - v||^2 = ||x0_hat - x0||^2 / sigma^2 (at fixed
+  x_t), so weighting "v" with the x0 prediction weighs the x0 error by 1 / sigma^2 while SNR <
+  gamma, and with the v prediction it is the plain v-MSE (weight 1)."""
+  t = jnp.linspace(0.05, 0.95, 7)
+  for gamma in (1e6, 3.0):
+    cfg_x0 = losses.LossConfig(schedules.CosineSchedule(), "x0", "v", min_snr_gamma=gamma)
+    cfg_v = losses.LossConfig(schedules.CosineSchedule(), "v", "v", min_snr_gamma=gamma)
+    alpha, sigma = schedules.alpha_sigma(cfg_x0.schedule, t)
+    alpha, sigma = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64)
+    capped = alpha**2 / sigma**2 > gamma
+    want_x0 = np.where(capped, gamma + 1.0, 1.0 / sigma**2)
+    np.testing.assert_allclose(losses.loss_weight(cfg_x0, alpha, sigma), want_x0, rtol=1e-4)
+    np.testing.assert_allclose(losses.loss_weight(cfg_v, alpha, sigma),
+                               want_x0 * sigma**2, rtol=1e-4)
+  assert capped.any() and not capped.all()
 
 
 @pytest.mark.parametrize("prediction", parameterization.PREDICTIONS)

@@ -5,6 +5,12 @@ SNR = alpha^2 / sigma^2 and MSE_x0 = ||x0_hat - x0||^2, the weightings are
   * "uniform": plain MSE on the target (the DDPM "simple" loss for eps).
   * "min_snr": min(SNR, gamma) MSE_x0, i.e. target MSE times min(SNR, gamma) / SNR for eps,
                min(SNR, gamma) for x0 and min(SNR, gamma) / (SNR + 1) for v (VP).
+  * "v":       (min(SNR, gamma) + 1) MSE_x0: the v-MSE (whose x0 weight is SNR + 1 for VP),
+               with SNR capped at gamma so the weight stays finite as t -> 0. With the x0
+               prediction this is JiT's x-prediction + v-loss (Li & He 2025, "Back to Basics:
+               Let Denoising Generative Models Denoise"; they cap the weight at 400): the
+               network outputs clean images and the loss still weighs the low-noise levels
+               where the details are decided (docs/results.md).
   * "edm":     lambda(sigma_hat) MSE_x0 with lambda = (sigma_hat^2 + sigma_data^2) /
                (sigma_hat sigma_data)^2, sigma_hat = sigma / alpha (EDM eq. 8; = F-target MSE).
 Noise levels: "uniform" t ~ U(t_min, t_max), or EDM's "lognormal" ln sigma_hat ~ N(p_mean, p_std^2).
@@ -17,7 +23,7 @@ import jax.numpy as jnp
 
 from gcm_jax.diffusion import parameterization, schedules
 
-WEIGHTINGS = ("uniform", "min_snr", "edm")
+WEIGHTINGS = ("uniform", "min_snr", "v", "edm")
 NOISE_DISTRIBUTIONS = ("uniform", "lognormal")
 
 
@@ -57,6 +63,8 @@ def loss_weight(cfg: LossConfig, alpha: jax.Array, sigma: jax.Array) -> jax.Arra
     return jnp.ones_like(alpha)
   if cfg.weighting == "min_snr":
     x0_weight = jnp.minimum(alpha**2 / sigma**2, cfg.min_snr_gamma)
+  elif cfg.weighting == "v":
+    x0_weight = jnp.minimum(alpha**2 / sigma**2, cfg.min_snr_gamma) + 1.0
   else:
     s = sigma / alpha
     x0_weight = (s**2 + cfg.sigma_data**2) / (s * cfg.sigma_data)**2
