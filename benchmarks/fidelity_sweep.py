@@ -27,15 +27,6 @@ from gcm_jax import generate
 from gcm_jax.alignment import fidelity
 from gcm_jax.alignment import metrics
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "run_train.py workdir of a talking_faces run.")
-_VARIANTS = flags.DEFINE_string(
-    "variants", "default", "';'-separated variants, each 'default' or comma-separated "
-    "config.sampling overrides key=value (values parsed as JSON, else kept as strings).")
-_NUM_CLIPS = flags.DEFINE_integer("num_clips", 16, "Held-out test clips per variant.")
-_CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 8, "Frames per clip.")
-_SEED = flags.DEFINE_integer("seed", 0, "Clip and sampling seed.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest readable).")
-
 
 def parse_variant(text: str) -> dict[str, Any]:
   """'a=1,b=euler' -> {'a': 1, 'b': 'euler'}; 'default' -> {}."""
@@ -97,14 +88,27 @@ def table(workdir: str, variants: list[str], num_clips: int, clip_frames: int,
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  """The CLI flags (defined here, not on import, so tests can import this module)."""
+  flags.DEFINE_string("workdir", None, "run_train.py workdir of a talking_faces run.")
+  flags.DEFINE_string(
+      "variants", "default", "';'-separated variants, each 'default' or comma-separated "
+      "config.sampling overrides key=value (values parsed as JSON, else kept as strings).")
+  flags.DEFINE_integer("num_clips", 16, "Held-out test clips per variant.")
+  flags.DEFINE_integer("clip_frames", 8, "Frames per clip.")
+  flags.DEFINE_integer("seed", 0, "Clip and sampling seed.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest readable).")
+
+
 def main(argv) -> None:
   del argv
-  print(f"{_WORKDIR.value} (step {_STEP.value or 'newest'}): {_NUM_CLIPS.value} held-out clips "
-        f"of {_CLIP_FRAMES.value} frames, seed {_SEED.value}")
-  print(table(_WORKDIR.value, _VARIANTS.value.split(";"), _NUM_CLIPS.value, _CLIP_FRAMES.value,
-              _SEED.value, _STEP.value))
+  f = flags.FLAGS
+  print(f"{f.workdir} (step {f.step or 'newest'}): {f.num_clips} held-out clips of "
+        f"{f.clip_frames} frames, seed {f.seed}")
+  print(table(f.workdir, f.variants.split(";"), f.num_clips, f.clip_frames, f.seed, f.step))
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["workdir"])
   app.run(main)
