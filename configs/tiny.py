@@ -26,6 +26,9 @@ LOGICAL_AXIS_RULES = (
     ("embed_out", None),
     ("vocab", None),
     ("patch", None),
+    ("conv_h", None),  # conv kernels [h, w, in, out] (model.final_conv)
+    ("conv_w", None),
+    ("conv_in", None),
     ("mel", None),
     ("text_embed", None),
     ("cond", None),
@@ -60,6 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
       scan_blocks=False,        # nn.scan over the blocks (params [depth, ...]): O(1) compile
       text_encoder="bytes",     # bytes (own, trained) | minilm | t5 | clip (frozen, pretrained)
       audio_encoder="mel",      # mel (own, trained) | whisper (frozen, pretrained)
+      final_conv=False,         # U-ViT's 3x3 conv on the unpatchified output: smooths the
+                                # patch grid of pixel-space runs (docs/results.md)
   ))
 
   config.data = dict(

@@ -149,6 +149,7 @@ RULES: tuple[Rule, ...] = (
     one_of("model.remat_policy", stdit.REMAT_POLICIES),
     one_of("model.attention_impl", attention.IMPLEMENTATIONS),
     boolean("model.scan_blocks"),
+    boolean("model.final_conv"),
     one_of("model.text_encoder", tuple(conditioning.TEXT_KEYS) + tuple(text_encoders.ENCODERS)),
     one_of("model.audio_encoder", conditioning.AUDIO_KEYS),
     # Latent diffusion (gcm_jax.latents).

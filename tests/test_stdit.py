@@ -75,6 +75,32 @@ def test_every_param_has_logical_axis_names():
   assert all(len(v.names) == v.value.ndim for v in leaves)
 
 
+def test_final_conv_is_a_3x3_same_convolution_of_the_patch_output(model_and_params):
+  """`final_conv=True` (U-ViT) = the plain model's unpatchified output convolved per frame
+  with the conv's 3x3 kernel and bias, zero-padded at the borders (a float64 numpy loop as
+  the reference); at init the output is still zero and the conv is the identity."""
+  model, params = model_and_params
+  x, t, cond = _inputs()
+  conv_model = stdit.STDiT(**SMALL, final_conv=True)
+  init = nn.meta.unbox(conv_model.init(jax.random.PRNGKey(0), x, t, cond))["params"]
+  np.testing.assert_array_equal(conv_model.apply({"params": init}, x, t, cond), 0.0)
+  plain = _randomize(params)
+  np.testing.assert_allclose(
+      conv_model.apply({"params": {**plain, "final_conv": init["final_conv"]}}, x, t, cond),
+      model.apply({"params": plain}, x, t, cond), atol=1e-6)
+  conv = {"kernel": 0.3 * np.asarray(jax.random.normal(jax.random.PRNGKey(5), (3, 3, C, C))),
+          "bias": np.asarray([0.1, -0.2, 0.3])}
+  out = conv_model.apply({"params": {**plain, "final_conv": conv}}, x, t, cond)
+  video = np.pad(np.asarray(model.apply({"params": plain}, x, t, cond), np.float64),
+                 [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])
+  want = np.zeros((B, T, H, W, C)) + conv["bias"]
+  for dy in range(3):
+    for dx in range(3):
+      want += video[:, :, dy:dy + H, dx:dx + W] @ conv["kernel"][dy, dx]
+  assert np.abs(want).max() > 1e-2
+  np.testing.assert_allclose(out, want, atol=1e-5)
+
+
 def test_dropped_text_ignores_text_tokens(model_and_params):
   model, params = model_and_params
   params = _randomize(params)

@@ -20,7 +20,7 @@ The depth blocks run as a Python loop (params `block_0` ... `block_{depth-1}`), 
 `stack_block_params` / `unstack_block_params` convert between the two layouts.
 """
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import einops
 import flax.linen as nn
@@ -216,6 +216,13 @@ def _check_inputs(x: Array, t: Array, cond: Mapping[str, Array], in_channels: in
     raise ValueError(f"conditioning frames {cond['frames'].shape} must match video {x.shape}")
 
 
+def _identity_conv_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+  """Conv kernel `[kh, kw, C, C]` that copies its input: the identity at the centre tap."""
+  del key
+  kernel = jnp.zeros(shape, dtype)
+  return kernel.at[shape[0] // 2, shape[1] // 2].set(jnp.eye(shape[2], shape[3], dtype=dtype))
+
+
 class STDiT(nn.Module):
   """The space-time DiT denoiser: `(x_t, t, cond) -> prediction` `[B, T, H, W, C]`.
 
@@ -256,6 +263,7 @@ class STDiT(nn.Module):
   remat_policy: str = "none"
   attention_impl: Optional[str] = None
   scan_blocks: bool = False
+  final_conv: bool = False
 
   def _encode_conditions(self, cond: Mapping[str, Array], batch: int, dtype):
     """Returns text `[B, L, D]`, text_mask `[B, L]`, pooled text `[B, D]`, audio `[B, T, W, D]`."""
@@ -378,4 +386,21 @@ class STDiT(nn.Module):
                        shift, scale)
     out = layers.dense(p * p * ch, ("embed", "patch"), "final_proj", dtype,
                        zero_init=True)(tokens)
-    return unpatchify(out, h // p, p).astype(jnp.float32)
+    video = unpatchify(out, h // p, p)
+    if self.final_conv:
+      video = self._final_conv(video, dtype)
+    return video.astype(jnp.float32)
+
+  def _final_conv(self, video: Array, dtype) -> Array:
+    """U-ViT's 3x3 convolution after the unpatchify (Bao et al. 2023, sec. 3): every output
+    pixel sees its neighbours across patch borders, so the 4x4 patch grid of a per-token
+    linear output can be smoothed away. Per frame, `[B, T, H, W, C]` -> the same shape.
+    Initialized to the identity (centre tap = I): a randomly initialized C -> C conv mixes
+    the color channels of every output and measurably slowed the learning of the caption's
+    colors (docs/results.md)."""
+    b, t, h, w, ch = video.shape
+    conv = nn.Conv(ch, (3, 3), padding="SAME", dtype=dtype, name="final_conv",
+                   kernel_init=layers.partitioned(_identity_conv_init,
+                                                  ("conv_h", "conv_w", "conv_in", "patch")),
+                   bias_init=layers.partitioned(nn.initializers.zeros, ("patch",)))
+    return conv(video.reshape(b * t, h, w, ch)).reshape(b, t, h, w, ch)
