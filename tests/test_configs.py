@@ -8,8 +8,7 @@ from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import trainer
 
 
-@pytest.mark.parametrize(
-    "name", ["tiny", "quickstart", "talking_faces", "pod", "cpu_recipe", "video_folder"])
+@pytest.mark.parametrize("name", ["tiny", "talking_faces", "pod", "cpu_recipe", "video_folder"])
 def test_config_builds_model(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   model = trainer.make_model(config)
