@@ -88,9 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion = dict(
       schedule="cosine",        # schedules.BY_NAME: cosine | linear | edm | squaredcos_cap_v2 |
                                 # scaled_linear | linear_discrete (docs/diffusion.md)
-      parameterization="v",     # eps | v | x0 | edm
-      loss_weighting="uniform", # uniform | min_snr | edm (min-SNR starves the high-noise levels
-                                # where colors / mouths come from the conditions: docs/results.md)
+      parameterization="v",     # eps | v | x0 | edm (pixel runs with large patches: x0, the
+                                # CPU recipe's; v leaves noise in samples: docs/results.md)
+      loss_weighting="uniform", # uniform | min_snr | v | edm (min-SNR and v starve the
+                                # high-noise levels where colors / mouths come from the
+                                # conditions: docs/results.md)
       min_snr_gamma=5.0,
       noise_distribution="uniform",  # training noise levels: uniform (in t) | lognormal (EDM)
       sigma_data=0.5,           # data std in EDM preconditioning / weighting (prediction "edm")
