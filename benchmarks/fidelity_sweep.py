@@ -7,7 +7,7 @@ truth (`alignment.fidelity.pixel_compare`: high-frequency ratio, flicker ratio; 
 data), the face / background color accuracy and the oracle mouth correlation with the matched
 and with shuffled audio (`evaluate.synthetic_truth_metrics`' read-outs). Rows of one table share
 the model, the clips and the seed, so they isolate the sampler's part in the generated
-videos' noise (docs/results.md, "Where the sample noise comes from").
+videos' noise (docs/results.md, "Where the sample noise came from").
 
   python -m benchmarks.fidelity_sweep --workdir=/tmp/recipe \
       --variants="default;text_scale=1,audio_scale=1;num_steps=50"
