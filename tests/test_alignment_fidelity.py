@@ -176,3 +176,34 @@ def test_fidelity_report_rows(faces):
   assert report["flicker_255"]["generated"] > report["flicker_255"]["ground_truth"]
   with pytest.raises(ValueError, match=">= 4 clips"):
     fidelity.fidelity_report(faces[:3], faces[:3], _pixel_features)
+
+
+def _steps_video(steps):
+  """Clips [2, T, 4, 4, 3] whose every pixel changes by steps[t] from frame t to t+1."""
+  values = np.concatenate([[0.0], np.cumsum(steps)])
+  return np.broadcast_to(values[None, :, None, None, None], (2, len(values), 4, 4, 3))
+
+
+def test_seam_ratio_reads_the_jump_at_the_seams():
+  steps = np.full(11, 0.02)
+  steps[[3, 7]] = 0.08  # Into frames 4 and 8.
+  video = _steps_video(steps)
+  assert fidelity.seam_ratio(video, [4, 8]) == pytest.approx(4.0)
+  # Seams elsewhere: the jumps count in the reference, so the ratio drops below 1.
+  rest = (0.02 * 7 + 0.08 * 2) / 9
+  assert fidelity.seam_ratio(video, [2, 6]) == pytest.approx(0.02 / rest)
+  # Uniform change: no seam.
+  assert fidelity.seam_ratio(_steps_video(np.full(11, 0.05)), [4, 8]) == pytest.approx(1.0)
+  for bad in ([], [0], [12], list(range(1, 12))):
+    with pytest.raises(ValueError):
+      fidelity.seam_ratio(video, bad)
+
+
+def test_fidelity_report_adds_the_seam_ratio_of_each_row(faces):
+  jumpy = faces.copy()
+  jumpy[:, 5:] = np.roll(faces[:, 5:], 3, axis=3)  # The head jumps 3 px at frame 5.
+  report = fidelity.fidelity_report(jumpy, faces, seams=[5])
+  assert report["generated"]["seam_ratio"] > 2 * report["ground_truth_floor"]["seam_ratio"]
+  assert report["ground_truth_floor"]["seam_ratio"] == pytest.approx(
+      fidelity.seam_ratio(faces[:2], [5]))
+  assert "seam_ratio" not in fidelity.fidelity_report(faces, faces)["generated"]

@@ -55,6 +55,21 @@ def test_window_starts_overlap_and_cover_exactly():
   np.testing.assert_array_equal(extension.window_starts(8, 8, 7), [0])
 
 
+def test_seam_frames_are_where_the_windows_new_frames_begin():
+  """A denoiser whose x0 is one random value per window (the mean of its noisy input) makes
+  piecewise-constant videos; known frames are copied, so the value changes (beyond float rounding) exactly
+  where a window's first new frame is."""
+  cfg = samplers.SamplerConfig("euler", 2, schedules.EDMSchedule())
+  window_constant = lambda x, t, cond: jnp.broadcast_to(jnp.mean(x), x.shape)
+  for num_frames, window, motion in [(24, 8, 2), (30, 8, 3), (9, 8, 0), (8, 8, 2)]:
+    cond = {"mel": jnp.zeros((1, num_frames, 5, 80))}
+    video = extension.generate_long_video(window_constant, jax.random.key(num_frames), cond,
+                                          cfg, (1, num_frames, 1, 1, 1), window, motion)
+    changes = np.flatnonzero(np.abs(np.diff(np.asarray(video[0, :, 0, 0, 0]))) > 1e-4) + 1
+    np.testing.assert_array_equal(extension.seam_frames(num_frames, window, motion), changes)
+  np.testing.assert_array_equal(extension.seam_frames(24, 8, 2), [8, 14, 20])
+
+
 def gaussian_denoiser(schedule):
   def denoise_fn(x, t, cond):
     alpha, sigma = schedules.alpha_sigma(schedule, t)

@@ -95,6 +95,7 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
   """An untrained SyncNet: the report's fidelity rows and their ground-truth floor."""
   import json  # pylint: disable=g-import-not-at-top
   from gcm_jax.alignment import fidelity  # pylint: disable=g-import-not-at-top
+  from gcm_jax.diffusion import extension  # pylint: disable=g-import-not-at-top
   config, noise = _stub_model(monkeypatch)
   (tmp_path / "syncnet").mkdir()
   syncnet_workdir = _syncnet_workdir(tmp_path / "syncnet")
@@ -104,7 +105,9 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
   fid = report["fidelity"]
   assert fid["feature_network"] == "SyncNet-feature FD, not comparable with published FID"
   assert fid["halves"] == [2, 2]
-  rows = ("hf_ratio", "hf_energy_ratio", "flicker_ratio", "syncnet_fd_window", "syncnet_fd_clip")
+  rows = ("hf_ratio", "hf_energy_ratio", "flicker_ratio", "seam_ratio", "syncnet_fd_window",
+          "syncnet_fd_clip")  # seam_ratio: 8-frame clips from the micro config's shorter windows
+  assert config.data.num_frames < 8
   for name in ("generated", "ground_truth_floor"):
     assert sorted(fid[name]) == sorted(rows)
     assert all(np.isfinite(v) and v >= 0 for v in fid[name].values())
@@ -121,6 +124,8 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
       fidelity.laplacian_abs(gt[:2]), fidelity.laplacian_abs(gt[2:]))
   assert fid["generated"]["flicker_ratio"] == fidelity.ratio(
       fidelity.flicker(generated[:2]), fidelity.flicker(gt[2:]))
+  seams = extension.seam_frames(8, config.data.num_frames, config.diffusion.max_motion_frames)
+  assert fid["ground_truth_floor"]["seam_ratio"] == fidelity.seam_ratio(gt[:2], seams)
   assert fid["laplacian_abs_255"]["ground_truth"] == pytest.approx(
       127.5 * fidelity.laplacian_abs(gt))
   assert fid["generated"]["hf_ratio"] > 2 * fid["ground_truth_floor"]["hf_ratio"]
@@ -146,7 +151,8 @@ def test_metrics_without_weights_are_skipped_and_the_reports_written(tmp_path, m
   assert "lse_d" not in report["generated_matched"] and "lse_syncnet_python" not in report
   fid = report["fidelity"]
   assert "feature_network" not in fid
-  assert sorted(fid["generated"]) == ["flicker_ratio", "hf_energy_ratio", "hf_ratio"]
+  assert sorted(fid["generated"]) == ["flicker_ratio", "hf_energy_ratio", "hf_ratio",
+                                      "seam_ratio"]
   with open(out / "eval.json", encoding="utf-8") as f:
     assert json.load(f) == json.loads(json.dumps(report))
   md = (out / "eval.md").read_text(encoding="utf-8")

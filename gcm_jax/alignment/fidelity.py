@@ -10,6 +10,9 @@ repo's videos are in [-1, 1]) and works on real videos as well as the synthetic 
   L^2. White noise of std s added to every pixel adds exactly 20 s^2 to the expected energy
   (the Laplacian's weights squared sum to 16 + 4) and turns each |L| into a folded normal.
 * **Flicker.** `flicker` = mean |v[t+1] - v[t]| over all pixels and consecutive frame pairs.
+  Its ratio against ground truth assumes the reference moves at the speed the model learned;
+  `seam_ratio` needs no reference: the frame change at the joins of a long video's windows
+  over the change everywhere else.
 * **Frechet distance** between Gaussians fitted to two feature sets,
   `|mu1 - mu2|^2 + tr(C1) + tr(C2) - 2 tr((C1^1/2 C2 C1^1/2)^1/2)` (FID's formula), here on
   the features of the frozen SyncNet video tower trained in this repo (`syncnet_features`).
@@ -18,7 +21,7 @@ repo's videos are in [-1, 1]) and works on real videos as well as the synthetic 
 `fidelity_report` compares generated clips with ground truth and gives the ground truth vs
 ground truth floor (module docstring of `gcm_jax.evaluate`, docs/alignment.md).
 """
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +65,23 @@ def flicker(video: np.ndarray) -> float:
   """Mean |frame t+1 - frame t| of `video` `[N, T, H, W, C]` (T >= 2), over all pixels."""
   v = _check_video(video, min_frames=2)
   return float(np.mean(np.abs(np.diff(v, axis=1))))
+
+
+def seam_ratio(video: np.ndarray, seams: Sequence[int]) -> float:
+  """Mean |v[s] - v[s - 1]| over the `seams` s (frame indices, 1 <= s < T) / the same mean
+  over every other consecutive pair, of `video` `[N, T, H, W, C]`: ~1 when a long video made
+  from windows (`gcm_jax.diffusion.extension.seam_frames`) changes at the windows' joins as
+  much as anywhere else, > 1 where a window jumps away from the frames it continues."""
+  v = _check_video(video, min_frames=3)
+  seams = np.unique(np.asarray(seams, int))
+  t = v.shape[1]
+  if seams.size == 0 or seams.min() < 1 or seams.max() >= t:
+    raise ValueError(f"seams must be frame indices in [1, {t}), got {seams.tolist()}")
+  if seams.size == t - 1:
+    raise ValueError("every transition is a seam; there is nothing to compare with")
+  diffs = np.mean(np.abs(np.diff(v, axis=1)), axis=(0, 2, 3, 4))  # [T - 1], into frame 1..T-1
+  at_seam = np.isin(np.arange(1, t), seams)
+  return ratio(float(diffs[at_seam].mean()), float(diffs[~at_seam].mean()))
 
 
 def ratio(value: float, reference: float) -> float:
@@ -215,8 +235,8 @@ def feature_report(generated_features: np.ndarray, ground_truth_features: np.nda
 
 
 def fidelity_report(generated: np.ndarray, ground_truth: np.ndarray,
-                    featurize: Optional[Callable[[np.ndarray], np.ndarray]] = None
-                    ) -> Dict[str, Any]:
+                    featurize: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                    seams: Sequence[int] = ()) -> Dict[str, Any]:
   """Generated vs ground truth, and the ground truth vs ground truth floor.
 
   The N clips are split into halves A (first N // 2) and B (the rest). Row `generated`:
@@ -231,6 +251,9 @@ def fidelity_report(generated: np.ndarray, ground_truth: np.ndarray,
       conditions; N >= 4 (two clips per half for a covariance).
     featurize: `[n, T, H, W, C] -> [n, W, D]` per-window features (`syncnet_features`);
       None: the rows have the pixel measures only (no network, no Frechet distances).
+    seams: the first frame of each later window of a long video (`extension.seam_frames`);
+      if any, each row adds `seam_ratio` of its first clip set (generated A; ground truth A,
+      whose frames have no windows: the floor).
   """
   generated, ground_truth = np.asarray(generated), np.asarray(ground_truth)
   if generated.shape != ground_truth.shape:
@@ -245,6 +268,9 @@ def fidelity_report(generated: np.ndarray, ground_truth: np.ndarray,
       "flicker_255": {"generated": PIXEL_SCALE_255 * flicker(generated),
                       "ground_truth": PIXEL_SCALE_255 * flicker(ground_truth)},
   }
+  if len(seams):
+    report["generated"]["seam_ratio"] = seam_ratio(generated[a], seams)
+    report["ground_truth_floor"]["seam_ratio"] = seam_ratio(ground_truth[a], seams)
   if featurize is not None:
     features = feature_report(featurize(generated), featurize(ground_truth))
     report["feature_network"] = features["feature_network"]

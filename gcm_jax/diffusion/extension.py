@@ -72,6 +72,15 @@ def window_starts(num_frames: int, window: int, motion_frames: int) -> np.ndarra
   return np.minimum(np.arange(count) * stride, num_frames - window)
 
 
+def seam_frames(num_frames: int, window: int, motion_frames: int) -> np.ndarray:
+  """Index of the first newly generated frame of every window after the first: window w
+  conditions on the frames before s_{w-1} + window and generates the rest, so frame
+  s_{w-1} + window is the first one that did not exist when it started (`[num_windows - 1]`,
+  empty for a single window). The transitions into these frames are where windows can show
+  seams (`gcm_jax.alignment.fidelity.seam_ratio`)."""
+  return window_starts(num_frames, window, motion_frames)[:-1] + window
+
+
 def generate_long_video(denoise_fn: DenoiseFn, key: jax.Array, cond: dict,
                         cfg: samplers.SamplerConfig, video_shape: Sequence[int], window: int,
                         motion_frames: int, time_keys: Sequence[str] = ("mel",),
