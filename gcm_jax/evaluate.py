@@ -346,15 +346,18 @@ def project_syncnet_metrics(workdir: str, data: EvalData) -> dict[str, Any]:
   syncnet, variables = train_syncnet.load_matching_syncnet(workdir, data.config.data)
   offset = syncnet_lib.frame_offset_for_alignment(data.config.data.mel_alignment)
   mel = jnp.asarray(data.clips["mel"])
+  # At the SyncNet's resolution (a 32-px SyncNet sees 64-px videos downsampled).
+  videos = {name: np.asarray(syncnet_lib.to_image_size(jnp.asarray(v), syncnet.image_size))
+            for name, v in (("generated", data.videos), ("ground_truth", data.clips["video"]))}
   rows = {}
-  for name, video in (("generated", data.videos), ("ground_truth", data.clips["video"])):
+  for name, video in videos.items():
     for audio, m in (("matched", mel), ("shuffled", mel[data.shuffled])):
       lse = _lse_metrics(syncnet, variables, jnp.asarray(video), m, audio_frame_offset=offset)
       rows[f"{name}_{audio}"] = {"lse_d": float(jnp.mean(lse["lse_d"])),
                                  "lse_c": float(jnp.mean(lse["lse_c"]))}
   featurize = functools.partial(fidelity.syncnet_features, syncnet, variables)
-  return {**rows, "fidelity": fidelity.feature_report(featurize(data.videos),
-                                                      featurize(data.clips["video"]))}
+  return {**rows, "fidelity": fidelity.feature_report(featurize(videos["generated"]),
+                                                      featurize(videos["ground_truth"]))}
 
 
 def mean_lse_syncnet_python(net: Any, variables: Any, videos: np.ndarray, audio: np.ndarray,

@@ -126,3 +126,16 @@ def test_lipsync_loss_on_batch_sharded_global_arrays(setup):
   want = loss_fn(params, video, mel, key)
   got = loss_fn(params, jax.device_put(video, shard), jax.device_put(mel, shard), key)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_to_image_size_of_a_64px_render_is_close_to_the_32px_render():
+  """A 32-px SyncNet judging 64-px videos sees them downsampled: the talking faces rendered
+  at 64 px and downsampled differ from the 32-px render of the same clips by a few levels."""
+  from gcm_jax.alignment import train_syncnet  # pylint: disable=g-import-not-at-top
+  clips = {r: train_syncnet.make_clips("test", 2, 4, r, "center", 96, seed=3, keys=("video",))[
+      "video"] for r in (32, 64)}
+  down = np.asarray(sn.to_image_size(jnp.asarray(clips[64]), (32, 32)))
+  assert down.shape == clips[32].shape
+  error = np.abs(down - clips[32]).mean()
+  assert error < 0.03, error  # [-1, 1] units: < 4 of 255 levels on average (measured 1.4)
+  assert np.abs(clips[32][::-1] - clips[32]).mean() > 10 * error  # other clips: far off

@@ -102,6 +102,26 @@ def test_lipsync_loss_decodes_the_latent_estimate():
   assert jitted._cache_size() == 1  # pylint: disable=protected-access
 
 
+def test_sync_window_gives_the_expert_the_same_pairs_as_the_full_clip():
+  """The 5-frame window a latent run decodes: the SyncNet input cut from it (start 0) is the
+  one cut from the full clip at the window's start, for both mel alignments."""
+  from gcm_jax.alignment import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
+  b, t = 64, 9
+  video = jnp.broadcast_to(jnp.arange(b * t, dtype=jnp.float32).reshape(b, t, 1, 1, 1),
+                           (b, t, 4, 2, 3))
+  mel = jax.random.normal(jax.random.PRNGKey(0), (b, t, 16, 80))
+  window, window_mel = step_lib.sync_window(jax.random.PRNGKey(1), video, mel)
+  assert window.shape == (b, 5, 4, 2, 3) and window_mel.shape == (b, 5, 16, 80)
+  starts = np.asarray(window[:, 0, 0, 0, 0]).astype(int) - t * np.arange(b)
+  assert starts.min() >= 0 and starts.max() <= t - 5
+  assert len(np.unique(starts)) == t - 4  # Every start drawn among 64 clips.
+  for offset in (0, 2):  # mel_alignment 'start' / 'center'.
+    full = syncnet_lib.sync_windows(video, mel, jnp.asarray(starts), offset)
+    cut = syncnet_lib.sync_windows(window, window_mel, jnp.zeros(b, int), offset)
+    for a, c in zip(full, cut):
+      np.testing.assert_array_equal(a, c)
+
+
 def test_latent_run_trains_samples_and_generates(tmp_path):
   config = _config()
   config.train.num_steps = 2

@@ -128,6 +128,15 @@ def sync_windows(video: jax.Array, mel: jax.Array, starts: jax.Array,
   return lower_half(frames), mel[jnp.arange(mel.shape[0]), mel_t]
 
 
+def to_image_size(video: jax.Array, image_size: Tuple[int, int]) -> jax.Array:
+  """Video `[B, T, H, W, C]` resized to `image_size` (h, w) if it differs (bilinear, with
+  antialiasing when downsampling: `jax.image.resize`), e.g. 64-px frames for a 32-px SyncNet."""
+  b, t, h, w, c = video.shape
+  if (h, w) == tuple(image_size):
+    return video
+  return jax.image.resize(video, (b, t, *image_size, c), "linear")
+
+
 def check_video_mel(video: jax.Array, mel: jax.Array) -> None:
   """Raises ValueError unless video is [B, T, H, W, 3] and mel [B, T, 16, 80] with T >= 5."""
   if video.ndim != 5 or video.shape[-1] != 3:
@@ -175,10 +184,9 @@ def lipsync_loss(syncnet: SyncNet, syncnet_params, video_x0: jax.Array, mel: jax
     Scalar: mean over clips of weight * BCE(cos, 1).
   """
   check_video_mel(video_x0, mel)
-  b, t, h, w, c = video_x0.shape
+  b, t = video_x0.shape[:2]
   weight = jnp.broadcast_to(jnp.asarray(weight, jnp.float32), (b,))
-  if (h, w) != tuple(syncnet.image_size):
-    video_x0 = jax.image.resize(video_x0, (b, t, *syncnet.image_size, c), "linear")
+  video_x0 = to_image_size(video_x0, syncnet.image_size)
   starts = jax.random.randint(key, (b,), 0, t - SYNC_FRAMES + 1)
   frames, mel_win = sync_windows(video_x0, mel, starts, audio_frame_offset)
   params = jax.lax.stop_gradient(syncnet_params)

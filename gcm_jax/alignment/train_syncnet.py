@@ -437,7 +437,8 @@ def load_syncnet(config: ml_collections.ConfigDict,
 def load_matching_syncnet(workdir: str, data_config: ml_collections.ConfigDict
                           ) -> Tuple[syncnet_lib.SyncNet, Dict[str, Any]]:
   """(SyncNet, frozen variables) saved by `train_and_evaluate` in `workdir`, checked against a
-  video model's `config.data` (resolution, per-frame mel window length).
+  video model's `config.data` (resolution: the SyncNet's or a multiple of it, e.g. a 32-px
+  SyncNet for 64-px videos, which it sees downsampled; per-frame mel window length).
 
   Raises:
     FileNotFoundError: nothing trained in `workdir`.
@@ -450,9 +451,11 @@ def load_matching_syncnet(workdir: str, data_config: ml_collections.ConfigDict
         f"python -m gcm_jax.alignment.train_syncnet --workdir={workdir}")
   with open(path, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f)["config"])
-  if config.data.resolution != data_config.resolution:
+  if data_config.resolution % config.data.resolution:
     raise ValueError(f"the SyncNet in {workdir!r} was trained at {config.data.resolution}px, "
-                     f"the videos are {data_config.resolution}px")
+                     f"the videos are {data_config.resolution}px (need the SyncNet's "
+                     f"resolution or a multiple of it, which `syncnet.to_image_size` "
+                     f"downsamples)")
   if data_config.mel_window != syncnet_lib.MEL_FRAMES:
     raise ValueError(f"SyncNet needs {syncnet_lib.MEL_FRAMES}-frame mel windows, the data has "
                      f"mel_window={data_config.mel_window}")

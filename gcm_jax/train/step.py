@@ -139,6 +139,20 @@ def lipsync_term(expert: experts.Expert, key: jax.Array, x0_hat: jax.Array, logs
       audio_frame_offset=syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment))
 
 
+def sync_window(key: jax.Array, video: jax.Array, mel: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """One random window of `syncnet.SYNC_FRAMES` (5) consecutive frames per clip of
+  `video` `[B, T, ...]` and of its per-frame mel windows `mel` `[B, T, 16, 80]` (the same
+  frames): `[B, 5, ...]`, `[B, 5, 16, 80]`. The experts' losses draw one window of a
+  5-frame clip (start 0) and read its mel at the same frame offset as in the full clip, so a
+  latent run decodes 5 frames per clip instead of T with the same loss distribution."""
+  b, t = video.shape[:2]
+  starts = jax.random.randint(key, (b,), 0, t - syncnet_lib.SYNC_FRAMES + 1)
+  cut = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, syncnet_lib.SYNC_FRAMES,
+                                                           axis=0))
+  return cut(video, starts), cut(mel, starts)
+
+
 def decode_latents(autoencoder: ae.AutoencoderKL, params: Any, latents: jax.Array
                    ) -> jax.Array:
   """Scaled latents `[B, T, h, w, C]` -> pixels `[B, T, H, W, 3]` clipped to [-1, 1], under
@@ -175,8 +189,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   with `lipsync_net` (the module of `config.lipsync.expert`) and `frozen['lipsync']` its
   variables, the loss adds `lipsync_term` on the model's x0 estimate; in a latent run
   (`batch['latents']`, the `autoencoder` module with `frozen['autoencoder']` its params)
-  that estimate is decoded to pixels first, under remat (the decoder's activations are
-  recomputed in the backward pass, not stored). Returns the new state and scalar metrics:
+  the 5 frames of that estimate the expert sees (`sync_window`) are decoded to pixels first,
+  under remat (the decoder's activations are recomputed in the backward pass, not stored). Returns the new state and scalar metrics:
   loss, denoising_loss, lipsync_loss, grad_norm, learning_rate, skipped_steps.
   """
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
@@ -196,11 +210,13 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
                  / jnp.maximum(example_weight.sum(), 1.0))
     lipsync = jnp.zeros(())
     if lipsync_net is not None:
-      x0_hat = terms["x0_hat"]
-      if autoencoder is not None:
+      x0_hat, sync_batch = terms["x0_hat"], batch
+      if autoencoder is not None:  # Decode only the 5 frames the expert sees.
+        x0_hat, mel = sync_window(jax.random.fold_in(k_sync, 1), x0_hat, batch["mel"])
         x0_hat = decode_latents(autoencoder, frozen["autoencoder"], x0_hat)
+        sync_batch = {**batch, "mel": mel}
       lipsync = lipsync_term((lipsync_net, frozen["lipsync"]), k_sync, x0_hat, terms["logsnr"],
-                             batch, cond, state.step, config)
+                             sync_batch, cond, state.step, config)
     return denoising + lipsync, (denoising, lipsync)
 
   (loss, (denoising, lipsync)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
