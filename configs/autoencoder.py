@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
       reconstruction="l1",      # l1 | l2, per value
       ssim_weight=0.2,          # x (1 - SSIM), Gaussian-window SSIM (gcm_jax.image_quality)
       kl_weight=1e-6,           # x KL / (H W 3): SD's weight relative to a pixel-summed L1
+      mouth_weight=1.0,         # reconstruction weight of the mouth region's pixels (1 = off)
   )
 
   # Optimizer and EMA as the diffusion trainer (gcm_jax.train.state).

@@ -11,6 +11,11 @@ them into its batch). Loss per frame, averaged over the frames:
   reconstruction (L1 or L2, per value) + ssim_weight * (1 - SSIM)
     + kl_weight * KL(posterior || N(0, I)) / (H W 3)
 
+with the values inside the clip's mouth region (pipeline feature 'mouth_region', from the
+keypoints) weighted `mouth_weight` times in the reconstruction mean: a small autoencoder
+otherwise spends its capacity on the large flat areas and blurs a mouth of a few pixels
+away (docs/results.md, "The latent CPU recipe").
+
 The KL term divided by the number of pixel values puts `kl_weight` on SD's scale (SD sums the
 reconstruction over pixels and adds 1e-6 x the KL summed over latents). The decoder reads a
 posterior sample. No patch-GAN discriminator (not implemented).
@@ -106,6 +111,7 @@ RULES: tuple[cv.Rule, ...] = (
     cv.one_of("loss.reconstruction", RECONSTRUCTION_LOSSES),
     cv.non_negative("loss.ssim_weight"),
     cv.non_negative("loss.kl_weight"),
+    cv.positive("loss.mouth_weight"),
     cv.integer("train.num_steps", 1),
     cv.integer("train.frames_per_clip", 1),
     cv.positive("train.learning_rate"),
@@ -252,26 +258,35 @@ def abstract_state(config: ml_collections.ConfigDict) -> state_lib.TrainState:
 
 
 def select_frames(video: jax.Array, num: int, key: jax.Array) -> jax.Array:
-  """`num` distinct random frames of every clip: `[B, T, H, W, C]` -> `[B, num, H, W, C]`."""
+  """`num` distinct random frames of every clip: `[B, T, ...]` -> `[B, num, ...]` (the same
+  frames for every array of one clip given the same key)."""
   b, t = video.shape[:2]
   idx = jax.vmap(lambda k: jax.random.choice(k, t, (num,), replace=False))(
       jax.random.split(key, b))
-  return jnp.take_along_axis(video, idx[:, :, None, None, None], axis=1)
+  return jnp.take_along_axis(video, idx.reshape(b, num, *(1,) * (video.ndim - 2)), axis=1)
 
 
 def autoencoder_loss(params: Any, model: ae.AutoencoderKL, frames: jax.Array, key: jax.Array,
-                     loss_config: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     loss_config: Mapping[str, Any], mouth_region: Optional[jax.Array] = None
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Reconstruction + SSIM + KL loss of a posterior sample's decoding (module docstring).
 
   Args:
     frames: `[B, T, H, W, 3]` in [-1, 1].
-    loss_config: `config.loss` (reconstruction, ssim_weight, kl_weight).
+    loss_config: `config.loss` (reconstruction, ssim_weight, kl_weight, mouth_weight).
+    mouth_region: bool `[B, T, H, W]`, needed when `loss_config['mouth_weight'] != 1`: the
+      reconstruction of its pixels weighs `mouth_weight` times the others.
 
   Returns:
     (loss, metrics: loss, reconstruction, ssim, kl (per frame, summed over latents), psnr).
   """
   recon, mean, logvar = model.apply({"params": params}, frames, key)
-  reconstruction = jnp.mean(RECONSTRUCTION_LOSSES[loss_config["reconstruction"]](recon - frames))
+  per_value = RECONSTRUCTION_LOSSES[loss_config["reconstruction"]](recon - frames)
+  if loss_config["mouth_weight"] != 1.0:
+    if mouth_region is None:
+      raise ValueError("loss.mouth_weight != 1 needs the batch's 'mouth_region'")
+    per_value = per_value * jnp.where(mouth_region, loss_config["mouth_weight"], 1.0)[..., None]
+  reconstruction = jnp.mean(per_value)
   ssim = jnp.mean(image_quality.ssim(recon, frames))
   kl = jnp.mean(ae.kl_divergence(mean, logvar))
   values_per_frame = frames[0, 0].size
@@ -290,17 +305,21 @@ def train_step(state: state_lib.TrainState, batch: Batch, key: jax.Array, *,
   `state.make_optimizer(train_config)`).
 
   Args:
-    batch: {'video': `[B, T, H, W, 3]` in [-1, 1]}; `train_config['frames_per_clip']` random
-      frames of each clip are trained on.
+    batch: {'video': `[B, T, H, W, 3]` in [-1, 1]} (+ 'mouth_region' bool `[B, T, H, W]` for
+      `loss_config['mouth_weight'] != 1`); `train_config['frames_per_clip']` random frames of
+      each clip are trained on.
     key: picks the frames and samples the posterior.
 
   Returns:
     (state, `autoencoder_loss` metrics + grad_norm, learning_rate, skipped_steps).
   """
   k_frames, k_sample = jax.random.split(key)
-  frames = select_frames(batch["video"], train_config["frames_per_clip"], k_frames)
+  num = train_config["frames_per_clip"]
+  frames = select_frames(batch["video"], num, k_frames)
+  mouth = (select_frames(batch["mouth_region"], num, k_frames) if "mouth_region" in batch
+           else None)
   grads, out = jax.grad(autoencoder_loss, has_aux=True)(state.params, model, frames, k_sample,
-                                                       loss_config)
+                                                       loss_config, mouth)
   return state_lib.update_with_metrics(state, grads, out, optimizer, train_config)
 
 
@@ -444,8 +463,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        else restored)
   # A data-only config: the pipeline reads no model fields (no frozen-encoder features).
   data_config = ml_collections.ConfigDict({"data": config.data.to_dict()})
+  train_keys = ("video",) + (("mouth_region",) if config.loss.mouth_weight != 1.0 else ())
   data = pipeline.make_dataset(data_config, "train", mesh, batch_axes=mesh_lib.BATCH_AXES,
-                               seed=config.seed, device_keys=("video", "mask"))
+                               seed=config.seed, device_keys=train_keys + ("mask",))
   if data_state is not None:
     data.set_state(data_state["iterator"].encode("utf-8"))
 
@@ -461,7 +481,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  disable=jax.process_index() != 0) as progress:
     for step in range(start + 1, last_step + 1):
       batch = next(data)
-      state, scalars = step_fn(state, {"video": batch["video"]},
+      state, scalars = step_fn(state, {k: batch[k] for k in train_keys},
                                jax.random.fold_in(base_key, step))
       if step % config.log.every_steps == 0 or step == last_step:
         scalars = jax.device_get(scalars)
