@@ -118,6 +118,8 @@ def get_config() -> ml_collections.ConfigDict:
       noise_weighting="sigmoid",  # per-example weight from the noise level: sigmoid | min_snr | none
       start_step=0,             # weight 0 before, then a linear ramp over ramp_steps
       ramp_steps=0,
+      clips_per_step=0,         # the loss on the batch's first k clips only (0 = all): a
+                                # latent run decodes 5 frames of each (docs/training.md)
   )
 
   # ControlNet mode (docs/models.md): train a control branch, steered by the batch's

@@ -204,6 +204,7 @@ RULES: tuple[Rule, ...] = (
     one_of("lipsync.noise_weighting", syncnet.NOISE_WEIGHTINGS),
     integer("lipsync.start_step", 0),
     integer("lipsync.ramp_steps", 0),
+    integer("lipsync.clips_per_step", 0),
     # ControlNet mode.
     boolean("control.enabled"),
     integer("control.num_blocks", 1),
@@ -294,6 +295,9 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
         (c.data.num_frames >= syncnet.SYNC_FRAMES,
          f"the lip-sync loss needs clips of >= {syncnet.SYNC_FRAMES} frames, "
          f"config.data.num_frames = {c.data.num_frames}"),
+        (c.lipsync.clips_per_step <= c.data.batch_size,
+         f"config.lipsync.clips_per_step = {c.lipsync.clips_per_step} must be <= "
+         f"config.data.batch_size = {c.data.batch_size} (0 = every clip)"),
     ]
   found = ([message for ok, message in checks if not ok] + _pretrained_problems(c)
            + _dataset_problems(c) + _latent_problems(c))

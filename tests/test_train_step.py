@@ -224,6 +224,37 @@ def test_train_step_adds_the_lipsync_loss():
   assert jitted._cache_size() == 1  # pylint: disable=protected-access
 
 
+def test_lipsync_clips_per_step_reads_only_the_first_clips():
+  """clips_per_step = 2: the lip-sync loss sees clips 0 and 1 only (other clips' audio may
+  change without changing it); 0: every clip."""
+  config = train_utils.micro_config()
+  config.data.num_frames = 6
+  config.lipsync.update(weight=0.5, clips_per_step=2)
+  config.diffusion.update(p_drop_audio=0.0, p_drop_both=0.0)  # Every clip's loss counts.
+  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
+  state, shardings = trainer.init_state(config, mesh)
+  batch = jax.tree.map(jnp.asarray, train_utils.synthetic_batch(config))
+  net, variables = _random_syncnet(config.data.resolution)
+
+  def lipsync_losses(config, clips):
+    """The lip-sync loss of the batch, then of the batch with each clip's audio changed."""
+    jitted = trainer.jit_train_step(config, mesh, shardings, lipsync_net=net)
+    batches = [batch] + [dict(batch, mel=batch["mel"].at[c].multiply(-1.0)) for c in clips]
+    with jax.set_mesh(mesh):
+      return [float(jitted(jax.tree.map(jnp.copy, state), b, {"lipsync": variables})[1][
+          "lipsync_loss"]) for b in batches]
+
+  last = config.data.batch_size - 1
+  loss, last_audio, first_audio = lipsync_losses(config, [last, 0])
+  assert loss == last_audio and loss != first_audio
+  config.lipsync.clips_per_step = 0
+  loss, last_audio = lipsync_losses(config, [last])
+  assert loss != last_audio
+  config.lipsync.clips_per_step = config.data.batch_size + 1
+  config.lipsync.syncnet_workdir = "/"
+  assert any("config.lipsync.clips_per_step" in p for p in config_validation.problems(config))
+
+
 def test_lipsync_config_errors(tmp_path):
   config = train_utils.micro_config()
   config.lipsync.update(weight=0.5)

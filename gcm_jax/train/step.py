@@ -187,7 +187,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   frozen networks, passed as an argument so that they are inputs of the compiled step, not
   constants baked into it:
   with `lipsync_net` (the module of `config.lipsync.expert`) and `frozen['lipsync']` its
-  variables, the loss adds `lipsync_term` on the model's x0 estimate; in a latent run
+  variables, the loss adds `lipsync_term` on the model's x0 estimate of the batch's first
+  `config.lipsync.clips_per_step` clips (0: all; the batches are shuffled); in a latent run
   (`batch['latents']`, the `autoencoder` module with `frozen['autoencoder']` its params)
   the 5 frames of that estimate the expert sees (`sync_window`) are decoded to pixels first,
   under remat (the decoder's activations are recomputed in the backward pass, not stored). Returns the new state and scalar metrics:
@@ -210,13 +211,16 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
                  / jnp.maximum(example_weight.sum(), 1.0))
     lipsync = jnp.zeros(())
     if lipsync_net is not None:
-      x0_hat, sync_batch = terms["x0_hat"], batch
+      k = config.lipsync.clips_per_step or target.shape[0]  # The batch's first k clips.
+      x0_hat, logsnr = terms["x0_hat"][:k], terms["logsnr"][:k]
+      sync_batch = {"mel": batch["mel"][:k], "mask": batch["mask"][:k]}
+      sync_cond = {"drop_audio": cond["drop_audio"][:k]}
       if autoencoder is not None:  # Decode only the 5 frames the expert sees.
-        x0_hat, mel = sync_window(jax.random.fold_in(k_sync, 1), x0_hat, batch["mel"])
+        x0_hat, sync_batch["mel"] = sync_window(jax.random.fold_in(k_sync, 1), x0_hat,
+                                                sync_batch["mel"])
         x0_hat = decode_latents(autoencoder, frozen["autoencoder"], x0_hat)
-        sync_batch = {**batch, "mel": mel}
-      lipsync = lipsync_term((lipsync_net, frozen["lipsync"]), k_sync, x0_hat, terms["logsnr"],
-                             sync_batch, cond, state.step, config)
+      lipsync = lipsync_term((lipsync_net, frozen["lipsync"]), k_sync, x0_hat, logsnr,
+                             sync_batch, sync_cond, state.step, config)
     return denoising + lipsync, (denoising, lipsync)
 
   (loss, (denoising, lipsync)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
