@@ -8,7 +8,8 @@ Two parts in one file (docs/results.md, "The latent CPU recipe"):
   python -m gcm_jax.evaluate --workdir=/tmp/latent_recipe --syncnet_workdir=/tmp/syncnet_eval
 
 The autoencoder (`:autoencoder`) is the AutoencoderKL layout with three levels, widths
-32, 64, 64: 4x spatial downsampling to 16x16x4 latents. (Eight-fold, as Stable
+16, 32, 32: 4x spatial downsampling to 16x16x4 latents, trained with the mouth region's
+reconstruction weighted 10x. (Eight-fold, as Stable
 Diffusion's VAE, leaves 8x8 latents for 64-px faces: a mouth a few pixels high then lives
 inside one latent cell, and the small CPU autoencoders measured blurred it away; the
 layout is configurable, docs/models.md "Autoencoder".) It builds the 64-px dataset in
@@ -32,7 +33,7 @@ RESOLUTION = 64
 def autoencoder() -> ml_collections.ConfigDict:
   """The autoencoder part (python -m gcm_jax.train.train_autoencoder)."""
   config = autoencoder_config.get_config()
-  config.model.update(block_out_channels=(32, 64, 64))
+  config.model.update(block_out_channels=(16, 32, 32))
   config.data.update(resolution=RESOLUTION, num_train=2000, num_validation=64, num_test=64)
   config.loss.update(mouth_weight=10.0)
   config.train.update(num_steps=600)
@@ -46,6 +47,8 @@ def diffusion() -> ml_collections.ConfigDict:
   config.data.update(resolution=RESOLUTION, data_dir=AUTOENCODER_WORKDIR + "/data")
   config.latent.update(source="workdir", path=AUTOENCODER_WORKDIR)
   config.model.update(in_channels=4, patch_size=2)
+  config.lipsync.update(clips_per_step=4)
+  config.train.update(num_steps=2500)
   return config
 
 
