@@ -56,3 +56,22 @@ def test_parse_variant():
       "text_scale": 1.5, "sampler": "euler", "num_steps": 40}
   with pytest.raises(ValueError, match="not key=value"):
     fidelity_sweep.parse_variant("text_scale")
+
+
+def test_autoencoder_truth_reads_reconstructions_like_generated_videos():
+  from benchmarks import autoencoder_truth  # pylint: disable=g-import-not-at-top
+  from gcm_jax.alignment import train_syncnet  # pylint: disable=g-import-not-at-top
+  from gcm_jax.models import autoencoder as ae  # pylint: disable=g-import-not-at-top
+  from gcm_jax.train import train_autoencoder  # pylint: disable=g-import-not-at-top
+  clips = train_syncnet.make_clips("test", 4, 8, 32, "center", 96, 0,
+                                   keys=autoencoder_truth.TRUTH_KEYS)
+  perfect = autoencoder_truth.measure(clips["video"], clips)
+  assert perfect["face"] == perfect["background"] == 1.0 and perfect["hf_ratio"] == 1.0
+  assert perfect["mouth_matched"] > 0.9 > 0.5 > perfect["mouth_shuffled"]
+  flat = autoencoder_truth.measure(np.zeros_like(clips["video"]), clips)
+  assert flat["mouth_matched"] == 0.0 and flat["hf_ratio"] == 0.0  # No mouth, no edges.
+  assert flat["psnr"] < 20 < 100 < perfect["psnr"]  # psnr caps identical frames (~106 dB)
+  config = ae.CONFIGS["tiny"]
+  params = train_autoencoder.init_params(config, jax.random.PRNGKey(0))
+  out = autoencoder_truth.reconstruct(config, params, clips["video"][:1])
+  assert out.shape == (1, 8, 32, 32, 3) and out.min() >= -1 and out.max() <= 1

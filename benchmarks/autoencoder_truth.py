@@ -1,0 +1,103 @@
+"""What trained autoencoders keep of the talking faces: one table, one row per workdir.
+
+For each `python -m gcm_jax.train.train_autoencoder` workdir, fresh held-out talking-faces
+test clips at the autoencoder's training resolution (`train_syncnet.make_clips`: test-split
+phrases and voices) are encoded (posterior mean) and decoded, and the reconstructions are
+read like generated videos: PSNR against the clips, face / background color accuracy
+(`evaluate.color_accuracy`), the oracle mouth correlation with the clips' own and with
+shuffled audio (`evaluate.mouth_correlation`; the ground truth's on the last row) and the
+high-frequency ratio (`fidelity.pixel_compare`). A latent model cannot generate what its
+autoencoder loses: the mouth correlation of the reconstructions bounds the latent recipe's
+(docs/results.md, "The latent CPU recipe").
+
+  python -m benchmarks.autoencoder_truth --workdirs=/tmp/latent_ae,/tmp/ae [--num_clips=16]
+"""
+import argparse
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gcm_jax import evaluate
+from gcm_jax import image_quality
+from gcm_jax.alignment import fidelity
+from gcm_jax.alignment import train_syncnet
+from gcm_jax.models import autoencoder as ae
+from gcm_jax.train import train_autoencoder
+
+TRUTH_KEYS = ("video", "keypoints", "mouth_open", "face_color", "background_color")
+BYTE_TEXT_LENGTH = 96  # make_clips' caption tokens (unused here)
+
+
+def reconstruct(config: ae.AutoencoderConfig, params, video: np.ndarray) -> np.ndarray:
+  """Posterior mean decoded and clipped to [-1, 1]: `[N, T, R, R, 3]` -> the same shape."""
+  model = ae.AutoencoderKL(config)
+
+  @jax.jit
+  def run(p, x):
+    mean, _ = model.apply({"params": p}, x, method=ae.AutoencoderKL.encode)
+    return jnp.clip(model.apply({"params": p}, mean, method=ae.AutoencoderKL.decode), -1, 1)
+
+  return np.asarray(run(params, jnp.asarray(video)))
+
+
+def measure(video: np.ndarray, clips: dict[str, np.ndarray]) -> dict[str, float]:
+  """The row of `video` `[N, T, R, R, 3]` read against `clips`' ground truth."""
+  shuffled = np.roll(np.arange(len(video)), 1)
+  row = {"psnr": float(jnp.mean(image_quality.psnr(jnp.asarray(video),
+                                                   jnp.asarray(clips["video"]))))}
+  row.update(evaluate.color_accuracy(video, clips))
+  row.update({f"mouth_{k}": v for k, v in
+              evaluate.mouth_correlation(video, clips, shuffled).items()})
+  row["hf_ratio"] = fidelity.pixel_compare(video, clips["video"])["hf_ratio"]
+  return row
+
+
+def resolution_of(workdir: str) -> int:
+  """The data resolution the autoencoder in `workdir` was trained at (its config.json)."""
+  with open(os.path.join(workdir, train_autoencoder.CONFIG_FILE), encoding="utf-8") as f:
+    return int(json.load(f)["data"]["resolution"])
+
+
+def table(workdirs: list[str], num_clips: int, num_frames: int, seed: int) -> str:
+  lines = ["| autoencoder | PSNR (dB) | face / bg color | mouth corr. matched / shuffled | "
+           "high-freq. ratio |", "|---|---|---|---|---|"]
+
+  def add(name, row):
+    lines.append(f"| {name} | {row['psnr']:.1f} | {row['face']:.2f} / {row['background']:.2f} | "
+                 f"{row['mouth_matched']:.2f} / {row['mouth_shuffled']:.2f} | "
+                 f"{row['hf_ratio']:.2f} |")
+    print(lines[-1], flush=True)
+
+  clips_by_resolution = {}
+  for workdir in workdirs:
+    r = resolution_of(workdir)
+    if r not in clips_by_resolution:
+      clips_by_resolution[r] = train_syncnet.make_clips(
+          "test", num_clips, num_frames, r, "center", BYTE_TEXT_LENGTH, seed, keys=TRUTH_KEYS)
+    clips = clips_by_resolution[r]
+    config, params = train_autoencoder.load_trained_autoencoder(workdir)
+    add(f"{workdir} ({r} px)", measure(reconstruct(config, params, clips["video"]), clips))
+  for r, clips in clips_by_resolution.items():
+    row = measure(clips["video"], clips)
+    row["psnr"] = float("inf")
+    add(f"ground truth ({r} px)", row)
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdirs", required=True, help="Comma-separated autoencoder workdirs.")
+  parser.add_argument("--num_clips", type=int, default=16)
+  parser.add_argument("--num_frames", type=int, default=8)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  print(f"{args.num_clips} held-out talking-faces clips of {args.num_frames} frames, "
+        f"seed {args.seed}")
+  print(table(args.workdirs.split(","), args.num_clips, args.num_frames, args.seed))
+
+
+if __name__ == "__main__":
+  main()
