@@ -48,7 +48,7 @@ def diffusion() -> ml_collections.ConfigDict:
   config.latent.update(source="workdir", path=AUTOENCODER_WORKDIR)
   config.model.update(in_channels=4, patch_size=2)
   config.lipsync.update(clips_per_step=4)
-  config.train.update(num_steps=2500)
+  config.train.update(num_steps=4000)
   return config
 
 
