@@ -28,3 +28,24 @@ def test_field_references_keep_data_and_model_in_sync():
   config = importlib.import_module("configs.tiny").get_config()
   config.model.mel_window = 20
   assert config.data.mel_window == 20
+
+
+def test_latent_recipe_parts_are_consistent():
+  """configs/cpu_latent_recipe.py: the autoencoder part passes the autoencoder trainer's
+  checks; the diffusion part passes the run checks once its two paths (the autoencoder
+  workdir, the SyncNet) are swapped for a random autoencoder of the same grid and no expert."""
+  from configs import cpu_latent_recipe  # pylint: disable=g-import-not-at-top
+  from gcm_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from gcm_jax.train import train_autoencoder  # pylint: disable=g-import-not-at-top
+  autoencoder = cpu_latent_recipe.get_config("autoencoder")
+  assert train_autoencoder.problems(autoencoder) == []
+  diffusion = cpu_latent_recipe.get_config()
+  assert diffusion.latent.path == cpu_latent_recipe.AUTOENCODER_WORKDIR
+  assert diffusion.data.data_dir.startswith(cpu_latent_recipe.AUTOENCODER_WORKDIR)
+  assert diffusion.data.resolution == autoencoder.data.resolution == 64
+  diffusion.latent.update(source="random", config="tiny", path="")
+  diffusion.lipsync.weight = 0.0
+  diffusion.data.resolution = 32  # The tiny 8x random autoencoder: a 4x4 grid (patch 2 fits).
+  assert config_validation.problems(diffusion) == []
+  with pytest.raises(ValueError, match="unknown part"):
+    cpu_latent_recipe.get_config("decoder")
