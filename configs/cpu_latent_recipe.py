@@ -1,4 +1,4 @@
-"""CPU latent recipe: an autoencoder and a latent STDiT, 64x64 faces, about an hour on 2 cores.
+"""CPU latent recipe: an autoencoder and a latent STDiT, 64x64 faces, ~67 min on 2 cores.
 
 Two parts in one file (docs/results.md, "The latent CPU recipe"):
   python -m gcm_jax.alignment.train_syncnet --workdir=/tmp/syncnet   # as the pixel recipe
