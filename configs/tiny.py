@@ -140,6 +140,9 @@ def get_config() -> ml_collections.ConfigDict:
       path="",                  # the diffusers folder / the autoencoder workdir
       config="tiny",            # source random: gcm_jax.models.autoencoder.CONFIGS name
       seed=0,                   # source random: init seed
+      pixel_loss_weight=0.0,    # > 0: + this x MSE of the decoded x0 estimate against the
+                                # clip's frames, on the 5-frame window of the clips the
+                                # lip-sync loss decodes (lipsync.clips_per_step)
   )
 
   # Weights of the frozen pretrained encoders (model.text_encoder / audio_encoder);

@@ -157,6 +157,7 @@ RULES: tuple[Rule, ...] = (
     text("latent.path"),
     one_of("latent.config", autoencoder.CONFIGS),
     integer("latent.seed", 0),
+    number("latent.pixel_loss_weight", 0.0),
     # Pretrained encoders' weights (gcm_jax.frozen_encoders).
     text("pretrained.text_path"),
     one_of("pretrained.long_text", text_encoders.LONG_TEXT_MODES),
@@ -283,6 +284,20 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
        f"config.distributed.process_id = {c.distributed.process_id} must be < "
        f"config.distributed.num_processes = {c.distributed.num_processes}"),
   ]
+  pixel_weight = step.pixel_loss_weight(c)
+  if c.lipsync.weight > 0 or pixel_weight > 0:
+    checks += [
+        (c.data.num_frames >= syncnet.SYNC_FRAMES,
+         f"the lip-sync and decoded pixel losses need clips of >= {syncnet.SYNC_FRAMES} "
+         f"frames, config.data.num_frames = {c.data.num_frames}"),
+        (c.lipsync.clips_per_step <= c.data.batch_size,
+         f"config.lipsync.clips_per_step = {c.lipsync.clips_per_step} must be <= "
+         f"config.data.batch_size = {c.data.batch_size} (0 = every clip)"),
+    ]
+  if pixel_weight > 0:
+    checks.append((latents.enabled(c),
+                   f"config.latent.pixel_loss_weight = {pixel_weight} needs a "
+                   f"latent run (config.latent.source = 'none' diffuses pixels)"))
   if c.lipsync.weight > 0:
     expert = experts.EXPERTS[c.lipsync.expert]
     field = f"config.lipsync.{expert.weights_field}"
@@ -292,12 +307,6 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
                      f"{field} ({expert.weights_help})"),
         (not path or PATH_EXISTS[expert.weights_kind](path),
          f"{field} = {path!r} does not exist ({expert.weights_help})"),
-        (c.data.num_frames >= syncnet.SYNC_FRAMES,
-         f"the lip-sync loss needs clips of >= {syncnet.SYNC_FRAMES} frames, "
-         f"config.data.num_frames = {c.data.num_frames}"),
-        (c.lipsync.clips_per_step <= c.data.batch_size,
-         f"config.lipsync.clips_per_step = {c.lipsync.clips_per_step} must be <= "
-         f"config.data.batch_size = {c.data.batch_size} (0 = every clip)"),
     ]
   found = ([message for ok, message in checks if not ok] + _pretrained_problems(c)
            + _dataset_problems(c) + _latent_problems(c))

@@ -73,5 +73,5 @@ def test_autoencoder_truth_reads_reconstructions_like_generated_videos():
   assert flat["psnr"] < 20 < 100 < perfect["psnr"]  # psnr caps identical frames (~106 dB)
   config = ae.CONFIGS["tiny"]
   params = train_autoencoder.init_params(config, jax.random.PRNGKey(0))
-  out = autoencoder_truth.reconstruct(config, params, clips["video"][:1])
+  out = train_autoencoder.reconstruct(config, params, jnp.asarray(clips["video"][:1]))
   assert out.shape == (1, 8, 32, 32, 3) and out.min() >= -1 and out.max() <= 1

@@ -17,6 +17,7 @@ from gcm_jax import latents
 from gcm_jax.data import feature_cache
 from gcm_jax.models import autoencoder as ae
 from gcm_jax.parallel import mesh as mesh_lib
+from gcm_jax.train import state as state_lib
 from gcm_jax.train import step as step_lib
 from gcm_jax.train import trainer
 from tests import train_utils
@@ -166,3 +167,49 @@ def test_a_trained_autoencoder_workdir_brings_its_scale_and_shift(tmp_path):
   mean, _ = base.module.apply({"params": base.params}, video, method=ae.AutoencoderKL.encode)
   np.testing.assert_allclose(own.encode(video), (mean - 0.25) * 0.5, atol=1e-5)
   assert own.identity.startswith("own:") and own.identity != base.identity
+
+
+def test_decoded_pixel_loss_compares_the_decoded_estimate_with_the_frames():
+  """latent.pixel_loss_weight: a model whose x0 estimate is a fixed latent z gets
+  weight x the MSE of decode(z) against the clip's frames (float64 numpy; static clips, so
+  any 5-frame window gives the same value); padding clips and clips past clips_per_step
+  do not count; without the weight the term is 0."""
+  config = _config()
+  config.data.num_frames = 6
+  config.diffusion.parameterization = "x0"
+  config.latent.pixel_loss_weight = 2.5
+  config.lipsync.clips_per_step = 3
+  config_validation.validate(config)
+  autoencoder = latents.load(config)
+  z = jax.random.normal(jax.random.PRNGKey(5), (1, 1, 4, 4, 4))
+  decoded = np.clip(np.asarray(autoencoder.decode(z), np.float64), -1, 1)[0, 0]  # [32, 32, 3]
+  batch = jax.tree.map(jnp.asarray, train_utils.synthetic_batch(config))
+  frames = np.random.default_rng(0).uniform(-1, 1, (8, 1, 32, 32, 3)).astype(np.float32)
+  batch["video"] = jnp.asarray(np.repeat(frames, 6, axis=1))
+  batch["latents"] = jax.random.normal(jax.random.PRNGKey(3), (8, 6, 4, 4, 4))
+  batch["mask"] = jnp.asarray([True, False] + [True] * 6)
+  optimizer = trainer.make_optimizer(config)
+  state = state_lib.create_state({"z": z}, optimizer)
+  apply_fn = lambda params, x, t, cond: jnp.broadcast_to(params["z"], x.shape)
+  step = lambda c: jax.jit(lambda s, b: step_lib.train_step(
+      s, b, {"autoencoder": autoencoder.params}, apply_fn=apply_fn, optimizer=optimizer,
+      config=c, autoencoder=autoencoder.module))(state, batch)
+  _, metrics = step(config)
+  errors = [np.mean((decoded - frames[i, 0]) ** 2) for i in (0, 2)]  # clips 0-2, 1 padding
+  np.testing.assert_allclose(float(metrics["pixel_loss"]), 2.5 * np.mean(errors), rtol=1e-4)
+  config.latent.pixel_loss_weight = 0.0
+  _, metrics = step(config)
+  assert float(metrics["pixel_loss"]) == 0.0
+
+
+def test_decoded_pixel_loss_needs_a_latent_run():
+  config = train_utils.micro_config()
+  config.data.num_frames = 6
+  config.latent.pixel_loss_weight = 1.0
+  assert config_validation.problems(config) == [
+      "config.latent.pixel_loss_weight = 1.0 needs a latent run (config.latent.source = "
+      "'none' diffuses pixels)"]
+  config = _config()
+  config.latent.pixel_loss_weight = 1.0
+  config.data.num_frames = 4
+  assert any("need clips of >= 5 frames" in p for p in config_validation.problems(config))

@@ -139,18 +139,25 @@ def lipsync_term(expert: experts.Expert, key: jax.Array, x0_hat: jax.Array, logs
       audio_frame_offset=syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment))
 
 
-def sync_window(key: jax.Array, video: jax.Array, mel: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
-  """One random window of `syncnet.SYNC_FRAMES` (5) consecutive frames per clip of
-  `video` `[B, T, ...]` and of its per-frame mel windows `mel` `[B, T, 16, 80]` (the same
-  frames): `[B, 5, ...]`, `[B, 5, 16, 80]`. The experts' losses draw one window of a
+def sync_window(key: jax.Array, *per_frame: jax.Array) -> tuple[jax.Array, ...]:
+  """One random window of `syncnet.SYNC_FRAMES` (5) consecutive frames per clip, the same
+  frames of each array in `per_frame` (`[B, T, ...]`, e.g. the video and its per-frame mel
+  windows `[B, T, 16, 80]`) -> `[B, 5, ...]` each. The experts' losses draw one window of a
   5-frame clip (start 0) and read its mel at the same frame offset as in the full clip, so a
   latent run decodes 5 frames per clip instead of T with the same loss distribution."""
-  b, t = video.shape[:2]
+  b, t = per_frame[0].shape[:2]
   starts = jax.random.randint(key, (b,), 0, t - syncnet_lib.SYNC_FRAMES + 1)
   cut = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, syncnet_lib.SYNC_FRAMES,
                                                            axis=0))
-  return cut(video, starts), cut(mel, starts)
+  return tuple(cut(x, starts) for x in per_frame)
+
+
+def decoded_pixel_loss(decoded: jax.Array, video: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean squared error of decoded x0 estimates `[k, F, H, W, 3]` against the clips' frames
+  `video` (the same shape, [-1, 1]) over the clips with `mask` `[k]`: a scalar."""
+  per_clip = jnp.mean(jnp.square(decoded - video), axis=(1, 2, 3, 4))
+  weight = mask.astype(jnp.float32)
+  return jnp.sum(per_clip * weight) / jnp.maximum(weight.sum(), 1.0)
 
 
 def decode_latents(autoencoder: ae.AutoencoderKL, params: Any, latents: jax.Array
@@ -162,11 +169,18 @@ def decode_latents(autoencoder: ae.AutoencoderKL, params: Any, latents: jax.Arra
   return jnp.clip(decode(params, latents), -1.0, 1.0)
 
 
+def pixel_loss_weight(config: ml_collections.ConfigDict) -> float:
+  """`config.latent.pixel_loss_weight` (0 in pixel runs and configs that predate it)."""
+  return float(config.get("latent", {}).get("pixel_loss_weight", 0.0))
+
+
 def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The batch features `train_step` reads (the input pipeline sends only these to devices)."""
   audio = conditioning.audio_key(config.model)  # 'mel' itself always: the SyncNet reads it.
   keys = ((target_key(config), "mel") + conditioning.text_keys(config.model) + ("mask",)
           + ((audio,) if audio != "mel" else ()))
+  if pixel_loss_weight(config) > 0 and target_key(config) != "video":
+    keys += ("video",)  # The decoded pixel loss's reference frames.
   if config.diffusion.mouth_loss_weight != 1.0:
     keys += ("mouth_region",)
   return keys + control.batch_keys(config)
@@ -191,8 +205,12 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   `config.lipsync.clips_per_step` clips (0: all; the batches are shuffled); in a latent run
   (`batch['latents']`, the `autoencoder` module with `frozen['autoencoder']` its params)
   the 5 frames of that estimate the expert sees (`sync_window`) are decoded to pixels first,
-  under remat (the decoder's activations are recomputed in the backward pass, not stored). Returns the new state and scalar metrics:
-  loss, denoising_loss, lipsync_loss, grad_norm, learning_rate, skipped_steps.
+  under remat (the decoder's activations are recomputed in the backward pass, not stored).
+  A latent run with `config.latent.pixel_loss_weight` > 0 adds that weight x
+  `decoded_pixel_loss` of the same decoded frames against the clips' frames
+  (`batch['video']`), with or without the lip-sync loss. Returns the new state and scalar
+  metrics: loss, denoising_loss, lipsync_loss, pixel_loss, grad_norm, learning_rate,
+  skipped_steps.
   """
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
   k_cond, k_loss, k_sync = jax.random.split(key, 3)
@@ -203,33 +221,41 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   pixel_weights = loss_weights(batch, cond["frame_mask"], config.diffusion.mouth_loss_weight,
                                target.shape[2])
 
+  pixel_weight = pixel_loss_weight(config)
+
   def loss_fn(params):
     model_fn = lambda x, t, c: apply_fn(params, x, t, c)
     terms = losses.denoising_terms(model_fn, k_loss, target, cond, loss_cfg,
                                    loss_mask=pixel_weights)
     denoising = (jnp.sum(terms["per_example"] * example_weight)
                  / jnp.maximum(example_weight.sum(), 1.0))
-    lipsync = jnp.zeros(())
-    if lipsync_net is not None:
+    lipsync = pixel = jnp.zeros(())
+    if lipsync_net is not None or (autoencoder is not None and pixel_weight > 0):
       k = config.lipsync.clips_per_step or target.shape[0]  # The batch's first k clips.
       x0_hat, logsnr = terms["x0_hat"][:k], terms["logsnr"][:k]
       sync_batch = {"mel": batch["mel"][:k], "mask": batch["mask"][:k]}
       sync_cond = {"drop_audio": cond["drop_audio"][:k]}
       if autoencoder is not None:  # Decode only the 5 frames the expert sees.
-        x0_hat, sync_batch["mel"] = sync_window(jax.random.fold_in(k_sync, 1), x0_hat,
-                                                sync_batch["mel"])
+        window = (x0_hat, sync_batch["mel"]) + ((batch["video"][:k],) if pixel_weight else ())
+        window = sync_window(jax.random.fold_in(k_sync, 1), *window)
+        x0_hat, sync_batch["mel"] = window[:2]
         x0_hat = decode_latents(autoencoder, frozen["autoencoder"], x0_hat)
-      lipsync = lipsync_term((lipsync_net, frozen["lipsync"]), k_sync, x0_hat, logsnr,
-                             sync_batch, sync_cond, state.step, config)
-    return denoising + lipsync, (denoising, lipsync)
+        if pixel_weight:
+          pixel = pixel_weight * decoded_pixel_loss(x0_hat, window[2], sync_batch["mask"])
+      if lipsync_net is not None:
+        lipsync = lipsync_term((lipsync_net, frozen["lipsync"]), k_sync, x0_hat, logsnr,
+                               sync_batch, sync_cond, state.step, config)
+    return denoising + lipsync + pixel, (denoising, lipsync, pixel)
 
-  (loss, (denoising, lipsync)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (denoising, lipsync, pixel)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   new_state = state_lib.apply_gradients(state, grads, optimizer, config.train.ema_decay,
                                          config.train.ema_warmup)
   metrics = {
       "loss": loss,
       "denoising_loss": denoising,
       "lipsync_loss": lipsync,
+      "pixel_loss": pixel,
       "grad_norm": optax.global_norm(grads),
       "learning_rate": state_lib.learning_rate_schedule(config.train)(state.step),
       "skipped_steps": state_lib.skipped_steps(new_state),

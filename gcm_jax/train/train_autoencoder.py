@@ -337,10 +337,16 @@ def compiled_train_step(config: ae.AutoencoderConfig, train_items: tuple[tuple[s
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def reconstruct(config: ae.AutoencoderConfig, params: Any, video: jax.Array) -> jax.Array:
+  """The posterior mean decoded and clipped to [-1, 1]: video `[B, T, H, W, 3]` -> the same."""
+  return jnp.clip(ae.AutoencoderKL(config).apply({"params": params}, video)[0], -1.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def _quality_sums(config: ae.AutoencoderConfig, params: Any, video: jax.Array,
                   mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(sum of per-frame PSNR, of per-frame SSIM, frame count) over the rows with `mask`."""
-  recon = jnp.clip(ae.AutoencoderKL(config).apply({"params": params}, video)[0], -1.0, 1.0)
+  recon = reconstruct(config, params, video)
   weight = jnp.broadcast_to(mask[:, None], video.shape[:2]).astype(jnp.float32)
   return (jnp.sum(weight * image_quality.psnr(recon, video)),
           jnp.sum(weight * image_quality.ssim(recon, video)), jnp.sum(weight))

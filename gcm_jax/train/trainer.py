@@ -197,7 +197,9 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   mesh and axis-rule contexts and passes the frozen networks' variables (loaded once)."""
   expert = load_lipsync_expert(config)
   lipsync_net, frozen = (None, {}) if expert is None else (expert[0], {"lipsync": expert[1]})
-  decoder = latents.load(config) if expert is not None else None  # Decodes x0 for SyncNet.
+  # Decodes x0 estimates for the SyncNet and the decoded pixel loss (latent runs).
+  needs_decoder = expert is not None or step_lib.pixel_loss_weight(config) > 0
+  decoder = latents.load(config) if needs_decoder else None
   if decoder is not None:
     frozen["autoencoder"] = decoder.params
   jitted = jit_train_step(config, mesh, state_shardings, lipsync_net,
