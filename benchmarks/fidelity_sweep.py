@@ -13,10 +13,15 @@ sample noise came from").
 
   python -m benchmarks.fidelity_sweep --workdir=/tmp/recipe \
       --variants="default;text_scale=1,audio_scale=1;num_steps=50"
+
+With `--condition_levels=0.9,0.98` a second table reads the denoiser itself on the same
+clips (`evaluate.condition_usage`): the color accuracy of its x0 estimate at those noise
+levels with and without the caption, which separates a model that has not learned the
+caption's colors from a sampler that loses them.
 """
 import dataclasses
 import json
-from typing import Any, Optional
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -71,12 +76,9 @@ COLUMNS = (("high-freq. ratio", "hf_ratio"), ("flicker ratio", "flicker_ratio"),
            ("window-seam ratio", "seam_ratio"), ("face / bg color", None), ("mouth corr. matched / shuffled", None))
 
 
-def table(workdir: str, variants: list[str], num_clips: int, clip_frames: int,
-          seed: int, step: Optional[int] = None) -> str:
-  """Markdown table, one row per variant (the EMA params of checkpoint `step`, default the
-  newest)."""
-  trained = generate.load_trained(workdir, step)
-  clips = evaluate.test_clips(trained.config, num_clips, clip_frames, seed, evaluate.EVAL_KEYS)
+def table(trained: generate.TrainedModel, clips: dict[str, np.ndarray], variants: list[str],
+          seed: int) -> str:
+  """Markdown table, one row per variant, of the videos `trained` generates for `clips`."""
   lines = ["| sampling | " + " | ".join(c for c, _ in COLUMNS) + " |",
            "|---" * (len(COLUMNS) + 1) + "|"]
   for variant in variants:
@@ -86,6 +88,21 @@ def table(workdir: str, variants: list[str], num_clips: int, clip_frames: int,
                  f"{r['flicker_ratio']:.2f} | {seam} | {r['face']:.2f} / {r['background']:.2f} | "
                  f"{r['mouth_matched']:.2f} / {r['mouth_shuffled']:.2f} |")
     print(lines[-1], flush=True)
+  return "\n".join(lines)
+
+
+def condition_table(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+                    noise_levels: list[float], seed: int) -> str:
+  """Markdown table of `evaluate.condition_usage` (the x0 estimate of the clips noised to
+  time t, no guidance): face / background color accuracy with and without the caption, one
+  row per level. At high t the colors can only come from the caption."""
+  lines = ["| t | logSNR | face / bg color, with caption | without caption |", "|---|---|---|---|"]
+  for row in evaluate.condition_usage(trained, clips, noise_levels, jax.random.PRNGKey(seed)):
+    lines.append(f"| {row['t']:.2f} | {row['logsnr']:.2f} | "
+                 f"{row['face_color_accuracy_full']:.2f} / "
+                 f"{row['background_color_accuracy_full']:.2f} | "
+                 f"{row['face_color_accuracy_no_text']:.2f} / "
+                 f"{row['background_color_accuracy_no_text']:.2f} |")
   return "\n".join(lines)
 
 
@@ -99,6 +116,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("clip_frames", 8, "Frames per clip.")
   flags.DEFINE_integer("seed", 0, "Clip and sampling seed.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest readable).")
+  flags.DEFINE_string("condition_levels", "", "Comma-separated noise levels t: also print "
+                      "the denoiser's color accuracy with and without the caption there.")
 
 
 def main(argv) -> None:
@@ -106,7 +125,13 @@ def main(argv) -> None:
   f = flags.FLAGS
   print(f"{f.workdir} (step {f.step or 'newest'}): {f.num_clips} held-out clips of "
         f"{f.clip_frames} frames, seed {f.seed}")
-  print(table(f.workdir, f.variants.split(";"), f.num_clips, f.clip_frames, f.seed, f.step))
+  trained = generate.load_trained(f.workdir, f.step)  # The EMA params.
+  clips = evaluate.test_clips(trained.config, f.num_clips, f.clip_frames, f.seed,
+                              evaluate.EVAL_KEYS)
+  print(table(trained, clips, f.variants.split(";"), f.seed))
+  if f.condition_levels:
+    levels = [float(t) for t in f.condition_levels.split(",")]
+    print(condition_table(trained, clips, levels, f.seed))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""CPU latent recipe: an autoencoder and a latent STDiT, 64x64 faces, ~67 min on 2 cores.
+"""CPU latent recipe: an autoencoder and a latent STDiT, 64x64 faces, ~60 min on 2 cores.
 
 Two parts in one file (docs/results.md, "The latent CPU recipe"):
   python -m gcm_jax.alignment.train_syncnet --workdir=/tmp/syncnet   # as the pixel recipe
@@ -18,7 +18,8 @@ its workdir; the diffusion part reads that dataset and caches its latents beside
 The diffusion part is the pixel CPU recipe (configs/cpu_recipe.py: x0 prediction, mouth-
 weighted loss, the SyncNet lip-sync loss at every noise level, Euler + churn) on the
 latents with 2x2 patches: 64 tokens per frame, as the pixel recipe's 4x4 patches of
-32-px frames. The lip-sync loss decodes the 5 frames of the x0 estimate the SyncNet sees
+32-px frames, at half its learning rate (1e-3: the latent model learned the caption's
+colors at 1e-3 and not at 2e-3 or 4e-3, docs/results.md) for 3500 steps. The lip-sync loss decodes the 5 frames of the x0 estimate the SyncNet sees
 (under remat); the 32-px SyncNet sees the decoded 64-px frames downsampled.
 """
 import ml_collections
@@ -48,7 +49,7 @@ def diffusion() -> ml_collections.ConfigDict:
   config.latent.update(source="workdir", path=AUTOENCODER_WORKDIR)
   config.model.update(in_channels=4, patch_size=2)
   config.lipsync.update(clips_per_step=4)
-  config.train.update(num_steps=4000)
+  config.train.update(num_steps=3500, learning_rate=1e-3)
   return config
 
 

@@ -50,6 +50,11 @@ def test_condition_usage_of_an_untrained_model():
   assert low["mouth_corr_full"] > 0.5
   for row in rows:
     assert row["mouth_corr_full"] == row["mouth_corr_shuffled_audio"]
+  # benchmarks.fidelity_sweep --condition_levels prints these rows.
+  from benchmarks import fidelity_sweep  # pylint: disable=g-import-not-at-top
+  table = fidelity_sweep.condition_table(trained, clips, [0.02], 0).splitlines()
+  assert len(table) == 3 and table[2].startswith("| 0.02 | ")
+  assert table[2].endswith("| 1.00 / 1.00 | 1.00 / 1.00 |")
 
 
 def _syncnet_workdir(path) -> str:
