@@ -52,7 +52,8 @@ def table(workdirs: list[str], num_clips: int, num_frames: int, seed: int) -> st
            "high-freq. ratio |", "|---|---|---|---|---|"]
 
   def add(name, row, psnr="{:.1f}"):
-    lines.append(f"| {name} | {psnr.format(row['psnr'])} | {row['face']:.2f} / {row['background']:.2f} | "
+    lines.append(f"| {name} | {psnr.format(row['psnr'])} | "
+                 f"{row['face']:.2f} / {row['background']:.2f} | "
                  f"{row['mouth_matched']:.2f} / {row['mouth_shuffled']:.2f} | "
                  f"{row['hf_ratio']:.2f} |")
     print(lines[-1], flush=True)

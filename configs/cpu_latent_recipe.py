@@ -19,8 +19,9 @@ The diffusion part is the pixel CPU recipe (configs/cpu_recipe.py: x0 prediction
 weighted loss, the SyncNet lip-sync loss at every noise level, Euler + churn) on the
 latents with 2x2 patches: 64 tokens per frame, as the pixel recipe's 4x4 patches of
 32-px frames, at half its learning rate (1e-3: the latent model learned the caption's
-colors at 1e-3 and not at 2e-3 or 4e-3, docs/results.md) for 3500 steps. The lip-sync loss decodes the 5 frames of the x0 estimate the SyncNet sees
-(under remat); the 32-px SyncNet sees the decoded 64-px frames downsampled.
+colors at 1e-3 and not at 2e-3 or 4e-3, docs/results.md) for 3500 steps. The lip-sync loss
+decodes the 5 frames of the x0 estimate the SyncNet sees (under remat); the 32-px SyncNet
+sees the decoded 64-px frames downsampled.
 """
 import ml_collections
 
