@@ -8,7 +8,8 @@ from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import trainer
 
 
-@pytest.mark.parametrize("name", ["tiny", "talking_faces", "pod", "cpu_recipe", "video_folder"])
+@pytest.mark.parametrize("name", ["tiny", "quick_start", "talking_faces", "pod", "cpu_recipe",
+                                  "video_folder"])
 def test_config_builds_model(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   model = trainer.make_model(config)
@@ -49,3 +50,14 @@ def test_latent_recipe_parts_are_consistent():
   assert config_validation.problems(diffusion) == []
   with pytest.raises(ValueError, match="unknown part"):
     cpu_latent_recipe.get_config("decoder")
+
+
+def test_quick_start_needs_no_other_run():
+  """The README's first command passes the run checks on a fresh clone: no SyncNet, no
+  autoencoder, the embedded synthetic dataset built on first use."""
+  from configs import quick_start  # pylint: disable=g-import-not-at-top
+  from gcm_jax import config_validation  # pylint: disable=g-import-not-at-top
+  config = quick_start.get_config()
+  assert config_validation.problems(config) == []
+  assert config.data.name == "talking_faces" and config.data.build_if_missing
+  assert config.lipsync.weight == 0 and config.latent.source == "none"

@@ -1,4 +1,5 @@
-"""Executes the notebooks (quickstart, your_videos) end to end with a 2-step training budget."""
+"""Executes the notebooks (quickstart, your_videos) end to end with a 2-step training budget
+(the quick start on 64 clips)."""
 import os
 
 import nbclient
@@ -10,6 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run_notebook(name: str, tmp_path, monkeypatch) -> str:
   """Executes notebooks/<name> with a 2-step budget; returns its code cells' text output."""
   monkeypatch.setenv("GCM_NOTEBOOK_STEPS", "2")
+  monkeypatch.setenv("GCM_NOTEBOOK_CLIPS", "64")
   monkeypatch.setenv("GCM_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   notebook = nbformat.read(os.path.join(REPO, "notebooks", name), as_version=4)
