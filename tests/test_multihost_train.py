@@ -1,6 +1,7 @@
 """The whole multi-host path: two `run_train.py` processes (gloo on 127.0.0.1, 2 CPU devices
-each) train, checkpoint, are killed with SIGKILL, restart, finish and write samples; their
-loss curve equals one process's over the same global batches."""
+each, a data 2 x fsdp 2 mesh, so parameters and optimizer state are sharded across the
+processes) train, checkpoint, are killed with SIGKILL, restart, finish and write samples;
+their loss curve equals one process's with 4 devices over the same global batches."""
 import json
 import os
 import signal
@@ -28,7 +29,8 @@ def _run_train(workdir, data_dir, local_devices, process_id=0, num_processes=1, 
              JAX_PLATFORMS="cpu")
   flags = [f"--workdir={workdir}", "--config=tests/train_utils.py",
            f"--config.data.data_dir={data_dir}", f"--config.train.num_steps={NUM_STEPS}",
-           "--config.checkpoint.every_steps=4", "--config.log.num_samples=2"]
+           "--config.checkpoint.every_steps=4", "--config.log.num_samples=2",
+           "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2"]
   if num_processes > 1:
     flags += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
               f"--config.distributed.num_processes={num_processes}",
