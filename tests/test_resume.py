@@ -24,7 +24,7 @@ def data_dir(tmp_path_factory):
 def _config(data_dir, **train):
   config = train_utils.micro_config()
   config.data.data_dir = data_dir
-  config.mesh.shape = dict(data=8, fsdp=1, tensor=1)
+  config.mesh.shape = dict(data=2, fsdp=4, tensor=1)  # Sharded parameters and optimizer.
   config.train.update(**train)
   return config
 
@@ -89,7 +89,9 @@ def test_resume_with_a_changed_model_names_the_fields_and_changes_nothing(
 def test_unreadable_newest_checkpoint_falls_back_and_logs_stay_unique(
     tmp_path, data_dir, stopped_run, caplog):
   """Resuming to step 6 restores step 2, moves step 4 aside, trains steps 3-6 again and
-  logs each step once; the result equals a straight 6-step run bit for bit."""
+  logs each step once; the result (parameters and EMA) equals a straight 6-step run bit for
+  bit, so a stop-and-resume is exact too (the stopped run's first 4 steps are the straight
+  run's)."""
   assert _logged_steps(stopped_run) == [1, 2, 3, 4]
   workdir = _copy_with_corrupt_step_4(stopped_run, tmp_path)
   with caplog.at_level(logging.WARNING):
@@ -102,6 +104,8 @@ def test_unreadable_newest_checkpoint_falls_back_and_logs_stay_unique(
   assert int(resumed.step) == 6
   straight = trainer.train(_config(data_dir, num_steps=6), str(tmp_path / "straight"))
   jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+  jax.tree.map(np.testing.assert_array_equal, resumed.ema_params, straight.ema_params)
+  assert np.abs(np.asarray(jax.tree.leaves(straight.params)[0])).sum() > 0
   assert checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      _config(data_dir).checkpoint).latest_step() == 6
 
