@@ -5,8 +5,11 @@ test clips at the autoencoder's training resolution (`train_syncnet.make_clips`:
 phrases and voices) are encoded (posterior mean) and decoded, and the reconstructions are
 read like generated videos: PSNR against the clips, face / background color accuracy
 (`evaluate.color_accuracy`), the oracle mouth correlation with the clips' own and with
-shuffled audio (`evaluate.mouth_correlation`; the ground truth's on the last row) and the
-high-frequency ratio (`fidelity.pixel_compare`). A latent model cannot generate what its
+shuffled audio (`evaluate.mouth_correlation`; the ground truth's on the last row), the
+high-frequency ratio (`fidelity.pixel_compare`) and the mean absolute error (0-255) on the
+image's 2-pixel border, where the color read-out takes the background, and inside it
+(convolutions padded with zeros make borders the last thing an autoencoder learns). A
+latent model cannot generate what its
 autoencoder loses: the mouth correlation of the reconstructions bounds the latent recipe's
 (docs/results.md, "The latent CPU recipe").
 
@@ -29,6 +32,21 @@ TRUTH_KEYS = ("video", "keypoints", "mouth_open", "face_color", "background_colo
 BYTE_TEXT_LENGTH = 96  # make_clips' caption tokens (unused here)
 
 
+BORDER = 2  # pixels: evaluate.read_colors' background region
+
+
+def border_errors(video: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+  """Mean absolute error (0-255 scale) of `video` `[N, T, R, R, 3]` in [-1, 1] against
+  `truth` on the `BORDER`-pixel image border ("border_error") and inside it
+  ("inner_error")."""
+  r = video.shape[2]
+  border = np.ones((r, r), bool)
+  border[BORDER:-BORDER, BORDER:-BORDER] = False
+  error = np.abs(np.asarray(video, np.float64) - truth) * 127.5
+  return {"border_error": float(error[:, :, border].mean()),
+          "inner_error": float(error[:, :, ~border].mean())}
+
+
 def measure(video: np.ndarray, clips: dict[str, np.ndarray]) -> dict[str, float]:
   """The row of `video` `[N, T, R, R, 3]` read against `clips`' ground truth."""
   shuffled = np.roll(np.arange(len(video)), 1)
@@ -38,6 +56,7 @@ def measure(video: np.ndarray, clips: dict[str, np.ndarray]) -> dict[str, float]
   row.update({f"mouth_{k}": v for k, v in
               evaluate.mouth_correlation(video, clips, shuffled).items()})
   row["hf_ratio"] = fidelity.pixel_compare(video, clips["video"])["hf_ratio"]
+  row.update(border_errors(video, clips["video"]))
   return row
 
 
@@ -49,13 +68,14 @@ def resolution_of(workdir: str) -> int:
 
 def table(workdirs: list[str], num_clips: int, num_frames: int, seed: int) -> str:
   lines = ["| autoencoder | PSNR (dB) | face / bg color | mouth corr. matched / shuffled | "
-           "high-freq. ratio |", "|---|---|---|---|---|"]
+           "high-freq. ratio | abs. error border / inside |", "|---|---|---|---|---|---|"]
 
   def add(name, row, psnr="{:.1f}"):
     lines.append(f"| {name} | {psnr.format(row['psnr'])} | "
                  f"{row['face']:.2f} / {row['background']:.2f} | "
                  f"{row['mouth_matched']:.2f} / {row['mouth_shuffled']:.2f} | "
-                 f"{row['hf_ratio']:.2f} |")
+                 f"{row['hf_ratio']:.2f} | "
+                 f"{row['border_error']:.1f} / {row['inner_error']:.1f} |")
     print(lines[-1], flush=True)
 
   clips_by_resolution = {}

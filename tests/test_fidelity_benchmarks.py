@@ -71,6 +71,15 @@ def test_autoencoder_truth_reads_reconstructions_like_generated_videos():
   flat = autoencoder_truth.measure(np.zeros_like(clips["video"]), clips)
   assert flat["mouth_matched"] == 0.0 and flat["hf_ratio"] == 0.0  # No mouth, no edges.
   assert flat["psnr"] < 20 < 100 < perfect["psnr"]  # psnr caps identical frames (~106 dB)
+  assert perfect["border_error"] == perfect["inner_error"] == 0.0
+  framed = clips["video"].copy()  # 0.2 off on the 2-pixel border of a 32-px frame only
+  framed[:, :, :2] += 0.2
+  framed[:, :, -2:] += 0.2
+  framed[:, :, 2:-2, :2] += 0.2
+  framed[:, :, 2:-2, -2:] += 0.2
+  errors = autoencoder_truth.border_errors(framed, clips["video"])
+  np.testing.assert_allclose(errors["border_error"], 0.2 * 127.5, rtol=1e-5)
+  assert errors["inner_error"] < 1e-5
   config = ae.CONFIGS["tiny"]
   params = train_autoencoder.init_params(config, jax.random.PRNGKey(0))
   out = train_autoencoder.reconstruct(config, params, jnp.asarray(clips["video"][:1]))
