@@ -7,11 +7,11 @@ read like generated videos: PSNR against the clips, face / background color accu
 (`evaluate.color_accuracy`), the oracle mouth correlation with the clips' own and with
 shuffled audio (`evaluate.mouth_correlation`; the ground truth's on the last row), the
 high-frequency ratio (`fidelity.pixel_compare`) and the mean absolute error (0-255) on the
-image's 2-pixel border, where the color read-out takes the background, and inside it
-(convolutions padded with zeros make borders the last thing an autoencoder learns). A
-latent model cannot generate what its
-autoencoder loses: the mouth correlation of the reconstructions bounds the latent recipe's
-(docs/results.md, "The latent CPU recipe").
+image border where the color read-out takes the background (`evaluate.border_mask`) and
+inside it (convolutions padded with zeros make borders the last thing an autoencoder
+learns). A latent model cannot generate what its autoencoder loses: the mouth correlation
+of the reconstructions bounds the latent recipe's (docs/results.md, "The latent CPU
+recipe").
 
   python -m benchmarks.autoencoder_truth --workdirs=/tmp/latent_ae,/tmp/ae [--num_clips=16]
 """
@@ -32,16 +32,11 @@ TRUTH_KEYS = ("video", "keypoints", "mouth_open", "face_color", "background_colo
 BYTE_TEXT_LENGTH = 96  # make_clips' caption tokens (unused here)
 
 
-BORDER = 2  # pixels: evaluate.read_colors' background region
-
-
 def border_errors(video: np.ndarray, truth: np.ndarray) -> dict[str, float]:
   """Mean absolute error (0-255 scale) of `video` `[N, T, R, R, 3]` in [-1, 1] against
-  `truth` on the `BORDER`-pixel image border ("border_error") and inside it
-  ("inner_error")."""
-  r = video.shape[2]
-  border = np.ones((r, r), bool)
-  border[BORDER:-BORDER, BORDER:-BORDER] = False
+  `truth` on the background read-out's image border (`evaluate.border_mask`,
+  "border_error") and inside it ("inner_error")."""
+  border = evaluate.border_mask(video.shape[2])
   error = np.abs(np.asarray(video, np.float64) - truth) * 127.5
   return {"border_error": float(error[:, :, border].mean()),
           "inner_error": float(error[:, :, ~border].mean())}

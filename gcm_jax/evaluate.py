@@ -106,16 +106,25 @@ def nearest_color(rgb: np.ndarray) -> np.ndarray:
   return np.argmin(np.linalg.norm(rgb[..., None, :] - palette, axis=-1), axis=-1)
 
 
+BACKGROUND_BORDER = 2  # pixels: the image border read_colors takes the background from
+
+
+def border_mask(resolution: int) -> np.ndarray:
+  """Bool `[R, R]`: the `BACKGROUND_BORDER`-pixel image border (the background read-out)."""
+  border = np.ones((resolution, resolution), bool)
+  border[BACKGROUND_BORDER:-BACKGROUND_BORDER, BACKGROUND_BORDER:-BACKGROUND_BORDER] = False
+  return border
+
+
 def read_colors(video: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(face, background) palette indices `[B]` of videos `[B, T, R, R, 3]`.
 
   Face: median pixel where the head layout of `keypoints` `[B, T, K, 2]` is > 0.9;
-  background: median pixel of the 2-pixel image border.
+  background: median pixel of the image border (`border_mask`).
   """
   r = video.shape[2]
   inside = keypoint_maps.head_layout(keypoints, r)[..., 0] > 0.9
-  border = np.ones((r, r), bool)
-  border[2:-2, 2:-2] = False
+  border = border_mask(r)
   face = np.stack([np.median(v[m], axis=0) for v, m in zip(video, inside)])
   background = np.stack([np.median(v[:, border], axis=(0, 1)) for v in video])
   return nearest_color(face), nearest_color(background)
