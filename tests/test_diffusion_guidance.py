@@ -50,13 +50,24 @@ def test_text_audio_guidance_matches_design_formula_in_one_call(t):
   assert batch_sizes == [3 * B]
 
 
-def test_unit_scales_reproduce_conditional_output_and_override_flags():
+def test_unit_scales_reproduce_conditional_output_in_one_branch_and_override_flags():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((B, 4)))
   cond = make_cond(rng, drop_text=True, drop_audio=True)  # Overridden by guidance.
-  got = guidance.text_audio_guidance(toy_model, 1.0, 1.0)(x, 0.5, cond)
-  np.testing.assert_allclose(got, call(x, 0.5, cond, drop_text=False, drop_audio=False),
-                             rtol=1e-5)
+  batch_sizes = []
+
+  def counting_model(x, t, cond):
+    batch_sizes.append(x.shape[0])
+    return toy_model(x, t, cond)
+
+  want = call(x, 0.5, cond, drop_text=False, drop_audio=False)
+  got = guidance.text_audio_guidance(counting_model, 1.0, 1)(x, 0.5, cond)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert batch_sizes == [B]
+  # Traced unit scales take the three-branch path and give the same output.
+  traced = jax.jit(lambda s: guidance.text_audio_guidance(counting_model, s, s)(x, 0.5, cond))
+  np.testing.assert_allclose(traced(jnp.float32(1.0)), want, rtol=1e-5, atol=1e-6)
+  assert batch_sizes == [B, 3 * B]
 
 
 def test_instruct_pix2pix_guidance():
@@ -89,8 +100,9 @@ def test_guidance_errors():
   with pytest.raises(ValueError, match="one scale per condition"):
     guidance.nested_guidance(toy_model, ("drop_text",), (1.0, 2.0))
   cond = {"text": jnp.ones((B, 4)), "mel": jnp.ones((B, 4)), "drop_text": jnp.zeros((B,), bool)}
-  with pytest.raises(KeyError, match="drop_audio"):
-    guidance.text_audio_guidance(toy_model, 2.0, 2.0)(jnp.ones((B, 4)), 0.5, cond)
+  for scales in ((2.0, 2.0), (1.0, 1.0)):
+    with pytest.raises(KeyError, match="drop_audio"):
+      guidance.text_audio_guidance(toy_model, *scales)(jnp.ones((B, 4)), 0.5, cond)
 
 
 def test_drop_conditions_frequencies():

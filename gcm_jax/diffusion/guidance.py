@@ -31,17 +31,28 @@ def nested_guidance(fn: Fn, drop_keys: Sequence[str], scales: Sequence[float]) -
   Returns:
     `guided(x, t, cond) -> out` calling fn once on batch (k + 1) B; every leaf of x and cond
     (and t if it is not a scalar) must have the batch as its leading axis. Drop flags already in
-    cond are overridden for the listed conditions.
+    cond are overridden for the listed conditions. With every scale a Python number equal to 1
+    the sum telescopes to the fully conditional output, and fn is called on batch B only.
   """
   if len(drop_keys) != len(scales) or not drop_keys:
     raise ValueError(f"need one scale per condition, got keys {drop_keys} and scales {scales}")
   k = len(drop_keys)
 
-  def guided(x: Any, t: jax.Array, cond: dict) -> Any:
-    batch = jax.tree.leaves(x)[0].shape[0]
+  def check_flags(cond: dict) -> None:
     missing = [name for name in drop_keys if name not in cond]
     if missing:
       raise KeyError(f"cond has no drop flags {missing}; add them (bool [B]) before guidance")
+
+  if all(isinstance(s, (int, float)) and s == 1 for s in scales):
+    def conditional(x: Any, t: jax.Array, cond: dict) -> Any:
+      check_flags(cond)
+      return fn(x, t, {**cond, **{name: jnp.zeros_like(cond[name]) for name in drop_keys}})
+
+    return conditional
+
+  def guided(x: Any, t: jax.Array, cond: dict) -> Any:
+    batch = jax.tree.leaves(x)[0].shape[0]
+    check_flags(cond)
     # Branch j keeps conditions 1..j and drops j+1..k.
     flags = {name: jnp.repeat(jnp.arange(k + 1) <= i, batch) for i, name in enumerate(drop_keys)}
     tile = lambda v: jnp.concatenate([v] * (k + 1), axis=0)
