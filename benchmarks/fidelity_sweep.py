@@ -17,7 +17,10 @@ sample noise came from").
 With `--condition_levels=0.9,0.98` a second table reads the denoiser itself on the same
 clips (`evaluate.condition_usage`): the color accuracy of its x0 estimate at those noise
 levels with and without the caption, which separates a model that has not learned the
-caption's colors from a sampler that loses them.
+caption's colors from a sampler that loses them. With `--trajectory` a third table follows
+the first variant's sampler: the color accuracy of the x0 estimate at each denoiser call
+and of the sample (`evaluate.sampling_trajectory`), which shows at which noise levels the
+colors are lost.
 """
 import dataclasses
 import json
@@ -106,6 +109,23 @@ def condition_table(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
   return "\n".join(lines)
 
 
+def trajectory_table(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+                     overrides: dict[str, Any], seed: int) -> str:
+  """Markdown table of `evaluate.sampling_trajectory` for `config.sampling` updated by
+  `overrides`: the color accuracy of the x0 estimate at each sampler call, then of the
+  sample."""
+  config = trained.config.copy_and_resolve_references()
+  config.sampling.update(overrides)
+  rows = evaluate.sampling_trajectory(dataclasses.replace(trained, config=config), clips,
+                                      jax.random.PRNGKey(seed))
+  lines = ["| denoiser call | t | face / bg color of the x0 estimate |", "|---|---|---|"]
+  for i, row in enumerate(rows):
+    call = "sample" if i == len(rows) - 1 else str(i + 1)
+    lines.append(f"| {call} | {row['t']:.3f} | {row['face_color_accuracy']:.2f} / "
+                 f"{row['background_color_accuracy']:.2f} |")
+  return "\n".join(lines)
+
+
 def define_flags() -> None:
   """The CLI flags (defined here, not on import, so tests can import this module)."""
   flags.DEFINE_string("workdir", None, "run_train.py workdir of a talking_faces run.")
@@ -118,6 +138,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest readable).")
   flags.DEFINE_string("condition_levels", "", "Comma-separated noise levels t: also print "
                       "the denoiser's color accuracy with and without the caption there.")
+  flags.DEFINE_bool("trajectory", False, "Also print the color accuracy of the x0 estimate "
+                    "at every sampler call of the first variant (clips of one window).")
 
 
 def main(argv) -> None:
@@ -132,6 +154,8 @@ def main(argv) -> None:
   if f.condition_levels:
     levels = [float(t) for t in f.condition_levels.split(",")]
     print(condition_table(trained, clips, levels, f.seed))
+  if f.trajectory:
+    print(trajectory_table(trained, clips, parse_variant(f.variants.split(";")[0]), f.seed))
 
 
 if __name__ == "__main__":

@@ -158,12 +158,14 @@ def cond_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def generate_for_clips(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
-                       key: jax.Array, batch_size: int = 16) -> np.ndarray:
+                       key: jax.Array, batch_size: int = 16,
+                       wrap_denoiser: Callable[[Any], Any] = lambda denoise: denoise
+                       ) -> np.ndarray:
   """Videos `[N, T, R, R, 3]` for the clips' captions and audio (and control maps; long-video
-  extension)."""
+  extension). `wrap_denoiser` wraps the guided x0-denoiser the sampler calls (diagnostics)."""
   config = trained.config
   cfg = sampling.sampler_config(config)
-  denoise = sampling.guided_denoiser(trained.apply_fn, trained.params, config)
+  denoise = wrap_denoiser(sampling.guided_denoiser(trained.apply_fn, trained.params, config))
   n, t = clips["video"].shape[:2]
   window = config.data.num_frames
   to_pixels = latents.to_pixels(config)
@@ -226,6 +228,63 @@ def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
         row[f"mouth_corr_{name}"] = float(jnp.mean(
             metrics.oracle_lipsync(x0_hat, mouth)["mouth_corr"]))
     rows.append(row)
+  return rows
+
+
+def x0_estimates(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+                 key: jax.Array, batch_size: int = 16
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The x0 estimates the sampler uses, call by call, for clips of one window.
+
+  Generates the clips as `generate_for_clips` does and records the output of each
+  (guided) denoiser call. Returns (t `[N]` of the N calls, the estimates in pixels
+  `[N, B, T, R, R, 3]` (decoded for a latent run), the videos `[B, T, R, R, 3]`).
+  """
+  window = trained.config.data.num_frames
+  if clips["video"].shape[1] != window:
+    raise ValueError(f"the trajectory reads one sampling window: clips of {window} frames, "
+                     f"got {clips['video'].shape[1]}")
+  recorded = []  # (t, x0 estimate) of every denoiser call, batch after batch.
+
+  def record(t, x0):
+    recorded.append((float(np.ravel(t)[0]), np.asarray(x0)))
+
+  def recording(denoise):
+    def wrapped(x, t, cond):
+      x0 = denoise(x, t, cond)
+      jax.debug.callback(record, t, x0, ordered=True)
+      return x0
+    return wrapped
+
+  videos = generate_for_clips(trained, clips, key, batch_size, wrap_denoiser=recording)
+  num_batches = -(-len(videos) // batch_size)
+  calls = len(recorded) // num_batches
+  times = np.reshape([t for t, _ in recorded], (num_batches, calls))
+  if len(recorded) != num_batches * calls or np.any(times != times[0]):
+    raise RuntimeError(f"expected the same denoiser calls for each of {num_batches} batches, "
+                       f"recorded the times {times.tolist()}")
+  to_pixels = latents.to_pixels(trained.config)
+  estimates = np.stack([
+      np.concatenate([np.asarray(to_pixels(jnp.asarray(x))) for _, x in recorded[i::calls]])
+      for i in range(calls)])
+  return times[0], estimates, videos
+
+
+def sampling_trajectory(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+                        key: jax.Array, batch_size: int = 16) -> list[dict[str, float]]:
+  """Where in sampling are the colors kept or lost? (clips of one window)
+
+  The face / background color accuracy of the x0 estimate at each sampler call
+  (`x0_estimates`), one row per call with its time t, then a row for the sample (t = 0).
+  The caption alone sets the colors at the first calls; a model whose estimates at low
+  noise are biased moves them in the last ones.
+  """
+  times, estimates, videos = x0_estimates(trained, clips, key, batch_size)
+  rows = []
+  for t, video in zip(list(times) + [0.0], list(estimates) + [videos]):
+    accuracy = color_accuracy(video, clips)
+    rows.append({"t": float(t), "face_color_accuracy": accuracy["face"],
+                 "background_color_accuracy": accuracy["background"]})
   return rows
 
 

@@ -57,6 +57,47 @@ def test_condition_usage_of_an_untrained_model():
   assert table[2].endswith("| 1.00 / 1.00 | 1.00 / 1.00 |")
 
 
+def test_sampling_trajectory_reads_every_denoiser_call_then_the_sample():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from gcm_jax import generate  # pylint: disable=g-import-not-at-top
+  from gcm_jax import sampling  # pylint: disable=g-import-not-at-top
+  from gcm_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+  from gcm_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  from tests import train_utils  # pylint: disable=g-import-not-at-top
+  config = train_utils.micro_config()
+  config.data.num_frames = 8
+  config.sampling.update(sampler="euler", spacing="karras", num_steps=4, s_churn=0.0)
+  model = trainer.make_model(config)
+  inputs = trainer.example_inputs(config, batch_size=1)
+  params = model.init(jax.random.PRNGKey(1), inputs["x"], inputs["t"], inputs["cond"])["params"]
+  # At init the model outputs 0 and x0_hat = alpha * x_t: each call's estimate differs.
+  trained = generate.TrainedModel(config, trainer.make_apply_fn(config), params)
+  clips = train_syncnet.make_clips("test", 6, 8, 32, "center", config.model.text_max_len,
+                                   seed=4, keys=evaluate.EVAL_KEYS)
+  key = jax.random.PRNGKey(2)
+  times, estimates, videos = evaluate.x0_estimates(trained, clips, key, batch_size=4)
+  cfg = sampling.sampler_config(config)
+  assert estimates.shape == (samplers.nfe(cfg), 6, 8, 32, 32, 3) == (4, 6, 8, 32, 32, 3)
+  np.testing.assert_allclose(times, samplers.grid(cfg)[0], rtol=1e-6)
+  np.testing.assert_array_equal(videos, evaluate.generate_for_clips(trained, clips, key, 4))
+  # Euler's last step lands on its x0 estimate, in both batches; earlier estimates differ.
+  np.testing.assert_allclose(estimates[-1], videos, atol=1e-5)
+  assert np.abs(estimates[0] - videos).mean() > 1e-3
+  rows = evaluate.sampling_trajectory(trained, clips, key, batch_size=4)
+  assert [r["t"] for r in rows] == [*times, 0.0]
+  want = evaluate.color_accuracy(estimates[1], clips)
+  assert (rows[1]["face_color_accuracy"], rows[1]["background_color_accuracy"]) == (
+      want["face"], want["background"])
+  from benchmarks import fidelity_sweep  # pylint: disable=g-import-not-at-top
+  table = fidelity_sweep.trajectory_table(trained, clips, {"num_steps": 3}, 2).splitlines()
+  assert len(table) == 2 + 3 + 1 and table[-1].startswith("| sample | 0.000 | ")
+  longer = train_syncnet.make_clips("test", 2, 12, 32, "center", config.model.text_max_len,
+                                    seed=4, keys=evaluate.EVAL_KEYS)
+  with pytest.raises(ValueError, match="one sampling window"):
+    evaluate.x0_estimates(dataclasses.replace(trained), longer, key)
+
+
 def _syncnet_workdir(path) -> str:
   """A small SyncNet with random weights saved as train_syncnet exports it (syncnet.msgpack +
   report.json with its config)."""
