@@ -8,8 +8,9 @@ Two parts in one file (docs/results.md, "The latent CPU recipe"):
   python -m gcm_jax.evaluate --workdir=/tmp/latent_recipe --syncnet_workdir=/tmp/syncnet_eval
 
 The autoencoder (`:autoencoder`) is the AutoencoderKL layout with three levels, widths
-16, 32, 32: 4x spatial downsampling to 16x16x4 latents, trained with the mouth region's
-reconstruction weighted 10x. (Eight-fold, as Stable
+16, 32, 32: 4x spatial downsampling to 16x16x4 latents, trained for 1200 steps with the
+mouth region's reconstruction weighted 10x (600 steps left the image border's colors
+wrong). (Eight-fold, as Stable
 Diffusion's VAE, leaves 8x8 latents for 64-px faces: a mouth a few pixels high then lives
 inside one latent cell, and the small CPU autoencoders measured blurred it away; the
 layout is configurable, docs/models.md "Autoencoder".) It builds the 64-px dataset in
@@ -21,7 +22,10 @@ latents with 2x2 patches: 64 tokens per frame, as the pixel recipe's 4x4 patches
 32-px frames, at half its learning rate (1e-3: the latent model learned the caption's
 colors at 1e-3 and not at 2e-3 or 4e-3, docs/results.md) for 3500 steps. The lip-sync loss
 decodes the 5 frames of the x0 estimate the SyncNet sees (under remat); the 32-px SyncNet
-sees the decoded 64-px frames downsampled.
+sees the decoded 64-px frames downsampled. It samples with 12 Euler steps (churn, Karras
+grid) without guidance: text guidance pushed orange faces to yellow, and every step at low
+noise moved backgrounds a little towards a neighbouring color (docs/results.md, "Where
+the color misses came from").
 """
 import ml_collections
 
@@ -38,8 +42,8 @@ def autoencoder() -> ml_collections.ConfigDict:
   config.model.update(block_out_channels=(16, 32, 32))
   config.data.update(resolution=RESOLUTION, num_train=2000, num_validation=64, num_test=64)
   config.loss.update(mouth_weight=10.0)
-  config.train.update(num_steps=600)
-  config.checkpoint.update(every_steps=300)
+  config.train.update(num_steps=1200)
+  config.checkpoint.update(every_steps=600)
   return config
 
 
@@ -51,6 +55,7 @@ def diffusion() -> ml_collections.ConfigDict:
   config.model.update(in_channels=4, patch_size=2)
   config.lipsync.update(clips_per_step=4)
   config.train.update(num_steps=3500, learning_rate=1e-3)
+  config.sampling.update(num_steps=12, text_scale=1.0, audio_scale=1.0)
   return config
 
 
