@@ -259,15 +259,16 @@ def x0_estimates(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
   videos = generate_for_clips(trained, clips, key, batch_size, wrap_denoiser=recording)
   num_batches = -(-len(videos) // batch_size)
   calls = len(recorded) // num_batches
-  times = np.reshape([t for t, _ in recorded], (num_batches, calls))
-  if len(recorded) != num_batches * calls or np.any(times != times[0]):
+  times = [t for t, _ in recorded]
+  if len(recorded) != num_batches * calls or np.any(
+      np.reshape(times, (num_batches, calls)) != times[:calls]):
     raise RuntimeError(f"expected the same denoiser calls for each of {num_batches} batches, "
-                       f"recorded the times {times.tolist()}")
+                       f"recorded the times {times}")
   to_pixels = latents.to_pixels(trained.config)
   estimates = np.stack([
       np.concatenate([np.asarray(to_pixels(jnp.asarray(x))) for _, x in recorded[i::calls]])
       for i in range(calls)])
-  return times[0], estimates, videos
+  return np.asarray(times[:calls]), estimates, videos
 
 
 def sampling_trajectory(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
