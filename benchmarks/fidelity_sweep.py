@@ -54,17 +54,24 @@ def parse_variant(text: str) -> dict[str, Any]:
   return overrides
 
 
-def measure(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
-            overrides: dict[str, Any], seed: int) -> dict[str, float]:
-  """One row: fidelity ratios, color accuracy and mouth correlations of the clips generated
-  with `config.sampling` updated by `overrides`."""
+def with_sampling(trained: generate.TrainedModel,
+                  overrides: dict[str, Any]) -> generate.TrainedModel:
+  """`trained` with `config.sampling` updated by `overrides` (known fields only)."""
   config = trained.config.copy_and_resolve_references()
   unknown = set(overrides) - set(config.sampling)
   if unknown:
     raise ValueError(f"unknown sampling fields {sorted(unknown)}; known: {sorted(config.sampling)}")
   config.sampling.update(overrides)
-  videos = evaluate.generate_for_clips(dataclasses.replace(trained, config=config), clips,
-                                       jax.random.PRNGKey(seed))
+  return dataclasses.replace(trained, config=config)
+
+
+def measure(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+            overrides: dict[str, Any], seed: int) -> dict[str, float]:
+  """One row: fidelity ratios, color accuracy and mouth correlations of the clips generated
+  with `config.sampling` updated by `overrides`."""
+  trained = with_sampling(trained, overrides)
+  config = trained.config
+  videos = evaluate.generate_for_clips(trained, clips, jax.random.PRNGKey(seed))
   row = fidelity.pixel_compare(videos, clips["video"])
   window = config.data.num_frames
   seams = extension.seam_frames(videos.shape[1], window, config.diffusion.max_motion_frames)
@@ -114,9 +121,7 @@ def trajectory_table(trained: generate.TrainedModel, clips: dict[str, np.ndarray
   """Markdown table of `evaluate.sampling_trajectory` for `config.sampling` updated by
   `overrides`: the color accuracy of the x0 estimate at each sampler call, then of the
   sample."""
-  config = trained.config.copy_and_resolve_references()
-  config.sampling.update(overrides)
-  rows = evaluate.sampling_trajectory(dataclasses.replace(trained, config=config), clips,
+  rows = evaluate.sampling_trajectory(with_sampling(trained, overrides), clips,
                                       jax.random.PRNGKey(seed))
   lines = ["| denoiser call | t | face / bg color of the x0 estimate |", "|---|---|---|"]
   for i, row in enumerate(rows):
