@@ -98,6 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
       sigma_data=0.5,           # data std in EDM preconditioning / weighting (prediction "edm")
       p_mean=-1.2,              # lognormal: ln(sigma / alpha) ~ N(p_mean, p_std^2)
       p_std=1.2,
+      time_shift=1.0,           # uniform: t = s u / (1 + (s - 1) u), u ~ U(0, 1) (SD3's shift;
+                                # s > 1 trains high noise, the conditions' levels, more often)
       p_drop_text=0.1,          # independent condition dropout for CFG
       p_drop_audio=0.1,
       p_drop_both=0.1,          # joint dropout on top of the independent ones

@@ -191,6 +191,7 @@ RULES: tuple[Rule, ...] = (
     positive("diffusion.sigma_data"),
     number("diffusion.p_mean"),
     positive("diffusion.p_std"),
+    positive("diffusion.time_shift"),
     probability("diffusion.p_drop_text"),
     probability("diffusion.p_drop_audio"),
     probability("diffusion.p_drop_both"),
@@ -268,6 +269,10 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
       (c.data.text_max_len == c.model.text_max_len,
        f"config.data.text_max_len = {c.data.text_max_len} must equal "
        f"config.model.text_max_len = {c.model.text_max_len}"),
+      (c.diffusion.time_shift == 1.0 or c.diffusion.noise_distribution == "uniform",
+       f"config.diffusion.time_shift = {c.diffusion.time_shift} shifts the 'uniform' noise "
+       f"distribution; config.diffusion.noise_distribution is "
+       f"{c.diffusion.noise_distribution!r}"),
       (c.diffusion.max_motion_frames < c.data.num_frames,
        f"config.diffusion.max_motion_frames = {c.diffusion.max_motion_frames} must be < "
        f"config.data.num_frames = {c.data.num_frames}"),

@@ -2,7 +2,7 @@
 
 Fields: config.sampling.{sampler, num_steps, spacing, rho, eta, ddpm_variance, s_churn, s_tmin,
 s_tmax, s_noise} -> `sampling.sampler_config`; config.diffusion.{schedule, parameterization,
-loss_weighting, min_snr_gamma, noise_distribution, sigma_data, p_mean, p_std} ->
+loss_weighting, min_snr_gamma, noise_distribution, sigma_data, p_mean, p_std, time_shift} ->
 `step.make_loss_config`.
 """
 import dataclasses
@@ -44,6 +44,7 @@ LOSS_CHANGES = [
     ("sigma_data", "sigma_data", 1.0, {"parameterization": "edm"}),
     ("p_mean", "p_mean", 0.5, {"noise_distribution": "lognormal"}),
     ("p_std", "p_std", 0.5, {"noise_distribution": "lognormal"}),
+    ("time_shift", "time_shift", 3.0, {}),
 ]
 
 

@@ -133,6 +133,24 @@ def test_noise_level_distributions():
   assert abs(log_sigma.mean() + 1.2) < 0.03 and abs(log_sigma.std() - 1.2) < 0.03
 
 
+def test_time_shift_moves_training_noise_levels_up():
+  """Shift s: P(t <= x) = P(u <= x / (s - (s - 1) x)) for t = s u / (1 + (s - 1) u); s = 1 keeps
+  the plain uniform draws bit for bit (runs from before the option reproduce)."""
+  schedule = schedules.LinearSchedule()  # t in [1e-3, 1]
+  key = jax.random.key(0)
+  plain = losses.sample_times(key, 1000, losses.LossConfig(schedule))
+  np.testing.assert_array_equal(
+      plain, jax.random.uniform(key, (1000,), minval=schedule.t_min, maxval=schedule.t_max))
+  shift = 3.0
+  cfg = losses.LossConfig(schedules.CosineSchedule(), time_shift=shift)
+  t = np.asarray(losses.sample_times(jax.random.key(1), 40_000, cfg), np.float64)
+  assert t.min() >= 0.0 and t.max() <= 1.0
+  for x in (0.1, 0.5, 0.9, 0.95, 0.99):
+    want = x / (shift - (shift - 1.0) * x)
+    assert abs(np.mean(t <= x) - want) < 0.01, x
+  assert abs(np.mean(t > 0.95) - 0.136) < 0.01  # 13.6% of the draws above 0.95, not 5%
+
+
 def test_loss_is_differentiable():
   cfg = losses.LossConfig(schedules.CosineSchedule(), "v", "min_snr")
   x0 = jax.random.normal(jax.random.key(0), (B, 4))
@@ -149,6 +167,10 @@ def test_bad_config_errors():
     losses.LossConfig(schedules.EDMSchedule(), prediction="score")
   with pytest.raises(ValueError, match="noise_distribution"):
     losses.LossConfig(schedules.EDMSchedule(), noise_distribution="beta")
+  with pytest.raises(ValueError, match="time_shift must be > 0"):
+    losses.LossConfig(schedules.CosineSchedule(), time_shift=0.0)
+  with pytest.raises(ValueError, match="shifts the 'uniform' noise distribution"):
+    losses.LossConfig(schedules.EDMSchedule(), noise_distribution="lognormal", time_shift=2.0)
 
 
 def test_float_loss_weights_give_the_weighted_mean_error():

@@ -14,6 +14,10 @@ SNR = alpha^2 / sigma^2 and MSE_x0 = ||x0_hat - x0||^2, the weightings are
   * "edm":     lambda(sigma_hat) MSE_x0 with lambda = (sigma_hat^2 + sigma_data^2) /
                (sigma_hat sigma_data)^2, sigma_hat = sigma / alpha (EDM eq. 8; = F-target MSE).
 Noise levels: "uniform" t ~ U(t_min, t_max), or EDM's "lognormal" ln sigma_hat ~ N(p_mean, p_std^2).
+"uniform" with `time_shift` s != 1 draws u ~ U(0, 1) and takes the fraction s u / (1 + (s - 1) u)
+of the way from t_min to t_max (Stable Diffusion 3's timestep shift, Esser et al. 2024, eq. 23,
+applied to the training levels only): s > 1 trains more often at high noise, where only the
+conditions say what the picture is (s = 3 trains t > 0.95 on 13.6% of the examples, not 5%).
 """
 import dataclasses
 from typing import Any, Optional
@@ -38,6 +42,7 @@ class LossConfig:
   noise_distribution: str = "uniform"
   p_mean: float = -1.2
   p_std: float = 1.2
+  time_shift: float = 1.0
 
   def __post_init__(self):
     parameterization.check_prediction(self.prediction)
@@ -46,13 +51,22 @@ class LossConfig:
     if self.noise_distribution not in NOISE_DISTRIBUTIONS:
       raise ValueError(f"unknown noise_distribution {self.noise_distribution!r}; expected one of "
                        f"{NOISE_DISTRIBUTIONS}")
+    if not self.time_shift > 0:
+      raise ValueError(f"time_shift must be > 0, got {self.time_shift}")
+    if self.time_shift != 1.0 and self.noise_distribution != "uniform":
+      raise ValueError(f"time_shift {self.time_shift} shifts the 'uniform' noise distribution; "
+                       f"noise_distribution is {self.noise_distribution!r}")
 
 
 def sample_times(key: jax.Array, batch_size: int, cfg: LossConfig) -> jax.Array:
   """Training noise levels as schedule times t [B]."""
   if cfg.noise_distribution == "uniform":
-    return jax.random.uniform(key, (batch_size,), minval=cfg.schedule.t_min,
-                              maxval=cfg.schedule.t_max)
+    if cfg.time_shift == 1.0:
+      return jax.random.uniform(key, (batch_size,), minval=cfg.schedule.t_min,
+                                maxval=cfg.schedule.t_max)
+    u = jax.random.uniform(key, (batch_size,))
+    shifted = cfg.time_shift * u / (1.0 + (cfg.time_shift - 1.0) * u)
+    return cfg.schedule.t_min + (cfg.schedule.t_max - cfg.schedule.t_min) * shifted
   log_sigma = cfg.p_mean + cfg.p_std * jax.random.normal(key, (batch_size,))
   return cfg.schedule.t_from_logsnr(-2.0 * log_sigma)
 
