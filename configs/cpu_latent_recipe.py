@@ -24,7 +24,8 @@ colors at 1e-3 and not at 2e-3 or 4e-3, docs/results.md) for 3500 steps, with th
 noise levels shifted up (`diffusion.time_shift=3`, SD3's shift: 13.6% of the examples at
 t > 0.95 instead of 5%; there only the caption says the colors, and with the plain uniform
 levels whether the color words were learned in 3500 steps depended on the training seed:
-0.99 / 0.98 with seed 0, 0.93 / 0.86 with seed 1, docs/results.md). The lip-sync loss
+0.99 / 0.98 with seed 0, 0.93 / 0.86 with seed 1; shifted, 1.00 / 1.00 and 1.00 / 0.99 of
+416 held-out clips, docs/results.md). The lip-sync loss
 decodes the 5 frames of the x0 estimate the SyncNet sees (under remat); the 32-px SyncNet
 sees the decoded 64-px frames downsampled. It samples with 12 Euler steps (churn, Karras
 grid) without guidance: text guidance pushed orange faces to yellow, and every step at low
