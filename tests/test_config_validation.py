@@ -61,10 +61,13 @@ def test_cross_field_constraints():
   config = tiny.get_config()
   config.model.num_heads = 3
   config.diffusion.max_motion_frames = 8
+  config.diffusion.update(noise_distribution="lognormal", time_shift=3.0)
   found = config_validation.problems(config)
   assert any("config.model.width = 64 must be divisible by config.model.num_heads = 3" in p
              for p in found)
   assert any("max_motion_frames = 8 must be < config.data.num_frames = 8" in p for p in found)
+  assert any("time_shift = 3.0 shifts the 'uniform' noise distribution; "
+             "config.diffusion.noise_distribution is 'lognormal'" in p for p in found)
 
 
 def test_shipped_configs_are_valid():
