@@ -15,12 +15,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from gcm_jax import config_validation
-from gcm_jax.train import checkpoint
-from gcm_jax.train import trainer
+from gcm_jax import config_rules
+from gcm_jax import launch
+from gcm_jax.runs import checkpoint
+from gcm_jax.runs import directory
+
 
 _DEFAULT_CONFIG = "configs/tiny.py"
-_CONFIG = config_validation.define_config_flag(_DEFAULT_CONFIG)
+_CONFIG = config_rules.define_config_flag(_DEFAULT_CONFIG)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gcm_jax_tiny", "Checkpoints, logs, samples.")
 _STOP_AT = flags.DEFINE_integer("stop_at_step", None,
                                 "End this run at that step (checkpointed); rerun to resume.")
@@ -30,12 +32,12 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   try:
-    trainer.train(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
-  except (config_validation.ConfigError, trainer.ConfigMismatchError,
+    launch.train(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT.value)
+  except (config_rules.ConfigError, directory.ConfigMismatchError,
           checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_validation.config_flags_parser(flags.FLAGS,
+  app.run(main, flags_parser=config_rules.config_flags_parser(flags.FLAGS,
                                                                    _DEFAULT_CONFIG))

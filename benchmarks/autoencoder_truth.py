@@ -25,8 +25,11 @@ import numpy as np
 from gcm_jax import evaluate
 from gcm_jax import image_quality
 from gcm_jax.alignment import fidelity
-from gcm_jax.alignment import train_syncnet
+from gcm_jax.models import trained_autoencoder
+from gcm_jax.runs import directory
 from gcm_jax.train import train_autoencoder
+from gcm_jax.train import train_syncnet
+
 
 TRUTH_KEYS = ("video", "keypoints", "mouth_open", "face_color", "background_color")
 BYTE_TEXT_LENGTH = 96  # make_clips' caption tokens (unused here)
@@ -57,7 +60,7 @@ def measure(video: np.ndarray, clips: dict[str, np.ndarray]) -> dict[str, float]
 
 def resolution_of(workdir: str) -> int:
   """The data resolution the autoencoder in `workdir` was trained at (its config.json)."""
-  with open(os.path.join(workdir, train_autoencoder.CONFIG_FILE), encoding="utf-8") as f:
+  with open(os.path.join(workdir, directory.CONFIG_FILE), encoding="utf-8") as f:
     return int(json.load(f)["data"]["resolution"])
 
 
@@ -80,7 +83,7 @@ def table(workdirs: list[str], num_clips: int, num_frames: int, seed: int) -> st
       clips_by_resolution[r] = train_syncnet.make_clips(
           "test", num_clips, num_frames, r, "center", BYTE_TEXT_LENGTH, seed, keys=TRUTH_KEYS)
     clips = clips_by_resolution[r]
-    config, params = train_autoencoder.load_trained_autoencoder(workdir)
+    config, params = trained_autoencoder.load_trained_autoencoder(workdir)
     add(f"{workdir} ({r} px)", measure(np.asarray(train_autoencoder.reconstruct(
         config, params, jnp.asarray(clips["video"]))), clips))
   for r, clips in clips_by_resolution.items():

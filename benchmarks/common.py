@@ -24,10 +24,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import tiny
 from gcm_jax import latents
+from gcm_jax.models import diffusion_model
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import trainer
+
+
+from configs import tiny
 
 # A zero-argument function running the ceiling matmul once, and its FLOPs.
 Ceiling = tuple[Callable[[], Any], float]
@@ -192,7 +195,7 @@ class TrainStepBench:
     if state is None:
       self.state, shardings = trainer.init_state(config, mesh)
     else:
-      shardings = trainer.state_shardings(config, mesh)[1]
+      shardings = diffusion_model.state_shardings(config, mesh)[1]
       self.state = jax.tree.map(lambda x, s: jax.device_put(jnp.copy(x), s), state, shardings)
     self.batch = synthetic_batch(config)
     self.frozen = jax.device_put(frozen or {}, mesh_lib.replicated(mesh))

@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gcm_jax import evaluate
-from gcm_jax import generate
 from gcm_jax import latents
 from gcm_jax import sampling
 from gcm_jax.alignment import fidelity
 from gcm_jax.diffusion import schedules
+from gcm_jax.models import diffusion_model
 
 
 RESTART_STEPS = 30
@@ -58,7 +58,7 @@ def restart_sample(denoise, x_t: jax.Array, t0: jax.Array, cond: dict,
 def table(workdir: str, levels: Sequence[float], num_clips: int, seed: int,
           step: Optional[int] = None) -> str:
   """Markdown table, one row per noise level."""
-  trained = generate.load_trained(workdir, step)
+  trained = diffusion_model.load_trained(workdir, step)
   config = trained.config
   if latents.enabled(config):
     raise ValueError(f"{workdir} is a latent run; this read-out compares pixels")

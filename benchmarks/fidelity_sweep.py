@@ -32,9 +32,9 @@ import jax
 import numpy as np
 
 from gcm_jax import evaluate
-from gcm_jax import generate
 from gcm_jax.alignment import fidelity
 from gcm_jax.diffusion import extension
+from gcm_jax.models import diffusion_model
 
 
 def parse_variant(text: str) -> dict[str, Any]:
@@ -54,8 +54,8 @@ def parse_variant(text: str) -> dict[str, Any]:
   return overrides
 
 
-def with_sampling(trained: generate.TrainedModel,
-                  overrides: dict[str, Any]) -> generate.TrainedModel:
+def with_sampling(trained: diffusion_model.TrainedModel,
+                  overrides: dict[str, Any]) -> diffusion_model.TrainedModel:
   """`trained` with `config.sampling` updated by `overrides` (known fields only)."""
   config = trained.config.copy_and_resolve_references()
   unknown = set(overrides) - set(config.sampling)
@@ -65,7 +65,7 @@ def with_sampling(trained: generate.TrainedModel,
   return dataclasses.replace(trained, config=config)
 
 
-def measure(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+def measure(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
             overrides: dict[str, Any], seed: int) -> dict[str, float]:
   """One row: fidelity ratios, color accuracy and mouth correlations of the clips generated
   with `config.sampling` updated by `overrides`."""
@@ -86,7 +86,7 @@ COLUMNS = (("high-freq. ratio", "hf_ratio"), ("flicker ratio", "flicker_ratio"),
            ("window-seam ratio", "seam_ratio"), ("face / bg color", None), ("mouth corr. matched / shuffled", None))
 
 
-def table(trained: generate.TrainedModel, clips: dict[str, np.ndarray], variants: list[str],
+def table(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray], variants: list[str],
           seed: int) -> str:
   """Markdown table, one row per variant, of the videos `trained` generates for `clips`."""
   lines = ["| sampling | " + " | ".join(c for c, _ in COLUMNS) + " |",
@@ -101,7 +101,7 @@ def table(trained: generate.TrainedModel, clips: dict[str, np.ndarray], variants
   return "\n".join(lines)
 
 
-def condition_table(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+def condition_table(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
                     noise_levels: list[float], seed: int) -> str:
   """Markdown table of `evaluate.condition_usage` (the x0 estimate of the clips noised to
   time t, no guidance): face / background color accuracy with and without the caption, one
@@ -116,7 +116,7 @@ def condition_table(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
   return "\n".join(lines)
 
 
-def trajectory_table(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+def trajectory_table(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
                      overrides: dict[str, Any], seed: int) -> str:
   """Markdown table of `evaluate.sampling_trajectory` for `config.sampling` updated by
   `overrides`: the color accuracy of the x0 estimate at each sampler call, then of the
@@ -152,7 +152,7 @@ def main(argv) -> None:
   f = flags.FLAGS
   print(f"{f.workdir} (step {f.step or 'newest'}): {f.num_clips} held-out clips of "
         f"{f.clip_frames} frames, seed {f.seed}")
-  trained = generate.load_trained(f.workdir, f.step)  # The EMA params.
+  trained = diffusion_model.load_trained(f.workdir, f.step)  # The EMA params.
   clips = evaluate.test_clips(trained.config, f.num_clips, f.clip_frames, f.seed,
                               evaluate.EVAL_KEYS)
   print(table(trained, clips, f.variants.split(";"), f.seed))

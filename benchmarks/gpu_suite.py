@@ -62,13 +62,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from benchmarks import common
-from configs import pod
-from configs import talking_faces
 from gcm_jax import sampling
 from gcm_jax.data import audio
 from gcm_jax.diffusion import samplers
+from gcm_jax.models import diffusion_model
 from gcm_jax.train import trainer
+
+
+from benchmarks import common
+from configs import pod
+from configs import talking_faces
 
 # Dense (no structured sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets,
 # which list twice these numbers "with sparsity": NVIDIA H100 Tensor Core GPU datasheet
@@ -158,7 +161,7 @@ class Suite:
     if base not in self.flops:
       config = reference_config(self.config(base))
       mesh = common.single_device_mesh(config)
-      abstract, shardings = trainer.state_shardings(config, mesh)
+      abstract, shardings = diffusion_model.state_shardings(config, mesh)
       jitted = trainer.jit_train_step(config, mesh, shardings)
       with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
         self.flops[base] = common.cost_flops(jitted.lower(abstract, batch, {}))
@@ -260,7 +263,7 @@ def sampling_row(batch_size: int) -> Callable[[Suite, bool], dict[str, Any]]:
     batch = common.synthetic_batch(config)
     cond = {k: batch[k] for k in ("text_tokens", "text_mask", "mel")}
     key = jax.random.key(0)
-    apply_fn = trainer.make_apply_fn(config)
+    apply_fn = diffusion_model.make_apply_fn(config)
     start = time.perf_counter()
     compiled = jax.jit(lambda p, c, k: sampling.sample_videos(apply_fn, p, c, k, config)).lower(
         params, cond, key).compile(suite.compiler_options)
@@ -285,7 +288,7 @@ def guided_denoiser_flops(config: ml_collections.ConfigDict, params: Any,
                           batch: dict[str, jax.Array]) -> float:
   """Cost-analysis FLOPs of one guided denoiser call (XLA attention) on `batch`'s shapes."""
   config = reference_config(config)
-  apply_fn = trainer.make_apply_fn(config)
+  apply_fn = diffusion_model.make_apply_fn(config)
   b = config.data.batch_size
   cond = {k: batch[k] for k in ("text_tokens", "text_mask", "mel")}
   cond.update(drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))

@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from benchmarks import common
 from gcm_jax import latents
-from gcm_jax.alignment import syncnet as syncnet_lib
+from gcm_jax.models import syncnet as syncnet_lib
+
+
+from benchmarks import common
 
 DEFAULT_ROWS = ("pixel:64:4,tiny:64:1,tiny:64:2,pixel:128:4,tiny:128:1,tiny:128:2,"
                 "pixel:64:4:sync,tiny:64:2:sync,sd-vae:64:2:sync,"

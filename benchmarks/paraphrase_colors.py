@@ -15,7 +15,8 @@ from absl import flags
 import jax
 
 from gcm_jax import evaluate
-from gcm_jax import generate
+from gcm_jax.models import diffusion_model
+
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "run_train.py workdirs to compare.")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 64, "Test clips per caption style.")
@@ -26,7 +27,7 @@ def table(workdirs: list[str], num_clips: int, seed: int) -> str:
   """Markdown table: one row per run, face / background accuracy per caption style."""
   rows = []
   for workdir in workdirs:
-    trained = generate.load_trained(workdir)
+    trained = diffusion_model.load_trained(workdir)
     config = trained.config
     clips = evaluate.test_clips(config, num_clips, config.data.num_frames, seed,
                                 evaluate.EVAL_KEYS)

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
       mouth_weight=1.0,         # reconstruction weight of the mouth region's pixels (1 = off)
   )
 
-  # Optimizer and EMA as the diffusion trainer (gcm_jax.train.state).
+  # Optimizer and EMA as the diffusion trainer (gcm_jax.runs.state).
   config.train = dict(
       num_steps=400,
       frames_per_clip=2,        # random frames of each clip per step (frames are correlated)

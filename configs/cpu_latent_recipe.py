@@ -1,7 +1,7 @@
 """CPU latent recipe: an autoencoder and a latent STDiT, 64x64 faces, ~60 min on 2 cores.
 
 Two parts in one file (docs/results.md, "The latent CPU recipe"):
-  python -m gcm_jax.alignment.train_syncnet --workdir=/tmp/syncnet   # as the pixel recipe
+  python -m gcm_jax.train.train_syncnet --workdir=/tmp/syncnet   # as the pixel recipe
   python -m gcm_jax.train.train_autoencoder \
       --config=configs/cpu_latent_recipe.py:autoencoder --workdir=/tmp/latent_ae
   python run_train.py --config=configs/cpu_latent_recipe.py --workdir=/tmp/latent_recipe

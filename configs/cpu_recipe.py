@@ -7,7 +7,7 @@ plain x0 MSE, mouth-weighted loss and the SyncNet lip-sync loss at every noise l
 sampled with Euler + EDM churn on the Karras grid (docs/results.md, "Where the sample noise
 came from").
 
-  python -m gcm_jax.alignment.train_syncnet --workdir=/tmp/syncnet
+  python -m gcm_jax.train.train_syncnet --workdir=/tmp/syncnet
   python run_train.py --config=configs/cpu_recipe.py --workdir=/tmp/recipe
   python -m gcm_jax.evaluate --workdir=/tmp/recipe --syncnet_workdir=/tmp/syncnet_eval
 

@@ -1,6 +1,6 @@
 """SyncNet + text-video contrastive model on the synthetic talking faces (CPU-sized).
 
-  python -m gcm_jax.alignment.train_syncnet --workdir=/tmp/syncnet   # this config by default
+  python -m gcm_jax.train.train_syncnet --workdir=/tmp/syncnet   # this config by default
   (override e.g. --config.train.num_steps=200 for a smoke run)
 """
 import ml_collections
@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
       audio_widths=(16, 32, 64, 64),
   )
 
-  # Optimizer and EMA as the diffusion trainer (gcm_jax.train.state): AdamW, linear warmup
+  # Optimizer and EMA as the diffusion trainer (gcm_jax.runs.state): AdamW, linear warmup
   # then cosine decay to 1% of learning_rate, global-norm clipping, weight decay on matrices.
   config.train = dict(
       batch_size=64,            # in-sync + off-sync pair per row

@@ -113,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lipsync = dict(
       weight=0.0,               # 0 = off
       expert="project",         # project: SyncNet trained with python -m
-                                # gcm_jax.alignment.train_syncnet (syncnet_workdir) |
+                                # gcm_jax.train.train_syncnet (syncnet_workdir) |
                                 # wav2lip: Wav2Lip's SyncNet_color (expert_weights)
       syncnet_workdir="",       # expert "project": the train_syncnet workdir
       expert_weights="",        # expert "wav2lip": Wav2Lip's lipsync_expert.pth

@@ -13,23 +13,19 @@ fields (typos such as `config.train.ema_decy`) are errors too. Device-count chec
 mesh shape happen when the mesh is built (`parallel.mesh.make_mesh`), after
 `jax.distributed` start-up.
 """
-import dataclasses
 import json
-import math
 import os
-import runpy
-import sys
-import typing
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
-from ml_collections import config_flags
 
+from gcm_jax import config_rules
 from gcm_jax import latents
 from gcm_jax import sampling
 from gcm_jax.alignment import experts
-from gcm_jax.alignment import syncnet
-from gcm_jax.data import audio
+from gcm_jax.alignment import sync_loss
+from gcm_jax.config_rules import ConfigError, Rule, boolean, integer, number, one_of, text
+from gcm_jax.config_rules import non_negative, positive, probability
 from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import losses
@@ -39,81 +35,25 @@ from gcm_jax.diffusion import schedules
 from gcm_jax.models import attention
 from gcm_jax.models import autoencoder
 from gcm_jax.models import conditioning
+from gcm_jax.models import control
 from gcm_jax.models import stdit
+from gcm_jax.models import syncnet
 from gcm_jax.models.pretrained import text_encoders
 from gcm_jax.models.pretrained import whisper
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import control
+from gcm_jax.runs import directory
 from gcm_jax.train import step
+
 
 DTYPES = ("float32", "bfloat16", "float16")
 PATH_EXISTS = {"dir": os.path.isdir, "file": os.path.isfile}
-
-
-class ConfigError(ValueError):
-  """The config has invalid or unknown fields; the message lists every one."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """`ok(value)` must hold for the field at `path` (e.g. "sampling.num_steps")."""
-  path: str
-  ok: Callable[[Any], bool]
-  expected: str
-
-
-def _is_int(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
-
-
-def one_of(path: str, choices: Iterable[Any]) -> Rule:
-  choices = tuple(choices)
-  return Rule(path, lambda v: v in choices, f"one of {choices}")
-
-
-def integer(path: str, minimum: int) -> Rule:
-  return Rule(path, lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum}")
-
-
-def number(path: str, low: float = -math.inf, high: float = math.inf,
-           low_open: bool = False, high_open: bool = False) -> Rule:
-  """A number in [low, high] (or open at either end)."""
-  def ok(v):
-    return (_is_number(v) and (v > low if low_open else v >= low)
-            and (v < high if high_open else v <= high))
-  interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-  return Rule(path, ok, f"a number in {interval}")
-
-
-def boolean(path: str) -> Rule:
-  return Rule(path, lambda v: isinstance(v, bool), "True or False")
-
-
-def text(path: str) -> Rule:
-  return Rule(path, lambda v: isinstance(v, str), "a string")
-
-
-def probability(path: str) -> Rule:
-  return number(path, 0.0, 1.0)
-
-
-def positive(path: str) -> Rule:
-  return number(path, 0.0, low_open=True)
-
-
-def non_negative(path: str) -> Rule:
-  return number(path, 0.0)
 
 
 def _mesh_shape_ok(shape: Any) -> bool:
   if not isinstance(shape, Mapping) or not set(shape) <= set(mesh_lib.MESH_AXES):
     return False
   sizes = list(shape.values())
-  return all(_is_int(s) and (s >= 1 or s == -1) for s in sizes) and sizes.count(-1) <= 1
+  return all(config_rules.is_int(s) and (s >= 1 or s == -1) for s in sizes) and sizes.count(-1) <= 1
 
 
 def _axis_rules_ok(rules: Any) -> bool:
@@ -166,22 +106,7 @@ RULES: tuple[Rule, ...] = (
     integer("pretrained.whisper_context", 0),
     one_of("pretrained.whisper_layers", whisper.LAYERS),
     integer("pretrained.whisper_seed", 0),
-    # Data.
-    one_of("data.name", pipeline.DATASETS),
-    text("data.data_dir"),
-    boolean("data.build_if_missing"),
-    integer("data.resolution", 16),  # The dataset's allowed sizes: _dataset_problems.
-    integer("data.num_frames", 1),
-    integer("data.num_train", 1),
-    integer("data.num_validation", 0),
-    integer("data.num_test", 0),
-    integer("data.dataset_seed", 0),
-    integer("data.batch_size", 1),
-    integer("data.mel_window", 1),
-    one_of("data.mel_alignment", typing.get_args(audio.Alignment)),
-    integer("data.text_max_len", 1),
-    boolean("data.shuffle"),
-    integer("data.worker_count", 0),
+    *pipeline.DATA_RULES,
     # Diffusion.
     one_of("diffusion.schedule", schedules.BY_NAME),
     one_of("diffusion.parameterization", parameterization.PREDICTIONS),
@@ -203,7 +128,7 @@ RULES: tuple[Rule, ...] = (
     one_of("lipsync.expert", experts.EXPERTS),
     text("lipsync.syncnet_workdir"),
     text("lipsync.expert_weights"),
-    one_of("lipsync.noise_weighting", syncnet.NOISE_WEIGHTINGS),
+    one_of("lipsync.noise_weighting", sync_loss.NOISE_WEIGHTINGS),
     integer("lipsync.start_step", 0),
     integer("lipsync.ramp_steps", 0),
     integer("lipsync.clips_per_step", 0),
@@ -389,7 +314,6 @@ def _dataset_problems(c: ml_collections.ConfigDict) -> list[str]:
 
 def _control_problems(c: ml_collections.ConfigDict) -> list[str]:
   """A ControlNet run's checks: block count, and a base run of the same model to start from."""
-  from gcm_jax.train import trainer  # pylint: disable=g-import-not-at-top  # It imports this.
   found = []
   if c.control.num_blocks > c.model.depth:
     found.append(f"config.control.num_blocks = {c.control.num_blocks} must be <= "
@@ -399,52 +323,23 @@ def _control_problems(c: ml_collections.ConfigDict) -> list[str]:
     return found + ["config.control.enabled needs config.control.base_workdir: a trained "
                     "run_train.py workdir whose EMA params become the frozen base (training "
                     "the base and the branch together from scratch is not supported)"]
-  saved = trainer.read_saved_config(base) if os.path.isdir(base) else None
+  saved = directory.read_config(base) if os.path.isdir(base) else None
   if saved is None:
     return found + [f"config.control.base_workdir = {base!r} is not a run_train.py workdir "
-                    f"(no {os.path.join(base, trainer.CONFIG_FILE)}); train the base first"]
+                    f"(no {os.path.join(base, directory.CONFIG_FILE)}); train the base first"]
   if control.enabled(ml_collections.ConfigDict(saved)):
     found.append(f"config.control.base_workdir = {base!r} is a ControlNet run; its base must "
                  f"be a plain run")
-  model = flat_fields(json.loads(c.model.to_json()))  # As it would be saved.
+  model = config_rules.flat_fields(json.loads(c.model.to_json()))  # As it would be saved.
   found += [f"config.model.{k} = {model.get(k, '<missing>')!r} but the base run in {base} has "
             f"{v!r} (the branch needs the base's model config)"
-            for k, v in flat_fields(saved.get("model", {})).items() if model.get(k) != v]
-  return found
-
-
-def flat_fields(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{dotted path: value} of the fields of a nested config dict (`mesh.shape`, a dict of
-  axis sizes, counts as one field)."""
-  flat = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, Mapping) and path != "mesh.shape":
-      flat.update(flat_fields(value, path + "."))
-    else:
-      flat[path] = value
-  return flat
-
-
-def field_problems(config: ml_collections.ConfigDict, rules: Sequence[Rule],
-                   config_file: str) -> list[str]:
-  """One line per unknown, missing or invalid field of `config` under `rules` (unknown
-  fields point at `config_file`, the config that lists them all)."""
-  fields = flat_fields(config.to_dict())
-  known = {r.path for r in rules}
-  found = [f"config.{p} is not a known field (check its spelling; the fields are those of "
-           f"{config_file})" for p in fields if p not in known]
-  for rule in rules:
-    if rule.path not in fields:
-      found.append(f"config.{rule.path} is missing: expected {rule.expected}")
-    elif not rule.ok(fields[rule.path]):
-      found.append(f"config.{rule.path} = {fields[rule.path]!r}: expected {rule.expected}")
+            for k, v in config_rules.flat_fields(saved.get("model", {})).items() if model.get(k) != v]
   return found
 
 
 def problems(config: ml_collections.ConfigDict, rules: Sequence[Rule] = RULES) -> list[str]:
   """Every problem of `config` as one line each (empty if the config is valid)."""
-  found = field_problems(config, rules, "configs/tiny.py")
+  found = config_rules.field_problems(config, rules, "configs/tiny.py")
   if not found:
     found = _cross_field_problems(config)
   return found
@@ -455,49 +350,3 @@ def validate(config: ml_collections.ConfigDict) -> None:
   found = problems(config)
   if found:
     raise ConfigError("invalid config:\n  " + "\n  ".join(found))
-
-
-def unknown_override(config: ml_collections.ConfigDict, override: str) -> str | None:
-  """Why a `--config.a.b=...` command-line override names no field of `config`, or None."""
-  node, walked = config, "config"
-  for key in override.split("=", 1)[0].removeprefix("--config.").split("."):
-    if not isinstance(node, (Mapping, ml_collections.ConfigDict)) or key not in node:
-      fields = ", ".join(sorted(node.keys())) if isinstance(
-          node, (Mapping, ml_collections.ConfigDict)) else "none: it is a value"
-      return f"{walked} has no field {key!r} (its fields: {fields})"
-    node, walked = node[key], f"{walked}.{key}"
-  return None
-
-
-def _exit_for_unknown_overrides(argv: Sequence[str], default_config_path: str,
-                                error: Exception) -> None:
-  """Raises SystemExit naming the `--config.*` overrides of `argv` that match no field."""
-  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
-              default_config_path)
-  config = runpy.run_path(path.split(":", 1)[0])["get_config"]()
-  reasons = [r for a in argv if a.startswith("--config.") if (r := unknown_override(config, a))]
-  raise SystemExit("error: " + ("; ".join(reasons) or f"bad --config override ({error})")
-                   ) from None
-
-
-def define_config_flag(default_config_path: str, help_text: str = "Experiment config."):
-  """`config_flags.DEFINE_config_file("config", ...)`, ending with one clear error line if a
-  command-line override names an unknown field (ml_collections already applies overrides
-  to the default config here, at definition time)."""
-  try:
-    return config_flags.DEFINE_config_file("config", default_config_path, help_text)
-  except (AttributeError, KeyError) as e:
-    _exit_for_unknown_overrides(sys.argv, default_config_path, e)
-
-
-def config_flags_parser(flag_values, default_config_path: str) -> Callable[[list[str]], list[str]]:
-  """An absl `flags_parser` that turns an override of an unknown config field into one clear
-  error line instead of ml_collections' bare AttributeError."""
-
-  def parse(argv: list[str]) -> list[str]:
-    try:
-      return flag_values(argv)
-    except (AttributeError, KeyError) as e:
-      _exit_for_unknown_overrides(argv, default_config_path, e)
-
-  return parse

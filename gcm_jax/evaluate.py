@@ -21,7 +21,7 @@ each `clip_frames` long, the model generates a video from the clip's caption and
 Measured by networks whose weights are given (`NETWORK_METRICS`, one flag each; without its
 flag a metric is listed under the report's `skipped` with the reason, never estimated):
   * `--syncnet_workdir` (a `train_syncnet` workdir): the project SyncNet's LSE-D / LSE-C
-    (`alignment.metrics.lse_metrics`, syncnet_python's definitions) of the generated and the
+    (`models.sync_offsets.lse_metrics`, syncnet_python's definitions) of the generated and the
     ground-truth clips against the audio that drove them ("matched") and against another
     clip's audio ("shuffled"), and the Frechet distance of its video tower's features per
     5-frame window and per clip in the fidelity rows ("SyncNet-feature FD, not comparable with
@@ -67,7 +67,6 @@ import numpy as np
 import tqdm
 
 from gcm_jax import frozen_encoders
-from gcm_jax import generate
 from gcm_jax import latents
 from gcm_jax import sampling
 from gcm_jax import video_io
@@ -75,19 +74,23 @@ from gcm_jax.alignment import fidelity
 from gcm_jax.alignment import frechet
 from gcm_jax.alignment import lse
 from gcm_jax.alignment import metrics
-from gcm_jax.alignment import syncnet as syncnet_lib
-from gcm_jax.alignment import train_syncnet
 from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import schedules
 from gcm_jax.models import conditioning
+from gcm_jax.models import control
+from gcm_jax.models import diffusion_model
+from gcm_jax.models import sync_offsets
+from gcm_jax.models import syncnet as syncnet_lib
 from gcm_jax.models import tokenizer
+from gcm_jax.models import trained_syncnet
 from gcm_jax.models.pretrained import i3d
 from gcm_jax.models.pretrained import inception_fid
 from gcm_jax.models.pretrained import syncnet_python as snp
-from gcm_jax.train import control
+from gcm_jax.train import train_syncnet
+
 
 # Ground truth of the synthetic set that the color and oracle metrics read.
 SYNTHETIC_KEYS = ("mouth_open", "keypoints", "face_color", "background_color")
@@ -148,7 +151,7 @@ def mouth_correlation(videos: np.ndarray, clips: Mapping[str, np.ndarray],
 
 
 # One compile instead of seconds of op-by-op dispatch of the SyncNet per call.
-_lse_metrics = jax.jit(metrics.lse_metrics, static_argnames=("syncnet", "audio_frame_offset",
+_lse_metrics = jax.jit(sync_offsets.lse_metrics, static_argnames=("syncnet", "audio_frame_offset",
                                                              "vshift"))
 
 
@@ -157,7 +160,7 @@ def cond_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return conditioning.cond_keys(config.model) + control.batch_keys(config)
 
 
-def generate_for_clips(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+def generate_for_clips(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
                        key: jax.Array, batch_size: int = 16,
                        wrap_denoiser: Callable[[Any], Any] = lambda denoise: denoise
                        ) -> np.ndarray:
@@ -186,7 +189,7 @@ def generate_for_clips(trained: generate.TrainedModel, clips: dict[str, np.ndarr
   return np.concatenate(videos)
 
 
-def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+def condition_usage(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
                     noise_levels: Sequence[float], key: jax.Array) -> list[dict[str, float]]:
   """Does the denoiser use its conditions at each noise level? (one call per level)
 
@@ -231,7 +234,7 @@ def condition_usage(trained: generate.TrainedModel, clips: dict[str, np.ndarray]
   return rows
 
 
-def x0_estimates(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+def x0_estimates(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
                  key: jax.Array, batch_size: int = 16
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The x0 estimates the sampler uses, call by call, for clips of one window.
@@ -271,7 +274,7 @@ def x0_estimates(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
   return np.asarray(times[:calls]), estimates, videos
 
 
-def sampling_trajectory(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+def sampling_trajectory(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
                         key: jax.Array, batch_size: int = 16) -> list[dict[str, float]]:
   """Where in sampling are the colors kept or lost? (clips of one window)
 
@@ -362,7 +365,7 @@ def caption_features(config: ml_collections.ConfigDict, texts: Sequence[str]
   return {"text_tokens": tokens, "text_mask": tokenizer.padding_mask(tokens)}
 
 
-def paraphrased_color_accuracy(trained: generate.TrainedModel, clips: dict[str, np.ndarray],
+def paraphrased_color_accuracy(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
                                key: jax.Array) -> dict[str, dict[str, float]]:
   """Face / background color accuracy of videos generated from the clips' captions
   rephrased in each `captions.PARAPHRASES` style (training captions all use 'template')."""
@@ -412,7 +415,7 @@ def project_syncnet_metrics(workdir: str, data: EvalData) -> dict[str, Any]:
   """LSE-D / LSE-C of the project's SyncNet (`train_syncnet` workdir) for the generated and
   ground-truth clips against matched and shuffled audio, and the SyncNet-feature Frechet
   distances of the fidelity rows."""
-  syncnet, variables = train_syncnet.load_matching_syncnet(workdir, data.config.data)
+  syncnet, variables = trained_syncnet.load_matching_syncnet(workdir, data.config.data)
   offset = syncnet_lib.frame_offset_for_alignment(data.config.data.mel_alignment)
   mel = jnp.asarray(data.clips["mel"])
   # At the SyncNet's resolution (a 32-px SyncNet sees 64-px videos downsampled).
@@ -564,7 +567,7 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
   if num_clips < 4:
     raise ValueError(f"num_clips must be >= 4 (the fidelity rows split them in two halves), "
                      f"got {num_clips}")
-  trained = generate.load_trained(workdir)
+  trained = diffusion_model.load_trained(workdir)
   config = trained.config
   keys = EVAL_KEYS + control.batch_keys(config)
   clips = test_clips(config, num_clips, clip_frames, seed, keys)
@@ -600,7 +603,7 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
   return report
 
 
-def synthetic_truth_metrics(trained: generate.TrainedModel, data: EvalData,
+def synthetic_truth_metrics(trained: diffusion_model.TrainedModel, data: EvalData,
                             keys: Sequence[str], seed: int, noise_levels: Sequence[float]
                             ) -> dict[str, Any]:
   """The metrics that read the synthetic set's ground truth (`NEEDS_SYNTHETIC_TRUTH`)."""

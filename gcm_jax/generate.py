@@ -26,17 +26,16 @@ generated in windows of the training length that overlap by `motion_frames`
 (docs/diffusion.md, long-video extension).
 
 Python API:
-  model = load_trained(workdir)
+  model = diffusion_model.load_trained(workdir)
   samples, rate = wav_io.read_wav("voice.wav")
   video, wav = generate(model, text, samples, rate, key)   # [N, H, W, 3] in [-1, 1]
   video, wav = generate(model, text, samples, rate, key, control_maps=np.load("maps.npy"))
 """
-import dataclasses
 import logging
 import os
 import sys
 import tempfile
-from typing import Any, Optional
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -56,47 +55,14 @@ from gcm_jax.data import audio as audio_lib
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import samplers
 from gcm_jax.models import conditioning
+from gcm_jax.models import control
+from gcm_jax.models import diffusion_model
 from gcm_jax.models import tokenizer
-from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import checkpoint as checkpoint_lib
-from gcm_jax.train import control
-from gcm_jax.train import step as step_lib
-from gcm_jax.train import trainer
+from gcm_jax.runs import checkpoint as checkpoint_lib
+
 
 # Containers that hold H.264 video + AAC audio (what video_io.write_mp4 muxes).
 OUTPUT_EXTENSIONS = (".mp4", ".mov", ".mkv")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedModel:
-  """A run's network (`trainer.make_apply_fn`) with its config and (EMA) params, ready to
-  sample."""
-  config: ml_collections.ConfigDict
-  apply_fn: step_lib.ApplyFn
-  params: Any
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run config `<workdir>/config.json`, after checking the workdir has checkpoints."""
-  saved = trainer.read_saved_config(workdir)
-  if saved is None:
-    raise FileNotFoundError(f"{os.path.join(workdir, trainer.CONFIG_FILE)} not found: is "
-                            f"{workdir} a run_train.py workdir?")
-  if not os.path.isdir(os.path.join(workdir, trainer.CHECKPOINT_DIR)):
-    raise FileNotFoundError(f"{workdir} has no {trainer.CHECKPOINT_DIR} folder: train first "
-                            f"(run_train.py --workdir={workdir})")
-  return ml_collections.ConfigDict(saved)
-
-
-def load_trained(workdir: str, step: Optional[int] = None) -> TrainedModel:
-  """Loads `<workdir>/config.json` and the EMA params of the given checkpoint, by default the
-  newest readable one (newer unreadable ones are reported in a warning and left in place).
-  A ControlNet run loads as its base model plus control branch."""
-  config = read_config(workdir)
-  config.mesh.shape = dict(data=1, fsdp=1, tensor=1)
-  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
-  params, _ = trainer.restore_ema_params(workdir, config, mesh, step)
-  return TrainedModel(config, trainer.make_apply_fn(config), params)
 
 
 def prepare_audio(samples: np.ndarray, sample_rate: int, min_frames: int
@@ -141,7 +107,7 @@ def check_control_maps(config: ml_collections.ConfigDict, maps: Optional[np.ndar
                      f"{num_frames} video frames")
 
 
-def generate(trained: TrainedModel, text: str, samples: np.ndarray, sample_rate: int,
+def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarray, sample_rate: int,
              key: jax.Array, motion_frames: Optional[int] = None, progress: bool = True,
              control_maps: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
   """Generates a video for `text` and the voice `samples` (`[S]` or `[S, channels]`).
@@ -237,7 +203,7 @@ def check_inputs(workdir: str, text: str, audio: str, output: str,
     ValueError, OSError (FileNotFoundError, ...): one-line messages naming the bad input.
   """
   check_output_path(output)
-  config = read_config(workdir)
+  config = diffusion_model.read_config(workdir)
   if conditioning.text_keys(config.model)[0] == "text_tokens":
     tokenizer.encode(text, config.model.text_max_len)
   else:
@@ -260,7 +226,7 @@ def generate_file(workdir: str, text: str, audio: str, output: str, seed: int = 
                   control_path: Optional[str] = None) -> str:
   """gcm-generate: checks the inputs, then samples and writes `output`; returns a summary."""
   samples, rate, maps = check_inputs(workdir, text, audio, output, num_steps, control_path)
-  trained = load_trained(workdir)
+  trained = diffusion_model.load_trained(workdir)
   if num_steps is not None:
     trained.config.sampling.num_steps = num_steps
   video, wav = generate(trained, text, samples, rate, jax.random.PRNGKey(seed),

@@ -28,6 +28,8 @@ import ml_collections
 import numpy as np
 
 from gcm_jax.models import autoencoder as ae
+from gcm_jax.models import trained_autoencoder
+
 
 NONE = "none"
 
@@ -66,9 +68,8 @@ def _random(spec: ml_collections.ConfigDict) -> tuple[ae.AutoencoderConfig, Any,
   if spec.config not in ae.CONFIGS:
     raise ValueError(f"unknown config.latent.config {spec.config!r}; expected one of "
                      f"{tuple(ae.CONFIGS)}")
-  from gcm_jax.train import train_autoencoder  # pylint: disable=g-import-not-at-top
   config = ae.CONFIGS[spec.config]
-  params = train_autoencoder.init_params(config, jax.random.PRNGKey(spec.seed))
+  params = trained_autoencoder.init_params(config, jax.random.PRNGKey(spec.seed))
   return config, params, f"random-{spec.config}-seed{spec.seed}"
 
 
@@ -78,9 +79,8 @@ def _diffusers(spec: ml_collections.ConfigDict) -> tuple[ae.AutoencoderConfig, A
 
 
 def _workdir(spec: ml_collections.ConfigDict) -> tuple[ae.AutoencoderConfig, Any, str]:
-  from gcm_jax.train import train_autoencoder  # pylint: disable=g-import-not-at-top
-  config, params = train_autoencoder.load_trained_autoencoder(spec.path)
-  return config, params, train_autoencoder.autoencoder_identity(spec.path)
+  config, params = trained_autoencoder.load_trained_autoencoder(spec.path)
+  return config, params, trained_autoencoder.autoencoder_identity(spec.path)
 
 
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict], tuple[ae.AutoencoderConfig, Any, str]]]

@@ -1,6 +1,6 @@
 """Sampling videos from a trained network: apply function -> guided x0-denoiser -> sampler.
 
-The network is a run's `apply_fn(params, x_t, t, cond)` (`trainer.make_apply_fn`: the
+The network is a run's `apply_fn(params, x_t, t, cond)` (`diffusion_model.make_apply_fn`: the
 STDiT, or for a ControlNet run the STDiT steered by `cond['control_maps']`).
 `sample_videos` is a pure function of (params, cond, key); jit it once per shape.
 """
@@ -11,15 +11,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gcm_jax import latents
 from gcm_jax.diffusion import guidance
 from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import samplers
 from gcm_jax.diffusion import schedules
-from gcm_jax import latents
 from gcm_jax.models import conditioning
-from gcm_jax.train import control
-from gcm_jax.train import step as step_lib
+from gcm_jax.models import control
+from gcm_jax.models import diffusion_model
 
 
 # SamplerConfig fields not read from config.sampling under their own name.
@@ -45,7 +45,7 @@ def time_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return (conditioning.audio_key(config.model),) + control.batch_keys(config)
 
 
-def denoiser(apply_fn: step_lib.ApplyFn, params: Any, config: ml_collections.ConfigDict
+def denoiser(apply_fn: diffusion_model.ApplyFn, params: Any, config: ml_collections.ConfigDict
              ) -> parameterization.DenoiseFn:
   """x0-denoiser `(x_t, t, cond) -> x0` of the trained network (no guidance)."""
   model_fn = lambda x, t, c: apply_fn(params, x, t, c)
@@ -55,14 +55,14 @@ def denoiser(apply_fn: step_lib.ApplyFn, params: Any, config: ml_collections.Con
       sigma_data)
 
 
-def guided_denoiser(apply_fn: step_lib.ApplyFn, params: Any,
+def guided_denoiser(apply_fn: diffusion_model.ApplyFn, params: Any,
                     config: ml_collections.ConfigDict) -> parameterization.DenoiseFn:
   """x0-denoiser `(x_t, t, cond) -> x0` with text/audio classifier-free guidance."""
   return guidance.text_audio_guidance(denoiser(apply_fn, params, config),
                                       config.sampling.text_scale, config.sampling.audio_scale)
 
 
-def sample_videos(apply_fn: step_lib.ApplyFn, params: Any, cond: Mapping[str, jax.Array],
+def sample_videos(apply_fn: diffusion_model.ApplyFn, params: Any, cond: Mapping[str, jax.Array],
                   key: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
   """Generates videos `[B, T, H, W, C]` in [-1, 1] (pixel runs) for `cond` (`conditioning.cond_keys`:
   text tokens or embeddings, text_mask, mel or whisper windows; and for a ControlNet run

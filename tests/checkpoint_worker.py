@@ -8,8 +8,8 @@ import sys
 
 import jax.numpy as jnp
 
-from gcm_jax.train import checkpoint as checkpoint_lib
-from gcm_jax.train import state as state_lib
+from gcm_jax.runs import checkpoint as checkpoint_lib
+from gcm_jax.runs import state as state_lib
 
 
 def _state(value: float) -> state_lib.TrainState:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from gcm_jax.alignment import metrics
-from gcm_jax.alignment import syncnet as sn
+from gcm_jax.models import sync_offsets
+from gcm_jax.models import syncnet as sn
 
 
 def syncnet_python_ref(video_emb, audio_emb, vshift):
@@ -35,9 +36,9 @@ def test_matches_syncnet_python_float64(vshift):
   rng = np.random.default_rng(1)
   v = rng.normal(size=(20, 8)).astype(np.float32)
   a = (v + rng.normal(size=(20, 8))).astype(np.float32)
-  got = metrics.sync_scores(jnp.asarray(v), jnp.asarray(a), vshift)
+  got = sync_offsets.sync_scores(jnp.asarray(v), jnp.asarray(a), vshift)
   want = syncnet_python_ref(v, a, vshift)
-  np.testing.assert_allclose(metrics.calc_pdist(jnp.asarray(v), jnp.asarray(a), vshift),
+  np.testing.assert_allclose(sync_offsets.calc_pdist(jnp.asarray(v), jnp.asarray(a), vshift),
                              want["dists"], rtol=1e-5, atol=1e-5)
   for name in ("lse_d", "lse_c", "mdist"):
     np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
@@ -51,8 +52,8 @@ def test_delaying_audio_by_k_frames_lowers_offset_by_k(k):
   e = _sequence(n)
   video_emb = e[20:20 + n]
   audio_emb = e[20 - k:20 - k + n]  # audio delayed by k: audio window t holds e[t - k]
-  got = metrics.sync_scores(jnp.asarray(video_emb), jnp.asarray(audio_emb))
-  want = syncnet_python_ref(video_emb, audio_emb, metrics.VSHIFT)
+  got = sync_offsets.sync_scores(jnp.asarray(video_emb), jnp.asarray(audio_emb))
+  want = syncnet_python_ref(video_emb, audio_emb, sync_offsets.VSHIFT)
   assert int(got["offset"]) == want["offset"] == -k
   assert float(got["lse_c"]) > 0.5  # a clear minimum
 
@@ -81,15 +82,15 @@ def test_delaying_mel_windows_by_k_lowers_lse_offset_by_k(k):
   for i in range(5):
     mel[:, :, i, :] = padded[:, i:i + t, None]  # window of frame t: codes of t-2 .. t+2
   mel = jnp.asarray(mel)
-  shifted = metrics.shift_mel_windows(mel, k)
+  shifted = sync_offsets.shift_mel_windows(mel, k)
   np.testing.assert_array_equal(shifted[:, max(k, 0):t + min(k, 0)],
                                 mel[:, max(-k, 0):t - max(k, 0)])
   assert np.all(np.asarray(shifted[:, :max(k, 0)]) == -4.0)
-  aligned = metrics.lse_metrics(_OracleSync(), {}, jnp.asarray(video), mel)
+  aligned = sync_offsets.lse_metrics(_OracleSync(), {}, jnp.asarray(video), mel)
   np.testing.assert_array_equal(aligned["offset"], 0)
   # Exact match: only torch's eps (sqrt(5) * 1e-6) and float32 rounding of the pixel means.
-  np.testing.assert_allclose(aligned["mdist"][:, metrics.VSHIFT], np.sqrt(5) * 1e-6, atol=1e-7)
-  got = metrics.lse_metrics(_OracleSync(), {}, jnp.asarray(video), shifted)
+  np.testing.assert_allclose(aligned["mdist"][:, sync_offsets.VSHIFT], np.sqrt(5) * 1e-6, atol=1e-7)
+  got = sync_offsets.lse_metrics(_OracleSync(), {}, jnp.asarray(video), shifted)
   np.testing.assert_array_equal(got["offset"], -k)
 
 
@@ -100,7 +101,7 @@ def test_lse_metrics_batched_equals_per_clip_reference():
   mel = jnp.asarray(rng.uniform(-4, 4, (b, t, 16, 80)).astype(np.float32))
   net = sn.SyncNet(image_size=(h, w), embed_dim=8, visual_widths=(8,), audio_widths=(8,))
   params = net.init(jax.random.PRNGKey(1), jnp.zeros((1, 5, h // 2, w, 3)), jnp.zeros((1, 16, 80)))
-  got = jax.jit(lambda p, v, m: metrics.lse_metrics(net, p, v, m, vshift=3))(params, video, mel)
+  got = jax.jit(lambda p, v, m: sync_offsets.lse_metrics(net, p, v, m, vshift=3))(params, video, mel)
   for i in range(b):
     frames = np.stack([np.asarray(video[i, s:s + 5, h // 2:]) for s in range(t - 5)])
     v, a = net.apply(params, jnp.asarray(frames), mel[i, 2:t - 3])
@@ -109,7 +110,7 @@ def test_lse_metrics_batched_equals_per_clip_reference():
     np.testing.assert_allclose(got["lse_c"][i], want["lse_c"], rtol=1e-4, atol=1e-6)
     assert int(got["offset"][i]) == want["offset"]
   with pytest.raises(ValueError, match="T >= 6"):
-    metrics.lse_metrics(net, params, video[:, :5], mel[:, :5])
+    sync_offsets.lse_metrics(net, params, video[:, :5], mel[:, :5])
 
 
 def _pairs_at_angles(degrees, dim=8, seed=0):

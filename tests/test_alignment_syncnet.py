@@ -8,7 +8,9 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gcm_jax.alignment import syncnet as sn
+from gcm_jax.alignment import sync_loss
+from gcm_jax.models import syncnet as sn
+
 
 B, T, H, W = 2, 8, 32, 32
 SMALL = sn.SyncNet(image_size=(H, W), embed_dim=16, visual_widths=(8, 16), audio_widths=(8, 16))
@@ -59,14 +61,14 @@ def test_sync_bce_matches_float64_reference():
   for label in (0.0, 1.0):
     p = np.clip(np.float64(cos), 1e-7, np.float32(1 - 1e-7))  # the clip bound in float32
     want = -(label * np.log(p) + (1 - label) * np.log(1 - p))
-    np.testing.assert_allclose(sn.sync_bce(jnp.asarray(cos), label), want, rtol=1e-5)
+    np.testing.assert_allclose(sync_loss.sync_bce(jnp.asarray(cos), label), want, rtol=1e-5)
 
 
 def test_lipsync_loss_reference_jit_and_gradients(setup):
   video, mel, params = setup
   key = jax.random.PRNGKey(3)
   weight = jnp.array([0.3, 1.7])
-  loss_fn = jax.jit(functools.partial(sn.lipsync_loss, SMALL, audio_frame_offset=2))
+  loss_fn = jax.jit(functools.partial(sync_loss.lipsync_loss, SMALL, audio_frame_offset=2))
   loss = loss_fn(params, video, mel, key, weight)
   # Reference: same windows, cosine and BCE in float64.
   starts = jax.random.randint(key, (B,), 0, T - 4)
@@ -94,25 +96,25 @@ def test_lipsync_loss_resizes_other_resolutions(setup):
   video, mel, params = setup
   big = jax.image.resize(video, (B, T, 2 * H, 2 * W, 3), "nearest")
   key = jax.random.PRNGKey(0)
-  loss_big = sn.lipsync_loss(SMALL, params, big, mel, key)
+  loss_big = sync_loss.lipsync_loss(SMALL, params, big, mel, key)
   assert np.isfinite(loss_big) and loss_big > 0
 
 
 def test_noise_level_weight_and_schedule_match_reference():
   log_snr = np.linspace(-8, 8, 9).astype(np.float32)
   snr = np.exp(np.float64(log_snr))
-  np.testing.assert_allclose(sn.noise_level_weight(jnp.asarray(log_snr)), snr / (1 + snr),
+  np.testing.assert_allclose(sync_loss.noise_level_weight(jnp.asarray(log_snr)), snr / (1 + snr),
                              rtol=1e-5)
-  np.testing.assert_allclose(sn.noise_level_weight(jnp.asarray(log_snr), "min_snr", 5.0),
+  np.testing.assert_allclose(sync_loss.noise_level_weight(jnp.asarray(log_snr), "min_snr", 5.0),
                              np.minimum(snr, 5) / 5, rtol=1e-5)
-  np.testing.assert_array_equal(sn.noise_level_weight(jnp.asarray(log_snr), "none"), 1.0)
+  np.testing.assert_array_equal(sync_loss.noise_level_weight(jnp.asarray(log_snr), "none"), 1.0)
   steps = jnp.array([0, 99, 100, 150, 200, 1000])
-  np.testing.assert_allclose(sn.lipsync_weight_schedule(steps, 0.1, 100, 100),
+  np.testing.assert_allclose(sync_loss.lipsync_weight_schedule(steps, 0.1, 100, 100),
                              [0, 0, 0, 0.05, 0.1, 0.1], rtol=1e-6)
-  np.testing.assert_allclose(sn.lipsync_weight_schedule(steps, 0.1, 100, 0),
+  np.testing.assert_allclose(sync_loss.lipsync_weight_schedule(steps, 0.1, 100, 0),
                              [0, 0, 0.1, 0.1, 0.1, 0.1], rtol=1e-6)
   with pytest.raises(ValueError, match="kind"):
-    sn.noise_level_weight(jnp.asarray(log_snr), "edm")
+    sync_loss.noise_level_weight(jnp.asarray(log_snr), "edm")
 
 
 def test_lipsync_loss_on_batch_sharded_global_arrays(setup):
@@ -121,7 +123,7 @@ def test_lipsync_loss_on_batch_sharded_global_arrays(setup):
   video, mel = jnp.tile(video, (4, 1, 1, 1, 1)), jnp.tile(mel, (4, 1, 1, 1))  # B = 8
   mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
   shard = NamedSharding(mesh, P(("data", "fsdp")))
-  loss_fn = jax.jit(functools.partial(sn.lipsync_loss, SMALL))
+  loss_fn = jax.jit(functools.partial(sync_loss.lipsync_loss, SMALL))
   key = jax.random.PRNGKey(1)
   want = loss_fn(params, video, mel, key)
   got = loss_fn(params, jax.device_put(video, shard), jax.device_put(mel, shard), key)
@@ -131,7 +133,7 @@ def test_lipsync_loss_on_batch_sharded_global_arrays(setup):
 def test_to_image_size_of_a_64px_render_is_close_to_the_32px_render():
   """A 32-px SyncNet judging 64-px videos sees them downsampled: the talking faces rendered
   at 64 px and downsampled differ from the 32-px render of the same clips by a few levels."""
-  from gcm_jax.alignment import train_syncnet  # pylint: disable=g-import-not-at-top
+  from gcm_jax.train import train_syncnet  # pylint: disable=g-import-not-at-top
   clips = {r: train_syncnet.make_clips("test", 2, 4, r, "center", 96, seed=3, keys=("video",))[
       "video"] for r in (32, 64)}
   down = np.asarray(sn.to_image_size(jnp.asarray(clips[64]), (32, 32)))

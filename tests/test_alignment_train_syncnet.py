@@ -12,11 +12,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from gcm_jax.alignment import sync_loss
+from gcm_jax.runs import checkpoint as checkpoint_lib
+from gcm_jax.runs import state as state_lib
+from gcm_jax.train import train_syncnet as ts
+
+
 from configs import syncnet as syncnet_config
-from gcm_jax.alignment import syncnet as sn
-from gcm_jax.alignment import train_syncnet as ts
-from gcm_jax.train import checkpoint as checkpoint_lib
-from gcm_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,7 +152,7 @@ def test_train_and_evaluate_writes_loadable_syncnet(straight_run):
                _final_state(workdir).ema_params["syncnet"])
   video = jnp.zeros((1, 8, 32, 32, 3))
   mel = jnp.zeros((1, 8, 16, 80))
-  loss = sn.lipsync_loss(model, variables, video, mel, jax.random.PRNGKey(0))
+  loss = sync_loss.lipsync_loss(model, variables, video, mel, jax.random.PRNGKey(0))
   assert np.isfinite(loss)
   data = ml_collections.ConfigDict(dict(resolution=config.data.resolution, mel_window=16))
   _, matched = ts.load_matching_syncnet(str(workdir), data)
@@ -171,7 +173,7 @@ def test_cli_trains_with_the_default_config(tmp_path):
   overrides = ["--config.train.num_steps=2", "--config.train.batch_size=8",
                "--config.data.num_train_clips=8", "--config.data.num_eval_clips=2",
                "--config.data.eval_num_frames=20", "--config.text_video.num_steps=0"]
-  proc = subprocess.run([sys.executable, "-m", "gcm_jax.alignment.train_syncnet",
+  proc = subprocess.run([sys.executable, "-m", "gcm_jax.train.train_syncnet",
                          f"--workdir={workdir}", *overrides], cwd=tmp_path,
                         env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
                         timeout=600)

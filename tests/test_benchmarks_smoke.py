@@ -19,16 +19,19 @@ import jax
 import numpy as np
 import pytest
 
+from gcm_jax import latents
+from gcm_jax.models import attention
+from gcm_jax.models import autoencoder
+from gcm_jax.models import diffusion_model
+from gcm_jax.train import trainer
+
+
 from benchmarks import attention as attention_bench
 from benchmarks import autoencoder as autoencoder_bench
 from benchmarks import common
 from benchmarks import latent_step
 from benchmarks import scan_blocks
 from benchmarks import train_step
-from gcm_jax import latents
-from gcm_jax.models import attention
-from gcm_jax.models import autoencoder
-from gcm_jax.train import trainer
 
 
 def _micro_config(**model_overrides):
@@ -105,7 +108,7 @@ def test_train_step_measure_reports_time_flops_and_memory(ceiling):
   _check_sane(result)
   # 2 clips x 2 frames x (16 / 8)^2 patches.
   assert result["tokens"] == 2 * 2 * 4
-  state, _ = trainer.state_shardings(config, common.single_device_mesh(config))  # Shapes only.
+  state, _ = diffusion_model.state_shardings(config, common.single_device_mesh(config))  # Shapes only.
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
   assert result["params"] == sum(x.size for x in jax.tree.leaves(state.params))
   # The step's arguments are the train state and the batch, nothing else.
@@ -221,17 +224,17 @@ def test_paraphrase_colors_table_has_a_row_per_run(monkeypatch):
   """The table's rows and columns hold each run's text encoder and per-style accuracies
   (generation stubbed: the accuracies themselves are tested with `evaluate`)."""
   from benchmarks import paraphrase_colors  # pylint: disable=g-import-not-at-top
-  from gcm_jax import evaluate, generate  # pylint: disable=g-import-not-at-top
+  from gcm_jax import evaluate  # pylint: disable=g-import-not-at-top
   from tests import train_utils  # pylint: disable=g-import-not-at-top
   encoders = {"run_a": "bytes", "run_b": "minilm"}
 
   def load_trained(workdir):
     config = train_utils.micro_config()
     config.model.text_encoder = encoders[workdir]
-    return generate.TrainedModel(config, None, None)
+    return diffusion_model.TrainedModel(config, None, None)
 
   face = {"bytes": 0.25, "minilm": 0.75}
-  monkeypatch.setattr(generate, "load_trained", load_trained)
+  monkeypatch.setattr(diffusion_model, "load_trained", load_trained)
   monkeypatch.setattr(evaluate, "test_clips", lambda *args: {})
   monkeypatch.setattr(evaluate, "paraphrased_color_accuracy", lambda trained, clips, key: {
       s: {"face": face[trained.config.model.text_encoder], "background": 1.0}

@@ -9,10 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gcm_jax.models import diffusion_model
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import checkpoint as checkpoint_lib
-from gcm_jax.train import state as state_lib
+from gcm_jax.runs import checkpoint as checkpoint_lib
+from gcm_jax.runs import state as state_lib
 from gcm_jax.train import trainer
+
+
 from tests import train_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +55,7 @@ def _save_initial_state(directory):
 def test_restore_onto_a_different_mesh(tmp_path):
   config, state, _, checkpointer = _save_initial_state(tmp_path)
   config.mesh.shape = dict(data=1, fsdp=4, tensor=2)
-  target, target_shardings = trainer.state_shardings(config, mesh_lib.make_mesh(config.mesh))
+  target, target_shardings = diffusion_model.state_shardings(config, mesh_lib.make_mesh(config.mesh))
   restored, _ = checkpointer.restore(
       checkpoint_lib.abstract_with_shardings(target, target_shardings))
   jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)

@@ -5,9 +5,12 @@ import sys
 
 import pytest
 
-from configs import tiny
+from gcm_jax import config_rules
 from gcm_jax import config_validation
-from gcm_jax.train import trainer
+from gcm_jax import launch
+
+
+from configs import tiny
 from tests import train_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,8 +36,8 @@ def test_bad_field_is_named_before_anything_is_built(tmp_path, field, value, mes
   section, name = field.split(".")
   config[section][name] = value
   workdir = tmp_path / "run"
-  with pytest.raises(config_validation.ConfigError) as error:
-    trainer.train(config, str(workdir))
+  with pytest.raises(config_rules.ConfigError) as error:
+    launch.train(config, str(workdir))
   assert message in str(error.value)
   assert not workdir.exists()  # No data built, no config.json written, nothing compiled.
 

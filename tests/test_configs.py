@@ -4,16 +4,16 @@ import importlib
 import jax
 import pytest
 
+from gcm_jax.models import diffusion_model
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import trainer
 
 
 @pytest.mark.parametrize("name", ["tiny", "quick_start", "talking_faces", "pod", "cpu_recipe",
                                   "video_folder"])
 def test_config_builds_model(name):
   config = importlib.import_module(f"configs.{name}").get_config()
-  model = trainer.make_model(config)
-  inputs = trainer.example_inputs(config, batch_size=1)
+  model = diffusion_model.make_model(config)
+  inputs = diffusion_model.example_inputs(config, batch_size=1)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), inputs["x"], inputs["t"],
                              inputs["cond"])
   assert jax.tree.leaves(variables)

@@ -12,10 +12,13 @@ from gcm_jax import config_validation
 from gcm_jax import evaluate
 from gcm_jax import generate
 from gcm_jax import sampling
-from gcm_jax.alignment import train_syncnet
+from gcm_jax.models import diffusion_model
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import step as step_lib
+from gcm_jax.runs import directory
+from gcm_jax.train import train_syncnet
 from gcm_jax.train import trainer
+
+
 from tests import train_utils
 from tests.test_stdit import _randomize
 
@@ -35,7 +38,7 @@ def base_workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_ema(base_workdir):
   """The base checkpoint's EMA params (numpy)."""
-  trained = generate.load_trained(base_workdir)
+  trained = diffusion_model.load_trained(base_workdir)
   return jax.tree.map(np.asarray, trained.params)
 
 
@@ -94,7 +97,7 @@ def test_control_run_trains_the_branch_on_the_frozen_base_ema(control_run, base_
                                          initial.params["control"]))
   assert float(moved) > 1e-4
   assert os.listdir(os.path.join(workdir, "samples")) == ["step_0000002_0.mp4"]
-  with open(os.path.join(workdir, trainer.CONFIG_FILE), encoding="utf-8") as f:
+  with open(os.path.join(workdir, directory.CONFIG_FILE), encoding="utf-8") as f:
     assert json.load(f)["control"]["enabled"]
 
 
@@ -112,9 +115,9 @@ def test_controlled_sample_is_the_base_sample_at_init_and_differs_after_training
     control_run, base_workdir, base_ema):
   config = _control_config(base_workdir)
   initial, _ = trainer.init_state(config, mesh_lib.make_mesh(config.mesh))
-  apply_fn = trainer.make_apply_fn(config)
+  apply_fn = diffusion_model.make_apply_fn(config)
   maps = _maps(config)
-  base_sample = _sample(step_lib.model_apply_fn(trainer.make_model(config)), base_ema, config,
+  base_sample = _sample(diffusion_model.model_apply_fn(diffusion_model.make_model(config)), base_ema, config,
                         maps)
   # Equal up to float rounding: XLA fuses the base's ops differently next to the branch.
   np.testing.assert_allclose(_sample(apply_fn, initial.ema_params, config, maps), base_sample,
@@ -129,7 +132,7 @@ def test_controlled_sample_is_the_base_sample_at_init_and_differs_after_training
 
 def test_generate_and_evaluate_use_the_control_maps(control_run):
   workdir, state = control_run
-  trained = generate.load_trained(workdir)
+  trained = diffusion_model.load_trained(workdir)
   jax.tree.map(np.testing.assert_array_equal, trained.params, jax.tree.map(np.asarray,
                                                                            state.ema_params))
   rate, r = 16000, trained.config.data.resolution

@@ -6,10 +6,12 @@ import numpy as np
 import optax
 import pytest
 
+from gcm_jax.models import control
 from gcm_jax.models import controlnet
 from gcm_jax.models import stdit
-from gcm_jax.train import control
-from gcm_jax.train import state as state_lib
+from gcm_jax.runs import state as state_lib
+
+
 from tests import train_utils
 from tests.test_stdit import SMALL, _inputs, _randomize
 

@@ -3,8 +3,11 @@ import numpy as np
 import pytest
 
 from gcm_jax import evaluate
-from gcm_jax.alignment import train_syncnet
 from gcm_jax.data.talking_faces import captions
+from gcm_jax.models import diffusion_model
+from gcm_jax.models import sync_offsets
+from gcm_jax.models import trained_syncnet
+from gcm_jax.train import train_syncnet
 
 
 def test_nearest_color_recovers_palette():
@@ -28,15 +31,13 @@ def test_condition_usage_of_an_untrained_model():
   """At init the model outputs 0, so x0_hat = alpha * x_t: colors are read from x_t at low
   noise whatever the text, and the audio changes nothing."""
   import jax  # pylint: disable=g-import-not-at-top
-  from gcm_jax import generate  # pylint: disable=g-import-not-at-top
-  from gcm_jax.train import trainer  # pylint: disable=g-import-not-at-top
   from tests import train_utils  # pylint: disable=g-import-not-at-top
   config = train_utils.micro_config()
   config.data.num_frames = 8
-  model = trainer.make_model(config)
-  inputs = trainer.example_inputs(config, batch_size=1)
+  model = diffusion_model.make_model(config)
+  inputs = diffusion_model.example_inputs(config, batch_size=1)
   params = model.init(jax.random.PRNGKey(0), inputs["x"], inputs["t"], inputs["cond"])["params"]
-  trained = generate.TrainedModel(config, trainer.make_apply_fn(config),
+  trained = diffusion_model.TrainedModel(config, diffusion_model.make_apply_fn(config),
                                   jax.tree.map(np.asarray, params))
   clips = train_syncnet.make_clips("test", 4, 8, 32, "center", config.model.text_max_len,
                                    seed=3, keys=evaluate.EVAL_KEYS)
@@ -59,19 +60,17 @@ def test_condition_usage_of_an_untrained_model():
 
 def test_sampling_trajectory_reads_every_denoiser_call_then_the_sample():
   import jax  # pylint: disable=g-import-not-at-top
-  from gcm_jax import generate  # pylint: disable=g-import-not-at-top
   from gcm_jax import sampling  # pylint: disable=g-import-not-at-top
   from gcm_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
-  from gcm_jax.train import trainer  # pylint: disable=g-import-not-at-top
   from tests import train_utils  # pylint: disable=g-import-not-at-top
   config = train_utils.micro_config()
   config.data.num_frames = 8
   config.sampling.update(sampler="euler", spacing="karras", num_steps=4, s_churn=0.0)
-  model = trainer.make_model(config)
-  inputs = trainer.example_inputs(config, batch_size=1)
+  model = diffusion_model.make_model(config)
+  inputs = diffusion_model.example_inputs(config, batch_size=1)
   params = model.init(jax.random.PRNGKey(1), inputs["x"], inputs["t"], inputs["cond"])["params"]
   # At init the model outputs 0 and x0_hat = alpha * x_t: each call's estimate differs.
-  trained = generate.TrainedModel(config, trainer.make_apply_fn(config), params)
+  trained = diffusion_model.TrainedModel(config, diffusion_model.make_apply_fn(config), params)
   clips = train_syncnet.make_clips("test", 6, 8, 32, "center", config.model.text_max_len,
                                    seed=4, keys=evaluate.EVAL_KEYS)
   key = jax.random.PRNGKey(2)
@@ -108,13 +107,13 @@ def _syncnet_workdir(path) -> str:
   from configs import syncnet as syncnet_config  # pylint: disable=g-import-not-at-top
   config = syncnet_config.get_config()
   config.model.update(embed_dim=16, visual_widths=(8, 16), audio_widths=(8, 16))
-  shapes = jax.eval_shape(train_syncnet.build_syncnet(config).init, jax.random.PRNGKey(0),
+  shapes = jax.eval_shape(trained_syncnet.build_syncnet(config).init, jax.random.PRNGKey(0),
                           jnp.zeros((1, 5, 16, 32, 3)), jnp.zeros((1, 16, 80)))
   rng = np.random.default_rng(0)  # random values: an eager init takes seconds on CPU
   variables = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(s.dtype), shapes)
-  with open(os.path.join(path, train_syncnet.SYNCNET_FILE), "wb") as f:
+  with open(os.path.join(path, trained_syncnet.SYNCNET_FILE), "wb") as f:
     f.write(serialization.to_bytes(variables))
-  with open(os.path.join(path, train_syncnet.REPORT_FILE), "w", encoding="utf-8") as f:
+  with open(os.path.join(path, trained_syncnet.REPORT_FILE), "w", encoding="utf-8") as f:
     json.dump({"report": {}, "config": config.to_dict()}, f)
   return str(path)
 
@@ -123,11 +122,10 @@ def _stub_model(monkeypatch):
   """evaluate with the model stubbed out (generation = the test clips + noise; generation,
   condition_usage and the paraphrased captions are tested here and in test_control_run).
   Returns (config, noise)."""
-  from gcm_jax import generate  # pylint: disable=g-import-not-at-top
   from tests import train_utils  # pylint: disable=g-import-not-at-top
   config = train_utils.micro_config()
-  monkeypatch.setattr(generate, "load_trained",
-                      lambda workdir: generate.TrainedModel(config, None, None))
+  monkeypatch.setattr(diffusion_model, "load_trained",
+                      lambda workdir: diffusion_model.TrainedModel(config, None, None))
   noise = np.random.default_rng(0).normal(0, 0.1, (4, 8, 32, 32, 3)).astype(np.float32)
   monkeypatch.setattr(evaluate, "generate_for_clips",
                       lambda trained, clips, key: np.clip(clips["video"] + noise, -1, 1))
@@ -247,18 +245,17 @@ def test_lse_reads_back_a_5_frame_audio_shift():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from gcm_jax.alignment import metrics  # pylint: disable=g-import-not-at-top
   fixture = os.path.join(os.path.dirname(__file__), "fixtures", "syncnet_tiny")
-  net, variables = train_syncnet.load_matching_syncnet(
+  net, variables = trained_syncnet.load_matching_syncnet(
       fixture, ml_collections.ConfigDict(dict(resolution=32, mel_window=16)))
   clips = train_syncnet.make_clips("test", 4, 40, 32, "center", 160, seed=0,
                                    keys=("video", "mel"))
   video, mel = jnp.asarray(clips["video"]), jnp.asarray(clips["mel"])
-  lse = jax.jit(lambda m: metrics.lse_metrics(net, variables, video, m, audio_frame_offset=2))
+  lse = jax.jit(lambda m: sync_offsets.lse_metrics(net, variables, video, m, audio_frame_offset=2))
   aligned = lse(mel)
   np.testing.assert_array_equal(aligned["offset"], 0)
   for delay in (5, -5):
-    shifted = lse(metrics.shift_mel_windows(mel, delay))
+    shifted = lse(sync_offsets.shift_mel_windows(mel, delay))
     np.testing.assert_array_equal(shifted["offset"], -delay)
     assert np.all(shifted["lse_d"] > aligned["lse_d"])
     assert float(jnp.mean(shifted["lse_c"])) < float(jnp.mean(aligned["lse_c"]))
@@ -269,7 +266,6 @@ def test_paraphrased_captions_reach_the_generator(monkeypatch):
   the test clip only when given the template caption's tokens (grey otherwise) scores the
   template at the ground truth's accuracy and every paraphrase at 0."""
   import jax  # pylint: disable=g-import-not-at-top
-  from gcm_jax import generate  # pylint: disable=g-import-not-at-top
   from gcm_jax.data.talking_faces import captions  # pylint: disable=g-import-not-at-top
   from tests import train_utils  # pylint: disable=g-import-not-at-top
   config = train_utils.micro_config()
@@ -283,7 +279,7 @@ def test_paraphrased_captions_reach_the_generator(monkeypatch):
     return np.where(same, cond["video"], 0.0)
 
   monkeypatch.setattr(evaluate, "generate_for_clips", stub)
-  got = evaluate.paraphrased_color_accuracy(generate.TrainedModel(config, None, None), clips,
+  got = evaluate.paraphrased_color_accuracy(diffusion_model.TrainedModel(config, None, None), clips,
                                             jax.random.PRNGKey(0))
   assert sorted(got) == sorted(captions.PARAPHRASES)
   gt_face, gt_background = evaluate.read_colors(clips["video"], clips["keypoints"])

@@ -12,9 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gcm_jax.diffusion import schedules
+from gcm_jax.models import trained_autoencoder
+
+
 from benchmarks import denoiser_noise
 from benchmarks import fidelity_sweep
-from gcm_jax.diffusion import schedules
 
 SHAPE = (3, 2, 6, 6, 3)
 
@@ -60,7 +63,7 @@ def test_parse_variant():
 
 def test_autoencoder_truth_reads_reconstructions_like_generated_videos():
   from benchmarks import autoencoder_truth  # pylint: disable=g-import-not-at-top
-  from gcm_jax.alignment import train_syncnet  # pylint: disable=g-import-not-at-top
+  from gcm_jax.train import train_syncnet  # pylint: disable=g-import-not-at-top
   from gcm_jax.models import autoencoder as ae  # pylint: disable=g-import-not-at-top
   from gcm_jax.train import train_autoencoder  # pylint: disable=g-import-not-at-top
   clips = train_syncnet.make_clips("test", 4, 8, 32, "center", 96, 0,
@@ -81,6 +84,6 @@ def test_autoencoder_truth_reads_reconstructions_like_generated_videos():
   np.testing.assert_allclose(errors["border_error"], 0.2 * 127.5, rtol=1e-5)
   assert errors["inner_error"] < 1e-5
   config = ae.CONFIGS["tiny"]
-  params = train_autoencoder.init_params(config, jax.random.PRNGKey(0))
+  params = trained_autoencoder.init_params(config, jax.random.PRNGKey(0))
   out = train_autoencoder.reconstruct(config, params, jnp.asarray(clips["video"][:1]))
   assert out.shape == (1, 8, 32, 32, 3) and out.min() >= -1 and out.max() <= 1

@@ -11,8 +11,12 @@ import pytest
 
 from gcm_jax import generate
 from gcm_jax import video_io
+from gcm_jax.models import diffusion_model
 from gcm_jax.parallel import mesh as mesh_lib
+from gcm_jax.runs import directory
 from gcm_jax.train import trainer
+
+
 from tests import train_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +50,7 @@ def workdir(tmp_path_factory):
 
 
 def test_long_video_from_checkpoint_with_audio(workdir, tmp_path):
-  trained = generate.load_trained(workdir)
+  trained = diffusion_model.load_trained(workdir)
   assert trained.config.data.num_frames == 4
   rate = 8000
   voice = 0.3 * np.sin(2 * np.pi * 200 * np.arange(int(0.45 * rate)) / rate)  # 0.45 s
@@ -63,7 +67,7 @@ def test_long_video_from_checkpoint_with_audio(workdir, tmp_path):
 
 @pytest.mark.parametrize("text, message", [("   ", "empty"), ("x" * 200, "max_len")])
 def test_bad_text_errors(workdir, text, message):
-  trained = generate.load_trained(workdir)
+  trained = diffusion_model.load_trained(workdir)
   with pytest.raises(ValueError, match=message):
     generate.generate(trained, text, np.zeros(1600), 16000, jax.random.PRNGKey(0),
                       progress=False)
@@ -71,16 +75,16 @@ def test_bad_text_errors(workdir, text, message):
 
 def test_missing_workdir_config_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
-    generate.load_trained(str(tmp_path))
+    diffusion_model.load_trained(str(tmp_path))
 
 
 def test_read_config_needs_a_checkpoints_folder(tmp_path):
-  with open(tmp_path / trainer.CONFIG_FILE, "w", encoding="utf-8") as f:
+  with open(tmp_path / directory.CONFIG_FILE, "w", encoding="utf-8") as f:
     f.write(train_utils.micro_config().to_json())
   with pytest.raises(FileNotFoundError, match="has no checkpoints folder"):
-    generate.read_config(str(tmp_path))
+    diffusion_model.read_config(str(tmp_path))
   (tmp_path / "checkpoints").mkdir()
-  assert generate.read_config(str(tmp_path)).model.text_max_len == 96
+  assert diffusion_model.read_config(str(tmp_path)).model.text_max_len == 96
 
 
 @pytest.mark.parametrize("output, message", [
@@ -146,7 +150,7 @@ def _never_load(*args, **kwargs):
 ])
 def test_inputs_are_checked_before_the_model_is_loaded(tmp_path, monkeypatch, change, error,
                                                        message):
-  monkeypatch.setattr(generate, "load_trained", _never_load)
+  monkeypatch.setattr(diffusion_model, "load_trained", _never_load)
   control = train_utils.micro_config()
   control.control.update(enabled=True, base_workdir="/not/read/by/gcm-generate")
   (tmp_path / "empty").mkdir()
@@ -154,7 +158,7 @@ def test_inputs_are_checked_before_the_model_is_loaded(tmp_path, monkeypatch, ch
                           ("control", control)):
     if config is not None:
       (tmp_path / workdir / "checkpoints").mkdir(parents=True)
-    with open(tmp_path / workdir / trainer.CONFIG_FILE, "w", encoding="utf-8") as f:
+    with open(tmp_path / workdir / directory.CONFIG_FILE, "w", encoding="utf-8") as f:
       f.write((config or train_utils.micro_config()).to_json())  # text_max_len 96
   video_io.write_wav(str(tmp_path / "voice.wav"), np.zeros(1600))  # 0.1 s: 3 video frames
   (tmp_path / "cut.wav").write_bytes((tmp_path / "voice.wav").read_bytes()[:-100])
@@ -200,7 +204,7 @@ def test_cli_input_errors_are_one_line_and_the_output_is_checked_first(tmp_path)
 
 def test_cli_passes_the_control_maps(tmp_path):
   (tmp_path / "checkpoints").mkdir()
-  with open(tmp_path / trainer.CONFIG_FILE, "w", encoding="utf-8") as f:
+  with open(tmp_path / directory.CONFIG_FILE, "w", encoding="utf-8") as f:
     f.write(train_utils.micro_config().to_json())
   video_io.write_wav(str(tmp_path / "voice.wav"), np.zeros(1600))
   np.save(tmp_path / "maps.npy", np.zeros((3, 32, 32, 9), np.float32))

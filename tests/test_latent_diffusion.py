@@ -16,10 +16,14 @@ from gcm_jax import generate
 from gcm_jax import latents
 from gcm_jax.data import feature_cache
 from gcm_jax.models import autoencoder as ae
+from gcm_jax.models import diffusion_model
+from gcm_jax.models import trained_autoencoder
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import state as state_lib
+from gcm_jax.runs import state as state_lib
 from gcm_jax.train import step as step_lib
 from gcm_jax.train import trainer
+
+
 from tests import train_utils
 from tests.test_train_step import _random_syncnet
 
@@ -106,7 +110,7 @@ def test_lipsync_loss_decodes_the_latent_estimate():
 def test_sync_window_gives_the_expert_the_same_pairs_as_the_full_clip():
   """The 5-frame window a latent run decodes: the SyncNet input cut from it (start 0) is the
   one cut from the full clip at the window's start, for both mel alignments."""
-  from gcm_jax.alignment import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
+  from gcm_jax.models import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
   b, t = 64, 9
   video = jnp.broadcast_to(jnp.arange(b * t, dtype=jnp.float32).reshape(b, t, 1, 1, 1),
                            (b, t, 4, 2, 3))
@@ -138,7 +142,7 @@ def test_latent_run_trains_samples_and_generates(tmp_path):
            if any(d.startswith("latents-") for d in dirs)]
   assert cache, "no latent cache in the dataset folder"
 
-  trained = generate.load_trained(workdir)
+  trained = diffusion_model.load_trained(workdir)
   voice = np.sin(np.linspace(0, 300, 16000)).astype(np.float32)
   video, _ = generate.generate(trained, "a green face on a purple background, moving left, "
                                "says: hi", voice, 16000, jax.random.PRNGKey(0), progress=False)
@@ -152,13 +156,12 @@ def test_a_trained_autoencoder_workdir_brings_its_scale_and_shift(tmp_path):
   import dataclasses  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   from flax import serialization  # pylint: disable=g-import-not-at-top
-  from gcm_jax.train import train_autoencoder  # pylint: disable=g-import-not-at-top
   base = latents.load(_config())
   trained = dataclasses.replace(base.config, scaling_factor=0.5, shift_factor=0.25)
-  (tmp_path / train_autoencoder.PARAMS_FILE).write_bytes(serialization.msgpack_serialize(
+  (tmp_path / trained_autoencoder.PARAMS_FILE).write_bytes(serialization.msgpack_serialize(
       serialization.to_state_dict(jax.device_get(base.params))))
-  (tmp_path / train_autoencoder.AUTOENCODER_FILE).write_text(json.dumps(
-      {"config": dataclasses.asdict(trained), "params_file": train_autoencoder.PARAMS_FILE}))
+  (tmp_path / trained_autoencoder.AUTOENCODER_FILE).write_text(json.dumps(
+      {"config": dataclasses.asdict(trained), "params_file": trained_autoencoder.PARAMS_FILE}))
   config = _config()
   config.latent.update(source="workdir", path=str(tmp_path))
   config_validation.validate(config)
@@ -188,7 +191,7 @@ def test_decoded_pixel_loss_compares_the_decoded_estimate_with_the_frames():
   batch["video"] = jnp.asarray(np.repeat(frames, 6, axis=1))
   batch["latents"] = jax.random.normal(jax.random.PRNGKey(3), (8, 6, 4, 4, 4))
   batch["mask"] = jnp.asarray([True, False] + [True] * 6)
-  optimizer = trainer.make_optimizer(config)
+  optimizer = diffusion_model.make_optimizer(config)
   state = state_lib.create_state({"z": z}, optimizer)
   apply_fn = lambda params, x, t, cond: jnp.broadcast_to(params["z"], x.shape)
   step = lambda c: jax.jit(lambda s, b: step_lib.train_step(

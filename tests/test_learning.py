@@ -22,13 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
 from gcm_jax import evaluate
-from gcm_jax.alignment import train_syncnet
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import schedules
+from gcm_jax.models import diffusion_model
 from gcm_jax.parallel import mesh as mesh_lib
+from gcm_jax.train import train_syncnet
 from gcm_jax.train import trainer
+
+
+from configs import tiny
 
 NUM_STEPS = 1000
 BATCH_SIZE = 16
@@ -81,7 +84,7 @@ def _background_read_outs(config, params, clips, key):
   Returns {'caption', 'no_text', 'shuffled'} -> `[N]` palette indices, and the
   permutation whose captions the 'shuffled' variant was given.
   """
-  model = trainer.make_model(config)
+  model = diffusion_model.make_model(config)
   schedule = schedules.from_name(config.diffusion.schedule)
   model_fn = lambda x, t, c: model.apply({"params": params}, x, t, c)
   denoise = jax.jit(parameterization.make_denoiser(model_fn, schedule,

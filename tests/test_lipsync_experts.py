@@ -7,10 +7,11 @@ import pytest
 
 from gcm_jax import config_validation
 from gcm_jax.alignment import experts
-from gcm_jax.alignment import syncnet as syncnet_lib
 from gcm_jax.data import audio
+from gcm_jax.models import syncnet as syncnet_lib
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import trainer
+
 from tests import train_utils
 
 

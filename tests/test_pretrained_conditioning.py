@@ -13,9 +13,12 @@ from gcm_jax import config_validation
 from gcm_jax import frozen_encoders
 from gcm_jax import generate
 from gcm_jax.data import feature_cache
+from gcm_jax.models import diffusion_model
 from gcm_jax.models.pretrained import text_encoders
 from gcm_jax.models.pretrained import whisper
 from gcm_jax.train import trainer
+
+
 from tests import train_utils
 
 TEXT_LENGTH = 24
@@ -121,7 +124,7 @@ def test_train_and_generate_on_pretrained_features(tmp_path):
            if "feature_cache" in dirs]
   assert found, "no feature_cache folder in the dataset"
 
-  trained = generate.load_trained(workdir)
+  trained = diffusion_model.load_trained(workdir)
   voice = np.sin(np.linspace(0, 200, 16000 * 1)).astype(np.float32)
   video, _ = generate.generate(trained, "the face is green, says: hello", voice, 16000,
                                jax.random.PRNGKey(0), progress=False)

@@ -9,10 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from gcm_jax import generate
 from gcm_jax.data import pipeline
-from gcm_jax.train import checkpoint as checkpoint_lib
+from gcm_jax.models import diffusion_model
+from gcm_jax.runs import checkpoint as checkpoint_lib
+from gcm_jax.runs import directory
 from gcm_jax.train import trainer
+
+
 from tests import train_utils
 
 
@@ -77,7 +80,7 @@ def test_resume_with_a_changed_model_names_the_fields_and_changes_nothing(
   config = _config(data_dir, num_steps=8)  # num_steps may change on resume: not reported.
   config.model.width = 48
   config.diffusion.p_drop_text = 0.3
-  with pytest.raises(trainer.ConfigMismatchError) as error:
+  with pytest.raises(directory.ConfigMismatchError) as error:
     trainer.train(config, workdir)
   message = str(error.value)
   assert "config.model.width: saved 32, now 48" in message
@@ -113,13 +116,13 @@ def test_unreadable_newest_checkpoint_falls_back_and_logs_stay_unique(
 def test_generate_loads_the_newest_readable_checkpoint(tmp_path, stopped_run, caplog):
   workdir = _copy_with_corrupt_step_4(stopped_run, tmp_path)
   with caplog.at_level(logging.WARNING):
-    trained = generate.load_trained(workdir)
+    trained = diffusion_model.load_trained(workdir)
   assert "Using step 2" in _fallback_warning(caplog)
-  expected = generate.load_trained(stopped_run, step=2)
+  expected = diffusion_model.load_trained(stopped_run, step=2)
   jax.tree.map(np.testing.assert_array_equal, trained.params, expected.params)
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))  # Read-only: left in place.
   with pytest.raises(checkpoint_lib.CheckpointError, match="step 4 .* unreadable"):
-    generate.load_trained(workdir, step=4)
+    diffusion_model.load_trained(workdir, step=4)
 
 
 def test_runs_saved_before_the_layers_axis_rule_resume():
@@ -131,9 +134,9 @@ def test_runs_saved_before_the_layers_axis_rule_resume():
   saved["mesh"]["logical_axis_rules"] = [
       rule for rule in saved["mesh"]["logical_axis_rules"] if rule[0] != "layers"]
   del saved["model"]["scan_blocks"]
-  assert trainer.config_differences(saved, config) == {}
+  assert directory.config_differences(saved, config, trainer.RESUMABLE_FIELDS) == {}
   saved["model"]["scan_blocks"] = True
-  assert trainer.config_differences(saved, config) == {"model.scan_blocks": (True, False)}
+  assert directory.config_differences(saved, config, trainer.RESUMABLE_FIELDS) == {"model.scan_blocks": (True, False)}
 
 
 def test_iterator_state_only_when_saving_and_sampler_compiled_once(tmp_path, data_dir,

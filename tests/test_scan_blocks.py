@@ -10,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gcm_jax.models import control
 from gcm_jax.models import controlnet
 from gcm_jax.models import stdit
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import control
-from gcm_jax.train import state as state_lib
+from gcm_jax.runs import state as state_lib
 from gcm_jax.train import trainer
+
+
 from tests import train_utils
 from tests.test_stdit import SMALL, _inputs, _randomize
 
@@ -134,7 +136,7 @@ def test_weight_decay_skips_the_stacked_axis(looped_params):
   params as the looped one, not its stacked biases [depth, D]."""
   config = train_utils.micro_config()
   config.train.update(warmup_steps=0, weight_decay=0.5)
-  optimizer = state_lib.make_optimizer(config.train)
+  optimizer = state_lib.make_optimizer(config.train, scanned_key=stdit.SCANNED_BLOCKS)
 
   def decayed(params):
     state = state_lib.create_state(params, optimizer)

@@ -13,12 +13,16 @@ import pytest
 from flax import serialization
 from skimage.metrics import structural_similarity
 
-from configs import autoencoder as autoencoder_config
-from gcm_jax import config_validation
+from gcm_jax import config_rules
 from gcm_jax import image_quality
 from gcm_jax.data import pipeline
 from gcm_jax.models import autoencoder as ae
+from gcm_jax.models import trained_autoencoder
+from gcm_jax.runs import directory
 from gcm_jax.train import train_autoencoder as ta
+
+
+from configs import autoencoder as autoencoder_config
 
 # Held-out PSNR (dB) of the short run below: measured 8.5 untrained, 12.3 after the 40 steps
 # (EMA off). The trained run must beat TRAINED_PSNR_MIN, the untrained one stay 1 dB below it.
@@ -61,7 +65,7 @@ def runs(tmp_path_factory):
   straight, resumed = str(root / "straight"), str(root / "resumed")
   report = ta.train_and_evaluate(config, straight)
   assert ta.train_and_evaluate(config, resumed, stop_at_step=STOP_STEP) is None
-  assert not os.path.exists(os.path.join(resumed, ta.AUTOENCODER_FILE))
+  assert not os.path.exists(os.path.join(resumed, trained_autoencoder.AUTOENCODER_FILE))
   resumed_report = ta.train_and_evaluate(config, resumed)
   return {"config": config, "straight": straight, "resumed": resumed, "report": report,
           "resumed_report": resumed_report}
@@ -102,7 +106,7 @@ def test_default_config_is_valid_and_problems_are_named():
   config.loss.reconstruction = "l3"
   config.train.lr = 1.0
   config.model.block_out_channels = ()
-  with pytest.raises(config_validation.ConfigError) as e:
+  with pytest.raises(config_rules.ConfigError) as e:
     ta.validate(config)
   for text in ("config.loss.reconstruction = 'l3'", "config.train.lr is not a known field",
                "config.model.block_out_channels = ()"):
@@ -131,19 +135,19 @@ def test_short_run_beats_untrained_psnr(runs):
   with open(os.path.join(runs["straight"], ta.REPORT_FILE)) as f:
     assert json.load(f)["report"]["validation_psnr"] == pytest.approx(report["validation_psnr"])
   ae_config = ta.autoencoder_config(config)
-  untrained = ta.init_params(ae_config, jax.random.PRNGKey(config.seed))
+  untrained = trained_autoencoder.init_params(ae_config, jax.random.PRNGKey(config.seed))
   quality = ta.evaluate(ae_config, untrained, _held_out(config))
   assert quality["psnr"] < TRAINED_PSNR_MIN - 1.0, quality
 
 
 def test_resume_reproduces_the_straight_run(runs):
-  straight, resumed = (ta.load_trained_autoencoder(runs[k])[1] for k in ("straight", "resumed"))
+  straight, resumed = (trained_autoencoder.load_trained_autoencoder(runs[k])[1] for k in ("straight", "resumed"))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                straight, resumed)
   with open(os.path.join(runs["resumed"], "logs", "metrics.jsonl")) as f:
     steps = [json.loads(line)["step"] for line in f]
   assert steps == [10, 20, 30, 40]  # Each logged step once.
-  assert sorted(int(s) for s in os.listdir(os.path.join(runs["resumed"], ta.CHECKPOINT_DIR))
+  assert sorted(int(s) for s in os.listdir(os.path.join(runs["resumed"], directory.CHECKPOINT_DIR))
                 ) == [10, 20, 30, 40]
   assert runs["resumed_report"]["validation_psnr"] == pytest.approx(
       runs["report"]["validation_psnr"], abs=1e-3)
@@ -152,17 +156,17 @@ def test_resume_reproduces_the_straight_run(runs):
 def test_resume_refuses_a_different_config(runs):
   config = ml_collections.ConfigDict(runs["config"].to_dict())
   config.loss.kl_weight = 1e-3
-  with pytest.raises(ta.ConfigMismatchError, match="config.loss.kl_weight: saved 1e-06"):
+  with pytest.raises(directory.ConfigMismatchError, match="config.loss.kl_weight: saved 1e-06"):
     ta.train_and_evaluate(config, runs["straight"])
 
 
 def test_load_trained_autoencoder_scales_held_out_latents(runs):
-  config, params = ta.load_trained_autoencoder(runs["straight"])
+  config, params = trained_autoencoder.load_trained_autoencoder(runs["straight"])
   report = runs["report"]
   assert config.scaling_factor == pytest.approx(report["scaling_factor"])
   assert config.shift_factor == pytest.approx(report["shift_factor"])
   assert config.block_out_channels == (8, 16) and config.norm_num_groups == 4
-  with open(os.path.join(runs["straight"], ta.AUTOENCODER_FILE)) as f:
+  with open(os.path.join(runs["straight"], trained_autoencoder.AUTOENCODER_FILE)) as f:
     saved = json.load(f)
   assert saved["step"] == NUM_STEPS and saved["params"] == "ema"
   model = ae.AutoencoderKL(config)
@@ -175,36 +179,36 @@ def test_load_trained_autoencoder_scales_held_out_latents(runs):
 
 
 def test_identity_follows_the_params(runs, tmp_path):
-  identity = ta.autoencoder_identity(runs["straight"])
-  assert identity.startswith("own:") and identity == ta.autoencoder_identity(runs["straight"])
+  identity = trained_autoencoder.autoencoder_identity(runs["straight"])
+  assert identity.startswith("own:") and identity == trained_autoencoder.autoencoder_identity(runs["straight"])
   copy = str(tmp_path / "copy")
   os.makedirs(copy)
-  for name in (ta.AUTOENCODER_FILE, ta.PARAMS_FILE):
+  for name in (trained_autoencoder.AUTOENCODER_FILE, trained_autoencoder.PARAMS_FILE):
     shutil.copy(os.path.join(runs["straight"], name), copy)
-  assert ta.autoencoder_identity(copy) == identity  # Content, not location.
-  _, params = ta.load_trained_autoencoder(copy)
+  assert trained_autoencoder.autoencoder_identity(copy) == identity  # Content, not location.
+  _, params = trained_autoencoder.load_trained_autoencoder(copy)
   params = jax.tree.map(np.asarray, params)
   params["decoder"]["conv_out"]["bias"] = params["decoder"]["conv_out"]["bias"] + 1e-3
-  with open(os.path.join(copy, ta.PARAMS_FILE), "wb") as f:
+  with open(os.path.join(copy, trained_autoencoder.PARAMS_FILE), "wb") as f:
     f.write(serialization.msgpack_serialize(params))
-  assert ta.autoencoder_identity(copy) != identity
+  assert trained_autoencoder.autoencoder_identity(copy) != identity
 
 
 def test_load_errors(runs, tmp_path):
   with pytest.raises(FileNotFoundError, match="no trained autoencoder"):
-    ta.load_trained_autoencoder(str(tmp_path))
+    trained_autoencoder.load_trained_autoencoder(str(tmp_path))
   copy = str(tmp_path / "copy")
   os.makedirs(copy)
-  for name in (ta.AUTOENCODER_FILE, ta.PARAMS_FILE):
+  for name in (trained_autoencoder.AUTOENCODER_FILE, trained_autoencoder.PARAMS_FILE):
     shutil.copy(os.path.join(runs["straight"], name), copy)
-  with open(os.path.join(copy, ta.AUTOENCODER_FILE)) as f:
+  with open(os.path.join(copy, trained_autoencoder.AUTOENCODER_FILE)) as f:
     saved = json.load(f)
   saved["config"]["latent_channels"] = 8
-  with open(os.path.join(copy, ta.AUTOENCODER_FILE), "w") as f:
+  with open(os.path.join(copy, trained_autoencoder.AUTOENCODER_FILE), "w") as f:
     json.dump(saved, f)
   with pytest.raises(ValueError, match=r"\['quant_conv'\]\['kernel'\]: \(1, 1, 8, 8\), "
                                        r"expected \(1, 1, 16, 16\)"):
-    ta.load_trained_autoencoder(copy)
+    trained_autoencoder.load_trained_autoencoder(copy)
 
 
 def test_mouth_weight_weighs_the_mouth_reconstruction():
@@ -212,7 +216,7 @@ def test_mouth_weight_weighs_the_mouth_reconstruction():
   with the mouth region's values weighted w (recon: the same posterior sample's decoding)."""
   config = _config("unused")
   model = ae.AutoencoderKL(ta.autoencoder_config(config))
-  params = ta.init_params(model.config, jax.random.PRNGKey(0))
+  params = trained_autoencoder.init_params(model.config, jax.random.PRNGKey(0))
   frames = jax.random.uniform(jax.random.PRNGKey(1), (2, 3, 32, 32, 3), minval=-1, maxval=1)
   mouth = jax.random.bernoulli(jax.random.PRNGKey(2), 0.1, (2, 3, 32, 32))
   key = jax.random.PRNGKey(3)

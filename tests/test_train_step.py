@@ -7,8 +7,10 @@ import pytest
 
 from gcm_jax import config_validation
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import state as state_lib
+from gcm_jax.runs import state as state_lib
 from gcm_jax.train import trainer
+
+
 from tests import train_utils
 
 
@@ -169,7 +171,7 @@ def test_batch_keys_are_the_features_the_step_reads():
 
 
 def _random_syncnet(resolution):
-  from gcm_jax.alignment import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
+  from gcm_jax.models import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
   model = syncnet_lib.SyncNet(image_size=(resolution, resolution), embed_dim=16,
                               visual_widths=(8, 16), audio_widths=(8, 16))
   variables = model.init(jax.random.PRNGKey(0),

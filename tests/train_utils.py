@@ -4,6 +4,10 @@ import os
 import ml_collections
 import numpy as np
 
+from gcm_jax.runs import checkpoint as checkpoint_lib
+from gcm_jax.runs import directory
+
+
 from configs import tiny
 
 
@@ -37,13 +41,11 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
 
 def write_workdir(path: str, config: ml_collections.ConfigDict, state, step: int = 3) -> str:
   """Makes `path` a run_train.py-style workdir: `state` checkpointed at `step` + config.json."""
-  from gcm_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from gcm_jax.train import trainer  # pylint: disable=g-import-not-at-top
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(path, trainer.CHECKPOINT_DIR),
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(path, directory.CHECKPOINT_DIR),
                                              config.checkpoint)
   assert checkpointer.maybe_save(step, state, {"iterator": "{}"}, force=True)
   checkpointer.close()
-  with open(os.path.join(path, trainer.CONFIG_FILE), "w", encoding="utf-8") as f:
+  with open(os.path.join(path, directory.CONFIG_FILE), "w", encoding="utf-8") as f:
     f.write(config.to_json())
   return path
 

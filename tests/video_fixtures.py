@@ -20,6 +20,7 @@ from gcm_jax.data import audio as audio_lib
 from gcm_jax.data.talking_faces import speech
 from gcm_jax.data.talking_faces import visemes
 
+
 # In the 512x512 photograph: the face centre (x, y), the centre of the box the default
 # detector finds around it, and the mouth centre.
 FACE_CENTER = np.array([222.0, 120.0])
@@ -225,17 +226,17 @@ def random_syncnet_workdir(path: str, resolution: int) -> str:
   import jax  # pylint: disable=g-import-not-at-top
   from flax import serialization  # pylint: disable=g-import-not-at-top
   from configs import syncnet as syncnet_config  # pylint: disable=g-import-not-at-top
-  from gcm_jax.alignment import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
-  from gcm_jax.alignment import train_syncnet  # pylint: disable=g-import-not-at-top
+  from gcm_jax.models import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
+  from gcm_jax.models import trained_syncnet  # pylint: disable=g-import-not-at-top
   config = syncnet_config.get_config()
   config.data.resolution = resolution
   r = resolution
-  variables = train_syncnet.build_syncnet(config).init(
+  variables = trained_syncnet.build_syncnet(config).init(
       jax.random.PRNGKey(0), np.zeros((1, syncnet_lib.SYNC_FRAMES, r - r // 2, r, 3), np.float32),
       np.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS), np.float32))
   os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, train_syncnet.SYNCNET_FILE), "wb") as f:
+  with open(os.path.join(path, trained_syncnet.SYNCNET_FILE), "wb") as f:
     f.write(serialization.to_bytes(variables))
-  with open(os.path.join(path, train_syncnet.REPORT_FILE), "w", encoding="utf-8") as f:
+  with open(os.path.join(path, trained_syncnet.REPORT_FILE), "w", encoding="utf-8") as f:
     json.dump({"report": {}, "config": config.to_dict()}, f)
   return path

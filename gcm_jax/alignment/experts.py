@@ -3,7 +3,7 @@
 `EXPERTS[name]` loads a frozen sync network from the config's weights and applies its
 lip-sync loss to the model's x0 estimate (`gcm_jax.train.step.lipsync_term`):
 
-* "project": the SyncNet trained in this repo (`gcm_jax.alignment.syncnet`,
+* "project": the SyncNet trained in this repo (`gcm_jax.models.syncnet`,
   `train_syncnet` workdir in `config.lipsync.syncnet_workdir`); it sees the video at its
   own resolution (32 px), RGB in [-1, 1].
 * "wav2lip": Wav2Lip's expert discriminator `SyncNet_color`
@@ -32,8 +32,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gcm_jax.alignment import syncnet as syncnet_lib
+from gcm_jax.alignment import sync_loss
+from gcm_jax.models import syncnet as syncnet_lib
+from gcm_jax.models import trained_syncnet
 from gcm_jax.models.pretrained import wav2lip_syncnet as w2l
+
 
 Expert = tuple[nn.Module, Any]  # (frozen sync network, its variables)
 
@@ -67,7 +70,7 @@ def wav2lip_lipsync_loss(net: w2l.SyncNetColor, variables: Any, video_x0: jax.Ar
   mel_win = mel[jnp.arange(b), mel_t].astype(jnp.float32)               # [B, 16, 80]
   audio_emb, face_emb = net.apply(jax.lax.stop_gradient(variables), mel_win, faces)
   p = w2l.sync_probability(audio_emb, face_emb)
-  return jnp.mean(weight * syncnet_lib.sync_bce(p, 1.0))
+  return jnp.mean(weight * sync_loss.sync_bce(p, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +93,7 @@ class LipSyncExpert:
 
 def _load_project(config: ml_collections.ConfigDict) -> Expert:
   # Imported here: train_syncnet imports config_validation, which imports the train step.
-  from gcm_jax.alignment import train_syncnet  # pylint: disable=g-import-not-at-top
-  return train_syncnet.load_matching_syncnet(config.lipsync.syncnet_workdir, config.data)
+  return trained_syncnet.load_matching_syncnet(config.lipsync.syncnet_workdir, config.data)
 
 
 def _load_wav2lip(config: ml_collections.ConfigDict) -> Expert:
@@ -100,8 +102,8 @@ def _load_wav2lip(config: ml_collections.ConfigDict) -> Expert:
 
 EXPERTS: dict[str, LipSyncExpert] = {
     "project": LipSyncExpert(
-        "syncnet_workdir", "dir", "a gcm_jax.alignment.train_syncnet workdir; train one with "
-        "python -m gcm_jax.alignment.train_syncnet", _load_project, syncnet_lib.lipsync_loss),
+        "syncnet_workdir", "dir", "a gcm_jax.train.train_syncnet workdir; train one with "
+        "python -m gcm_jax.train.train_syncnet", _load_project, sync_loss.lipsync_loss),
     "wav2lip": LipSyncExpert(
         "expert_weights", "file", "Wav2Lip's lipsync_expert.pth (Wav2Lip's README, 'Expert "
         "Discriminator')", _load_wav2lip, wav2lip_lipsync_loss),

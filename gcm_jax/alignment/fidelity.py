@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gcm_jax.alignment import syncnet as syncnet_lib
+from gcm_jax.models import syncnet as syncnet_lib
+
 
 FD_LABEL = "SyncNet-feature FD, not comparable with published FID"
 PIXEL_SCALE_255 = 127.5  # [-1, 1] video units -> 0-255 levels

@@ -15,7 +15,7 @@ The evaluation, step by step (T video frames at 25 fps, S audio samples at 16 kH
 3. Windows: `min_length = min(T, S // 640)`, windows i = 0 .. min_length - 6 (syncnet_python's
    `lastframe = min_length - 5`, so one window fewer than fits); window i is frames i..i+4
    and MFCC frames 4i .. 4i+19.
-4. Scores (`gcm_jax.alignment.metrics.sync_scores`): `dists[i, j] = ||v_i - a_{i+j-15} +
+4. Scores (`gcm_jax.models.sync_offsets.sync_scores`): `dists[i, j] = ||v_i - a_{i+j-15} +
    1e-6||` with zero audio embeddings outside the clip; `mdist = mean_i dists`; LSE-D =
    min mdist, LSE-C = median mdist - LSE-D, offset = 15 - argmin mdist.
 
@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gcm_jax import video_io
-from gcm_jax.alignment import metrics
+from gcm_jax.models import sync_offsets
 from gcm_jax.models.pretrained import syncnet_python as snp
+
 
 SAMPLE_RATE = 16000
 FPS = 25
@@ -215,7 +216,7 @@ def lse_syncnet_python(net: snp.SyncNetPython, variables: Any, video: np.ndarray
   pcm = pcm16(audio_16k)
   n = num_windows(len(frames), len(pcm))
   v, a = window_embeddings(net, variables, frames, mfcc(pcm), n, batch_size)
-  scores = metrics.sync_scores(jnp.asarray(v), jnp.asarray(a), vshift)
+  scores = sync_offsets.sync_scores(jnp.asarray(v), jnp.asarray(a), vshift)
   return {"lse_d": float(scores["lse_d"]), "lse_c": float(scores["lse_c"]),
           "offset": int(scores["offset"]), "mdist": np.asarray(scores["mdist"]),
           "num_windows": n}

@@ -15,6 +15,7 @@ by any host and passed to `set_state()` on every host resume exactly. `DataItera
 """
 import dataclasses
 import os
+import typing
 from typing import Any, Callable, Optional, Sequence
 
 import grain
@@ -25,6 +26,7 @@ import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gcm_jax import config_rules
 from gcm_jax import frozen_encoders
 from gcm_jax.data import audio
 from gcm_jax.data import feature_cache
@@ -34,6 +36,7 @@ from gcm_jax.data.talking_faces import talking_faces
 from gcm_jax.data.video_folder import builder as video_folder
 from gcm_jax.data.video_folder import faces
 from gcm_jax.models import tokenizer
+
 
 SPLITS = ("train", "validation", "test")
 # Ground truth only the synthetic set has (renderer truth and caption labels): copied into
@@ -361,6 +364,26 @@ DATASETS: dict[str, Dataset] = {
                             "clips of real videos (python -m gcm_jax.data.video_folder)"),
 }
 
+
+# The `config.data` fields every config that reads a dataset has (their checks; the entry
+# points' tables include these).
+DATA_RULES: tuple[config_rules.Rule, ...] = (
+    config_rules.one_of("data.name", DATASETS),
+    config_rules.text("data.data_dir"),
+    config_rules.boolean("data.build_if_missing"),
+    config_rules.integer("data.resolution", 16),  # The dataset's allowed sizes: Dataset.
+    config_rules.integer("data.num_frames", 1),
+    config_rules.integer("data.num_train", 1),
+    config_rules.integer("data.num_validation", 0),
+    config_rules.integer("data.num_test", 0),
+    config_rules.integer("data.dataset_seed", 0),
+    config_rules.integer("data.batch_size", 1),
+    config_rules.integer("data.mel_window", 1),
+    config_rules.one_of("data.mel_alignment", typing.get_args(audio.Alignment)),
+    config_rules.integer("data.text_max_len", 1),
+    config_rules.boolean("data.shuffle"),
+    config_rules.integer("data.worker_count", 0),
+)
 
 def data_source(data_cfg: ml_collections.ConfigDict, split: str):
   """The split's random-access records of dataset `data_cfg.name` (DATASETS)."""

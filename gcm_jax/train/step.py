@@ -13,7 +13,7 @@ weigh w times the others in the per-example mean: the mouth is ~1% of a 32 px fr
 it is the only part of the image the audio determines.
 """
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -22,15 +22,16 @@ import ml_collections
 import optax
 
 from gcm_jax.alignment import experts
-from gcm_jax.alignment import syncnet as syncnet_lib
+from gcm_jax.alignment import sync_loss
 from gcm_jax.diffusion import guidance
 from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import schedules
 from gcm_jax.models import autoencoder as ae
 from gcm_jax.models import conditioning
-from gcm_jax.models import stdit
-from gcm_jax.train import control
-from gcm_jax.train import state as state_lib
+from gcm_jax.models import control
+from gcm_jax.models import diffusion_model
+from gcm_jax.models import syncnet as syncnet_lib
+from gcm_jax.runs import state as state_lib
 
 
 # LossConfig fields read from config.diffusion under another name.
@@ -111,14 +112,6 @@ def loss_weights(batch: Mapping[str, jax.Array], frame_mask: jax.Array,
   return weights * jnp.where(region, mouth_loss_weight, 1.0)
 
 
-ApplyFn = Callable[[Any, jax.Array, jax.Array, Mapping[str, jax.Array]], jax.Array]
-
-
-def model_apply_fn(model: stdit.STDiT) -> ApplyFn:
-  """`(params, x_t, t, cond) -> output` for a plain STDiT."""
-  return lambda params, x, t, cond: model.apply({"params": params}, x, t, cond)
-
-
 def lipsync_term(expert: experts.Expert, key: jax.Array, x0_hat: jax.Array, logsnr: jax.Array,
                  batch: Mapping[str, jax.Array], cond: Mapping[str, jax.Array],
                  step: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
@@ -129,9 +122,9 @@ def lipsync_term(expert: experts.Expert, key: jax.Array, x0_hat: jax.Array, logs
   weight), and 0 where the audio was dropped (CFG) or the example is padding.
   """
   cfg = config.lipsync
-  weight = (syncnet_lib.lipsync_weight_schedule(step, cfg.weight, cfg.start_step,
+  weight = (sync_loss.lipsync_weight_schedule(step, cfg.weight, cfg.start_step,
                                                 cfg.ramp_steps)
-            * syncnet_lib.noise_level_weight(logsnr, cfg.noise_weighting)
+            * sync_loss.noise_level_weight(logsnr, cfg.noise_weighting)
             * (~cond["drop_audio"] & batch["mask"]).astype(jnp.float32))
   net, variables = expert
   return experts.EXPERTS[cfg.expert].loss(
@@ -187,7 +180,7 @@ def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
-               frozen: Mapping[str, Any], *, apply_fn: ApplyFn,
+               frozen: Mapping[str, Any], *, apply_fn: diffusion_model.ApplyFn,
                optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict,
                lipsync_net: Optional[nn.Module] = None,
                autoencoder: Optional[ae.AutoencoderKL] = None

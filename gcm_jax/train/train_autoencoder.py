@@ -20,9 +20,9 @@ The KL term divided by the number of pixel values puts `kl_weight` on SD's scale
 reconstruction over pixels and adds 1e-6 x the KL summed over latents). The decoder reads a
 posterior sample. No patch-GAN discriminator (not implemented).
 
-The run uses the diffusion trainer's stack: `gcm_jax.train.state` (TrainState, AdamW with warmup
+The run uses the diffusion trainer's stack: `gcm_jax.runs.state` (TrainState, AdamW with warmup
 + cosine decay and clipping, non-finite steps skipped, EMA), Orbax checkpoints with the data
-iterator's position (`gcm_jax.train.checkpoint`), `metrics.jsonl` + TensorBoard
+iterator's position (`gcm_jax.runs.checkpoint`), `metrics.jsonl` + TensorBoard
 (`gcm_jax.train.metrics`). The key of step k is `fold_in(PRNGKey(seed), k)` and the batches
 resume from the iterator state, so rerunning with the same workdir resumes from the newest
 readable checkpoint and reproduces an uninterrupted run (a changed config that defines the run is
@@ -46,7 +46,6 @@ Writes to `workdir`:
 """
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import os
@@ -65,19 +64,19 @@ from absl import logging
 from flax import serialization
 from jax.sharding import NamedSharding, PartitionSpec
 
-from gcm_jax import config_validation as cv
+from gcm_jax import config_rules as cv
 from gcm_jax import image_quality
+from gcm_jax.data import pipeline
 from gcm_jax.models import autoencoder as ae
+from gcm_jax.models import trained_autoencoder
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import checkpoint as checkpoint_lib
+from gcm_jax.runs import checkpoint as checkpoint_lib
+from gcm_jax.runs import directory
+from gcm_jax.runs import state as state_lib
 from gcm_jax.train import metrics as metrics_lib
-from gcm_jax.train import state as state_lib
+
 
 Batch = Mapping[str, jax.Array]
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
-PARAMS_FILE = "autoencoder.msgpack"
-AUTOENCODER_FILE = "autoencoder.json"
 REPORT_FILE = "report.json"
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "configs", "autoencoder.py")
@@ -107,7 +106,7 @@ RULES: tuple[cv.Rule, ...] = (
     cv.integer("model.norm_num_groups", 1),
     cv.boolean("model.mid_block_add_attention"),
     # The data section: the diffusion config's rules for it (configs/tiny.py's fields).
-    *(r for r in cv.RULES if r.path.startswith("data.")),
+    *pipeline.DATA_RULES,
     cv.one_of("loss.reconstruction", RECONSTRUCTION_LOSSES),
     cv.non_negative("loss.ssim_weight"),
     cv.non_negative("loss.kl_weight"),
@@ -135,10 +134,6 @@ RULES: tuple[cv.Rule, ...] = (
 # run and must equal its config.json.
 RESUMABLE_FIELDS = ("num_devices", "train.num_steps", "eval.", "latent_stats.", "checkpoint.",
                     "log.", "data.data_dir", "data.build_if_missing", "data.worker_count")
-
-
-class ConfigMismatchError(ValueError):
-  """A resumed workdir's saved config differs in fields that define the run."""
 
 
 def autoencoder_config(config: ml_collections.ConfigDict, scaling_factor: float = 1.0,
@@ -195,58 +190,15 @@ def problems(config: ml_collections.ConfigDict,
 
 def validate(config: ml_collections.ConfigDict,
              datasets: Optional[Mapping[str, Any]] = None) -> None:
-  """Raises `config_validation.ConfigError` listing every problem of `config` (`problems`)."""
+  """Raises `config_rules.ConfigError` listing every problem of `config` (`problems`)."""
   found = problems(config, datasets)
   if found:
     raise cv.ConfigError("invalid autoencoder config:\n  " + "\n  ".join(found))
 
 
-def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Raises ConfigMismatchError naming each field, outside RESUMABLE_FIELDS, that differs
-  from the workdir's config.json (nothing to check without one)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    old = cv.flat_fields(json.load(f))
-  new = cv.flat_fields(json.loads(config.to_json()))
-  resumable = lambda p: any(p == f or (f.endswith(".") and p.startswith(f))
-                            for f in RESUMABLE_FIELDS)
-  differences = [f"config.{p}: saved {old.get(p, '<missing>')!r}, now {new.get(p, '<removed>')!r}"
-                 for p in sorted(set(old) | set(new))
-                 if not resumable(p) and old.get(p, "<missing>") != new.get(p, "<removed>")]
-  if differences:
-    raise ConfigMismatchError(
-        f"{workdir} holds an autoencoder run with a different config; nothing was changed "
-        f"there. Use these values to resume it, or a new --workdir:\n  " +
-        "\n  ".join(differences))
-
-
-# --- the pure pieces -----------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=None)
-def _compiled_init(config: ae.AutoencoderConfig) -> Callable[[jax.Array], Any]:
-  """The AutoencoderKL initializer compiled without XLA's backend optimizations: it runs once,
-  and its ~60 unrolled threefry draws otherwise take 4x longer to compile on CPU."""
-  f = config.downsampling  # The smallest frame: the params do not depend on the size.
-  init = jax.jit(lambda key: ae.AutoencoderKL(config).init(
-      key, jnp.zeros((1, 1, f, f, config.in_channels)))["params"])
-  return init.lower(jax.ShapeDtypeStruct((2,), jnp.uint32)).compile(
-      {"xla_backend_optimization_level": 0})
-
-
-def init_params(config: ae.AutoencoderConfig, key: jax.Array) -> Any:
-  """Freshly initialized AutoencoderKL params (compiled once per architecture).
-
-  Args:
-    key: a raw uint32 [2] PRNG key (`jax.random.PRNGKey`).
-  """
-  return _compiled_init(config)(key)
-
-
 def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> state_lib.TrainState:
   """TrainState of freshly initialized AutoencoderKL params and `config.train`'s optimizer."""
-  return state_lib.create_state(init_params(autoencoder_config(config), key),
+  return state_lib.create_state(trained_autoencoder.init_params(autoencoder_config(config), key),
                                 state_lib.make_optimizer(config.train))
 
 
@@ -439,24 +391,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   None; rerunning resumes it.
 
   Raises:
-    config_validation.ConfigError: an invalid config (every problem listed).
-    ConfigMismatchError: `workdir` holds a run with a different config.
+    config_rules.ConfigError: an invalid config (every problem listed).
+    directory.ConfigMismatchError: `workdir` holds a run with a different config.
     checkpoint.CheckpointError: no checkpoint in `workdir` can be read.
   """
-  # gcm_jax.train imports the data package only here (tests/test_package_boundaries.py).
-  from gcm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   validate(config, pipeline.DATASETS)
-  config = ml_collections.ConfigDict(config.to_dict())
-  if not config.data.data_dir:
-    config.data.data_dir = os.path.join(workdir, "data")
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+  config = directory.with_data_dir(config, workdir)
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, directory.CHECKPOINT_DIR),
                                              config.checkpoint)
   if checkpointer.latest_step() is not None:
-    check_resumable(config, workdir)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-      f.write(config.to_json(indent=2))
+    directory.check_resumable(config, workdir, RESUMABLE_FIELDS, "an autoencoder run")
+  directory.write_config(config, workdir)
 
   mesh = make_mesh(config.num_devices)
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -521,72 +466,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             "train_seconds_this_run": train_seconds, "eval_seconds": time.time() - t0}
   if jax.process_index() == 0:
     host_params = jax.device_get(params)
-    with open(os.path.join(workdir, PARAMS_FILE) + ".tmp", "wb") as f:
+    params_path = os.path.join(workdir, trained_autoencoder.PARAMS_FILE)
+    with open(params_path + ".tmp", "wb") as f:
       f.write(serialization.msgpack_serialize(serialization.to_state_dict(host_params)))
-    os.replace(os.path.join(workdir, PARAMS_FILE) + ".tmp", os.path.join(workdir, PARAMS_FILE))
+    os.replace(params_path + ".tmp", params_path)
     trained = autoencoder_config(config, scaling_factor=scale, shift_factor=shift)
-    _write_json(os.path.join(workdir, AUTOENCODER_FILE),
+    _write_json(os.path.join(workdir, trained_autoencoder.AUTOENCODER_FILE),
                 {"config": dataclasses.asdict(trained), "step": num_steps, "params": "ema",
-                 "params_file": PARAMS_FILE})
+                 "params_file": trained_autoencoder.PARAMS_FILE})
     _write_json(os.path.join(workdir, REPORT_FILE), {"report": report,
                                                      "config": config.to_dict()})
   logging.info("autoencoder report: %s", report)
   return report
-
-
-# --- loading a trained autoencoder ---------------------------------------------------------------
-
-def _read_autoencoder_json(workdir: str) -> dict[str, Any]:
-  path = os.path.join(workdir, AUTOENCODER_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"no trained autoencoder in {workdir!r} ({AUTOENCODER_FILE} missing: the run has not "
-        f"finished); train one with python -m gcm_jax.train.train_autoencoder "
-        f"--workdir={workdir}")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def load_trained_autoencoder(workdir: str) -> tuple[ae.AutoencoderConfig, dict[str, Any]]:
-  """The autoencoder trained by `train_and_evaluate` in `workdir`.
-
-  Returns:
-    (config with the data's scaling_factor / shift_factor, params): the EMA params of the
-    final checkpoint (`autoencoder.msgpack`), for
-    `AutoencoderKL(config).apply({"params": params}, ...)` and `scale_latents(z, config)`.
-
-  Raises:
-    FileNotFoundError: no finished run in `workdir`.
-    ValueError: the saved params do not fit the saved config (every mismatch named).
-  """
-  saved = _read_autoencoder_json(workdir)
-  fields = dict(saved["config"], block_out_channels=tuple(saved["config"]["block_out_channels"]))
-  config = ae.AutoencoderConfig(**fields)
-  with open(os.path.join(workdir, saved["params_file"]), "rb") as f:
-    params = serialization.msgpack_restore(f.read())
-  expected = {jax.tree_util.keystr(p): x.shape for p, x in
-              jax.tree_util.tree_leaves_with_path(ae.expected_params(config))}
-  found = {jax.tree_util.keystr(p): x.shape for p, x in
-           jax.tree_util.tree_leaves_with_path(params)}
-  wrong = ([f"missing {k}" for k in sorted(set(expected) - set(found))]
-           + [f"unexpected {k}" for k in sorted(set(found) - set(expected))]
-           + [f"{k}: {found[k]}, expected {v}" for k, v in sorted(expected.items())
-              if k in found and found[k] != v])
-  if wrong:
-    raise ValueError(f"{os.path.join(workdir, saved['params_file'])} does not fit the config in "
-                     f"{AUTOENCODER_FILE}: " + "; ".join(wrong))
-  return config, jax.tree.map(jnp.asarray, params)
-
-
-def autoencoder_identity(workdir: str) -> str:
-  """"own:<sha256>" of the trained autoencoder's saved config (with scale / shift) and params;
-  any change of either changes it (key for cached latents)."""
-  saved = _read_autoencoder_json(workdir)
-  digest = hashlib.sha256(json.dumps(saved, sort_keys=True).encode("utf-8"))
-  with open(os.path.join(workdir, saved["params_file"]), "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return f"own:{digest.hexdigest()}"
 
 
 def _main(argv):
@@ -595,7 +486,7 @@ def _main(argv):
   try:
     report = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
                                 stop_at_step=flags.FLAGS.stop_at_step)
-  except (cv.ConfigError, ConfigMismatchError, checkpoint_lib.CheckpointError) as e:
+  except (cv.ConfigError, directory.ConfigMismatchError, checkpoint_lib.CheckpointError) as e:
     sys.exit(f"error: {e}")
   if report is not None:
     print(json.dumps(report, indent=2))

@@ -6,8 +6,8 @@ video frames, positive when the sound of frame `t` is found at frame `t + offset
 lags); the builder then takes the clip's audio `offset` frames later from the source, so
 voice and lips line up, and drops clips whose |offset| or confidence is out of bounds.
 
-`load_expert(workdir)` wraps the project's SyncNet (`gcm_jax.alignment.syncnet`, trained
-by `python -m gcm_jax.alignment.train_syncnet --workdir=...`): clips are resized to its
+`load_expert(workdir)` wraps the project's SyncNet (`gcm_jax.models.syncnet`, trained
+by `python -m gcm_jax.train.train_syncnet --workdir=...`): clips are resized to its
 resolution, the offset is syncnet_python's search of LSE-D over +-max_offset frames and the
 confidence is LSE-C (median minus minimum distance; `gcm_jax.alignment.metrics`). Any other
 model with the same signature can be passed to `builder.process_video` instead.
@@ -18,7 +18,16 @@ import os
 from typing import Callable
 
 import cv2
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from gcm_jax.data import audio
+from gcm_jax.models import sync_offsets
+from gcm_jax.models import syncnet as syncnet_lib
+from gcm_jax.models import trained_syncnet
+
 
 Expert = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
@@ -26,28 +35,20 @@ Expert = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 def load_expert(workdir: str) -> Expert:
   """The project's SyncNet saved in a train_syncnet `workdir` as an Expert (clips of any size
   are resized to the SyncNet's)."""
-  import jax  # pylint: disable=g-import-not-at-top  # JAX and the model load only here.
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from gcm_jax.alignment import metrics  # pylint: disable=g-import-not-at-top
-  from gcm_jax.alignment import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
-  from gcm_jax.alignment import train_syncnet  # pylint: disable=g-import-not-at-top
-  from gcm_jax.data import audio  # pylint: disable=g-import-not-at-top
-
-  report = os.path.join(workdir, train_syncnet.REPORT_FILE)
+  report = os.path.join(workdir, trained_syncnet.REPORT_FILE)
   if not os.path.exists(report):
     raise FileNotFoundError(f"no trained SyncNet in {workdir!r} ({report} missing); train one "
-                            f"with python -m gcm_jax.alignment.train_syncnet --workdir={workdir}")
+                            f"with python -m gcm_jax.train.train_syncnet --workdir={workdir}")
   with open(report, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f)["config"])
-  model, variables = train_syncnet.load_syncnet(config, workdir)
+  model, variables = trained_syncnet.load_syncnet(config, workdir)
   size = config.data.resolution
   alignment = config.data.mel_alignment
   frame_offset = syncnet_lib.frame_offset_for_alignment(alignment)
 
   @functools.cache
   def _scores(max_offset: int):
-    return jax.jit(lambda v, video, mel: metrics.lse_metrics(
+    return jax.jit(lambda v, video, mel: sync_offsets.lse_metrics(
         model, v, video, mel, audio_frame_offset=frame_offset, vshift=max_offset))
 
   def expert(videos: np.ndarray, clip_audio: np.ndarray, max_offset: int

@@ -1,7 +1,7 @@
 """Trains SyncNet and the text-video contrastive model on the synthetic talking faces.
 
-  python -m gcm_jax.alignment.train_syncnet --workdir=/tmp/syncnet   # configs/syncnet.py
-  python -m gcm_jax.alignment.train_syncnet --workdir=... --config.train.num_steps=200
+  python -m gcm_jax.train.train_syncnet --workdir=/tmp/syncnet   # configs/syncnet.py
+  python -m gcm_jax.train.train_syncnet --workdir=... --config.train.num_steps=200
 
 Clips come from the data module's one-example generator
 (`gcm_jax.data.talking_faces.generate_example`, train / validation splits: disjoint phrases and
@@ -11,16 +11,16 @@ audio window) and off-sync pairs (the audio window of the same clip shifted by
 `min_shift..max_shift` frames), trained with Wav2Lip's cosine-BCE plus an optional InfoNCE term
 with in-batch negatives.
 
-Both models train on the diffusion trainer's stack: `gcm_jax.train.state` (TrainState, AdamW
+Both models train on the diffusion trainer's stack: `gcm_jax.runs.state` (TrainState, AdamW
 with warmup + cosine decay and clipping, non-finite steps skipped, EMA), Orbax checkpoints
-(`gcm_jax.train.checkpoint`), `metrics.jsonl` + TensorBoard (`gcm_jax.train.metrics`) and a
+(`gcm_jax.runs.checkpoint`), `metrics.jsonl` + TensorBoard (`gcm_jax.train.metrics`) and a
 tqdm bar. The batch of step k depends only on (seed, k), so rerunning with the same workdir
 resumes from the newest readable checkpoint and reproduces an uninterrupted run. Writes to
 `workdir`:
 
   checkpoints/, logs/                        the SyncNet run
   text_video/checkpoints/, text_video/logs/  the text-video run
-  syncnet.msgpack     final SyncNet EMA variables (`load_syncnet`, `load_matching_syncnet`)
+  syncnet.msgpack     final SyncNet EMA variables (`gcm_jax.models.trained_syncnet` loads it)
   text_video.msgpack  final text-video EMA params
   report.json         held-out metrics and the config
 """
@@ -43,22 +43,24 @@ from absl import flags
 from absl import logging
 from flax import serialization
 
-from gcm_jax import config_validation
+from gcm_jax import config_rules
 from gcm_jax.alignment import contrastive
 from gcm_jax.alignment import metrics
-from gcm_jax.alignment import syncnet as syncnet_lib
+from gcm_jax.alignment import sync_loss as sync_loss_lib
 from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import corpus
 from gcm_jax.data.talking_faces import generate_example
-from gcm_jax.train import checkpoint as checkpoint_lib
+from gcm_jax.models import sync_offsets
+from gcm_jax.models import syncnet as syncnet_lib
+from gcm_jax.models import trained_syncnet
+from gcm_jax.runs import checkpoint as checkpoint_lib
+from gcm_jax.runs import state as state_lib
 from gcm_jax.train import metrics as metrics_lib
-from gcm_jax.train import state as state_lib
+
 
 Batch = Dict[str, np.ndarray]
-SYNCNET_FILE = "syncnet.msgpack"
 TEXT_VIDEO_FILE = "text_video.msgpack"
-REPORT_FILE = "report.json"
 CHECKPOINT_DIR = "checkpoints"  # Orbax checkpoints, under the workdir of each run.
 TEXT_VIDEO_DIR = "text_video"  # The text-video run's checkpoints and logs, under the workdir.
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -134,14 +136,6 @@ def sample_sync_batch(clips: Batch, batch_size: int, min_shift: int, max_shift: 
   return make_pairs(clips, clip_idx, starts, neg, frame_offset)
 
 
-def build_syncnet(config: ml_collections.ConfigDict) -> syncnet_lib.SyncNet:
-  """SyncNet from `config.model` and `config.data.resolution`."""
-  res = config.data.resolution
-  return syncnet_lib.SyncNet(image_size=(res, res), embed_dim=config.model.embed_dim,
-                             visual_widths=tuple(config.model.visual_widths),
-                             audio_widths=tuple(config.model.audio_widths))
-
-
 def build_text_video(config: ml_collections.ConfigDict) -> contrastive.TextVideoCLIP:
   """TextVideoCLIP from `config.text_video` and `config.data.text_max_len`."""
   tv = config.text_video
@@ -162,7 +156,7 @@ def text_video_train_config(config: ml_collections.ConfigDict) -> Dict[str, Any]
 def create_sync_state(config: ml_collections.ConfigDict, key: jax.Array) -> state_lib.TrainState:
   """TrainState with params {'syncnet': SyncNet params, 'temperature': LogitScale params}
   and the optimizer of `config.train`."""
-  model = build_syncnet(config)
+  model = trained_syncnet.build_syncnet(config)
   res = config.data.resolution
   k1, k2 = jax.random.split(key)
   params = {
@@ -187,8 +181,8 @@ def sync_loss(params: Dict[str, Any], model: syncnet_lib.SyncNet, batch: Batch,
   v, a_pos = model.apply(variables, batch["frames"], batch["mel_pos"])
   a_neg = model.apply(variables, batch["mel_neg"], method=syncnet_lib.SyncNet.embed_audio)
   cos_pos, cos_neg = jnp.sum(v * a_pos, -1), jnp.sum(v * a_neg, -1)
-  bce = 0.5 * (jnp.mean(syncnet_lib.sync_bce(cos_pos, 1.0)) +
-               jnp.mean(syncnet_lib.sync_bce(cos_neg, 0.0)))
+  bce = 0.5 * (jnp.mean(sync_loss_lib.sync_bce(cos_pos, 1.0)) +
+               jnp.mean(sync_loss_lib.sync_bce(cos_neg, 0.0)))
   scale = contrastive.LogitScale().apply({"params": params["temperature"]})
   nce = contrastive.clip_loss(v, a_pos, scale, normalize=False)
   acc = 0.5 * (jnp.mean(cos_pos > 0.5) + jnp.mean(cos_neg <= 0.5))
@@ -215,7 +209,7 @@ def evaluate_sync(model: syncnet_lib.SyncNet, variables: Any, clips: Batch,
     every clip, one off-sync partner per window (shift in [min_shift, max_shift]).
   * LSE-D / LSE-C / offset (syncnet_python) on the clips, and `offset_acc_k<k>`: fraction of
     clips whose measured offset is exactly -k after delaying the audio by k frames.
-  * lipsync_loss / lipsync_loss_k<k>: `syncnet.lipsync_loss` (unit weight) of the real clips
+  * lipsync_loss / lipsync_loss_k<k>: `sync_loss.lipsync_loss` (unit weight) of the real clips
     with their own audio and with the audio delayed by k frames.
   """
   frame_offset = syncnet_lib.frame_offset_for_alignment(config.data.mel_alignment)
@@ -238,13 +232,13 @@ def evaluate_sync(model: syncnet_lib.SyncNet, variables: Any, clips: Batch,
   report = {"sync_acc": float(0.5 * (np.mean(cos_pos > 0.5) + np.mean(cos_neg <= 0.5))),
             "cos_in_sync": float(cos_pos.mean()), "cos_off_sync": float(cos_neg.mean()),
             "num_pairs": int(2 * len(cos_pos))}
-  lse = jax.jit(lambda v, m: metrics.lse_metrics(
+  lse = jax.jit(lambda v, m: sync_offsets.lse_metrics(
       model, variables, v, m, audio_frame_offset=frame_offset, vshift=config.eval.vshift))
-  lipsync = jax.jit(lambda v, m, key: syncnet_lib.lipsync_loss(
+  lipsync = jax.jit(lambda v, m, key: sync_loss_lib.lipsync_loss(
       model, variables, v, m, key, audio_frame_offset=frame_offset))
   video, mel = jnp.asarray(clips["video"]), jnp.asarray(clips["mel"])
   for k in (0, *config.eval.audio_shifts):
-    shifted = metrics.shift_mel_windows(mel, k)
+    shifted = sync_offsets.shift_mel_windows(mel, k)
     out = lse(video, shifted)
     suffix = "" if k == 0 else f"_k{k}"
     report[f"lipsync_loss{suffix}"] = float(lipsync(video, shifted, jax.random.PRNGKey(seed)))
@@ -375,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("generated %d train clips in %.1fs", d.num_train_clips, time.time() - t0)
   key_sync, key_tv = jax.random.split(jax.random.PRNGKey(config.seed))
 
-  model = build_syncnet(config)
+  model = trained_syncnet.build_syncnet(config)
   step_fn = jax.jit(functools.partial(sync_train_step, model=model,
                                       optimizer=state_lib.make_optimizer(tc), train_config=tc),
                     donate_argnums=0)
@@ -389,7 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if int(state.step) < tc.num_steps:
     return None
   variables = {"params": state.ema_params["syncnet"]}
-  with open(os.path.join(workdir, SYNCNET_FILE), "wb") as f:
+  with open(os.path.join(workdir, trained_syncnet.SYNCNET_FILE), "wb") as f:
     f.write(serialization.to_bytes(variables))
   report = {"syncnet_train_seconds": time.time() - t0}
   val = make_clips("validation", d.num_eval_clips, d.eval_num_frames, d.resolution,
@@ -414,52 +408,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       f.write(serialization.to_bytes({"params": tv_state.ema_params}))
     report.update(evaluate_text_video(tv_model, tv_state.ema_params, val))
 
-  with open(os.path.join(workdir, REPORT_FILE), "w") as f:
+  with open(os.path.join(workdir, trained_syncnet.REPORT_FILE), "w") as f:
     json.dump({"report": report, "config": config.to_dict()}, f, indent=2, default=str)
   logging.info("report: %s", json.dumps(report, indent=2))
   return report
-
-
-def load_syncnet(config: ml_collections.ConfigDict,
-                 workdir: str) -> Tuple[syncnet_lib.SyncNet, Dict[str, Any]]:
-  """(SyncNet, frozen variables) exported by `train_and_evaluate` (`syncnet.msgpack`, the final
-  EMA params) with the same config, ready for `syncnet.lipsync_loss` and `metrics.lse_metrics`."""
-  model = build_syncnet(config)
-  res = config.data.resolution
-  # The variables' structure without running the initializers (an eager init takes seconds).
-  template = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                            jnp.zeros((1, syncnet_lib.SYNC_FRAMES, res - res // 2, res, 3)),
-                            jnp.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS)))
-  with open(os.path.join(workdir, SYNCNET_FILE), "rb") as f:
-    return model, serialization.from_bytes(template, f.read())
-
-
-def load_matching_syncnet(workdir: str, data_config: ml_collections.ConfigDict
-                          ) -> Tuple[syncnet_lib.SyncNet, Dict[str, Any]]:
-  """(SyncNet, frozen variables) saved by `train_and_evaluate` in `workdir`, checked against a
-  video model's `config.data` (resolution: the SyncNet's or a multiple of it, e.g. a 32-px
-  SyncNet for 64-px videos, which it sees downsampled; per-frame mel window length).
-
-  Raises:
-    FileNotFoundError: nothing trained in `workdir`.
-    ValueError: the SyncNet does not fit videos / mel windows of `data_config`.
-  """
-  path = os.path.join(workdir, REPORT_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"no trained SyncNet in {workdir!r} ({REPORT_FILE} missing); train one with "
-        f"python -m gcm_jax.alignment.train_syncnet --workdir={workdir}")
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f)["config"])
-  if data_config.resolution % config.data.resolution:
-    raise ValueError(f"the SyncNet in {workdir!r} was trained at {config.data.resolution}px, "
-                     f"the videos are {data_config.resolution}px (need the SyncNet's "
-                     f"resolution or a multiple of it, which `syncnet.to_image_size` "
-                     f"downsamples)")
-  if data_config.mel_window != syncnet_lib.MEL_FRAMES:
-    raise ValueError(f"SyncNet needs {syncnet_lib.MEL_FRAMES}-frame mel windows, the data has "
-                     f"mel_window={data_config.mel_window}")
-  return load_syncnet(config, workdir)
 
 
 def _main(argv):
@@ -477,13 +429,13 @@ def _main(argv):
 def main() -> None:
   """CLI entry point (flags are defined here, not on import, so importing this module
   from other programs does not clash with their flags)."""
-  config_validation.define_config_flag(
+  config_rules.define_config_flag(
       DEFAULT_CONFIG, "SyncNet / text-video config (default configs/syncnet.py).")
   flags.DEFINE_string("workdir", None, "checkpoints, logs, weights and report.json",
                       required=True)
   flags.DEFINE_integer("stop_at_step", None,
                        "end SyncNet training at that step (checkpointed); rerun to resume")
-  app.run(_main, flags_parser=config_validation.config_flags_parser(flags.FLAGS,
+  app.run(_main, flags_parser=config_rules.config_flags_parser(flags.FLAGS,
                                                                     DEFAULT_CONFIG))
 
 

@@ -4,14 +4,13 @@ The optimizer is AdamW with linear warmup + cosine decay and global-norm clippin
 wrapped in `optax.apply_if_finite`: a step whose gradients contain NaN/Inf leaves
 params, optimizer moments and EMA untouched and is counted in `skipped_steps`.
 """
+import functools
 from typing import Any, Callable, Mapping, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-
-from gcm_jax.models import stdit
 
 PyTree = Any
 
@@ -41,28 +40,31 @@ def learning_rate_schedule(train_config: Mapping[str, Any]) -> optax.Schedule:
       decay_steps=max(train_config["num_steps"], warmup + 1), end_value=0.01 * peak)
 
 
-def _decay_mask(params: PyTree) -> PyTree:
+def _decay_mask(params: PyTree, scanned_key: Optional[str] = None) -> PyTree:
   """Weight decay on matrices only (not biases, norms or 1-D embeddings); the leading
-  `[depth]` axis of scanned blocks (params under `stdit.SCANNED_BLOCKS`) does not count."""
+  `[depth]` axis of scanned blocks (params under the key `scanned_key`) does not count."""
   def is_matrix(path, p):
-    stacked = any(getattr(k, "key", None) == stdit.SCANNED_BLOCKS for k in path)
+    stacked = scanned_key is not None and any(getattr(k, "key", None) == scanned_key
+                                              for k in path)
     return p.ndim - int(stacked) >= 2
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(train_config: Mapping[str, Any],
-                   param_labels: Optional[Callable[[PyTree], PyTree]] = None
-                   ) -> optax.GradientTransformation:
+                   param_labels: Optional[Callable[[PyTree], PyTree]] = None,
+                   scanned_key: Optional[str] = None) -> optax.GradientTransformation:
   """AdamW + warmup/cosine + clipping, skipping updates with non-finite gradients.
 
   `param_labels(params)` may label each parameter "train" or "freeze"; frozen ones get
   zero updates and no optimizer state (e.g. a base model under a ControlNet branch).
+  `scanned_key` names the params of scanned blocks (`stdit.SCANNED_BLOCKS`), whose leading
+  `[depth]` axis the weight-decay mask does not count.
   """
   inner = optax.chain(
       optax.clip_by_global_norm(train_config["grad_clip_norm"]),
       optax.adamw(learning_rate_schedule(train_config), b1=train_config["b1"],
                   b2=train_config["b2"], weight_decay=train_config["weight_decay"],
-                  mask=_decay_mask))
+                  mask=functools.partial(_decay_mask, scanned_key=scanned_key)))
   if param_labels is not None:
     inner = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()},
                                   param_labels)

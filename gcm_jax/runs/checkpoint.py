@@ -14,7 +14,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from gcm_jax.train.state import TrainState
+from gcm_jax.runs.state import TrainState
 
 
 class CheckpointError(RuntimeError):
@@ -114,7 +114,7 @@ class Checkpointer:
           target = os.path.join(aside, f"{step}.{suffix}")
         os.rename(os.path.join(self.directory, str(step)), target)
     if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("gcm_jax.train.checkpoint: set aside")
+      multihost_utils.sync_global_devices("gcm_jax.runs.checkpoint: set aside")
     self._manager.close()
     self._manager = self._make_manager()
     return aside
