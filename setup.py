@@ -35,7 +35,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["gcm_jax", "gcm_jax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    entry_points={"console_scripts": ["gcm-generate=gcm_jax.generate:main"]},
+    entry_points={"console_scripts": ["gcm-generate=gcm_jax.generate:main",
+                                    "gcm-train=gcm_jax.launch:main"]},
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "scipy>=1.13,<2", "nbclient>=0.10,<1",
                  "nbformat>=5.9,<6", "ipykernel>=6.29,<8",

@@ -25,12 +25,11 @@ import ml_collections
 import numpy as np
 
 from gcm_jax import latents
+from gcm_jax.configs import tiny
 from gcm_jax.models import diffusion_model
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import trainer
 
-
-from configs import tiny
 
 # A zero-argument function running the ceiling matmul once, and its FLOPs.
 Ceiling = tuple[Callable[[], Any], float]

@@ -63,6 +63,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from gcm_jax import sampling
+from gcm_jax.configs import pod
+from gcm_jax.configs import talking_faces
 from gcm_jax.data import audio
 from gcm_jax.diffusion import samplers
 from gcm_jax.models import diffusion_model
@@ -70,8 +72,6 @@ from gcm_jax.train import trainer
 
 
 from benchmarks import common
-from configs import pod
-from configs import talking_faces
 
 # Dense (no structured sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets,
 # which list twice these numbers "with sparsity": NVIDIA H100 Tensor Core GPU datasheet

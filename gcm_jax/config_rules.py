@@ -8,12 +8,16 @@ diffusion model, `train_autoencoder.RULES`, ...) and raises one `ConfigError`.
 """
 import dataclasses
 import math
+import os
 import runpy
 import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 from ml_collections import config_flags
+
+from gcm_jax import configs
+
 
 class ConfigError(ValueError):
   """The config has invalid or unknown fields; the message lists every one."""
@@ -74,6 +78,14 @@ def non_negative(path: str) -> Rule:
   return number(path, 0.0)
 
 
+def int_tuple(path: str, minimum: int = 1) -> Rule:
+  """A non-empty tuple (or list) of integers >= `minimum`."""
+  def ok(v):
+    return isinstance(v, (tuple, list)) and len(v) > 0 and all(
+        is_int(c) and c >= minimum for c in v)
+  return Rule(path, ok, f"a non-empty tuple of integers >= {minimum}")
+
+
 def flat_fields(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   """{dotted path: value} of the fields of a nested config dict (`mesh.shape`, a dict of
   axis sizes, counts as one field)."""
@@ -126,10 +138,25 @@ def _exit_for_unknown_overrides(argv: Sequence[str], default_config_path: str,
                    ) from None
 
 
+def config_file(value: str) -> str:
+  """A `--config` value with its file resolved: a path as given, or the name of a config
+  installed with the package (`quick_start`, `autoencoder`, ...; `gcm_jax/configs/`), with
+  any `:arg` kept."""
+  name, colon, arg = value.partition(":")
+  installed = os.path.join(configs.FOLDER, f"{name}.py")
+  if not os.path.exists(name) and os.sep not in name and os.path.exists(installed):
+    return installed + colon + arg
+  return value
+
+
 def define_config_flag(default_config_path: str, help_text: str = "Experiment config."):
   """`config_flags.DEFINE_config_file("config", ...)`, ending with one clear error line if a
   command-line override names an unknown field (ml_collections already applies overrides
-  to the default config here, at definition time)."""
+  to the default config here, at definition time). The default and a `--config=` on the
+  command line may name an installed config (`config_file`)."""
+  sys.argv[1:] = [f"--config={config_file(a.split('=', 1)[1])}" if a.startswith("--config=")
+                  else a for a in sys.argv[1:]]
+  default_config_path = config_file(default_config_path)
   try:
     return config_flags.DEFINE_config_file("config", default_config_path, help_text)
   except (AttributeError, KeyError) as e:
@@ -139,6 +166,7 @@ def define_config_flag(default_config_path: str, help_text: str = "Experiment co
 def config_flags_parser(flag_values, default_config_path: str) -> Callable[[list[str]], list[str]]:
   """An absl `flags_parser` that turns an override of an unknown config field into one clear
   error line instead of ml_collections' bare AttributeError."""
+  default_config_path = config_file(default_config_path)
 
   def parse(argv: list[str]) -> list[str]:
     try:

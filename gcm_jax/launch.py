@@ -1,18 +1,36 @@
 """Validated training entry points: the config is checked whole before anything is built.
 
-  launch.train(config, workdir)   the diffusion model (run_train.py, the notebooks)
+  gcm-train diffusion   --workdir=DIR [--config=quick_start] [--config.a.b=...]
+  gcm-train autoencoder --workdir=DIR [--config=autoencoder]
+  gcm-train syncnet     --workdir=DIR [--config=syncnet]
 
-`trainer.train` itself expects a valid config; call it through here (or validate with
-`config_validation.validate` first) so a bad field stops the run with one clear error and
-leaves the workdir untouched.
+`--config` takes a config installed with the package (`gcm_jax/configs/`, e.g.
+`quick_start`, `cpu_latent_recipe:autoencoder`) or a path to any config file. run_train.py
+is `gcm-train diffusion`; `python -m gcm_jax.train.train_autoencoder` and
+`python -m gcm_jax.train.train_syncnet` are the other two.
+
+From Python, `launch.train(config, workdir)` validates the diffusion config, then trains
+(`trainer.train` itself expects a valid config).
 """
-from typing import Optional
+import sys
+from typing import Callable, Optional
 
 import ml_collections
+from absl import app
+from absl import flags
+from absl import logging
 
+from gcm_jax import config_rules
 from gcm_jax import config_validation
+from gcm_jax.runs import checkpoint
+from gcm_jax.runs import directory
 from gcm_jax.runs import state as state_lib
+from gcm_jax.train import train_autoencoder
+from gcm_jax.train import train_syncnet
 from gcm_jax.train import trainer
+
+
+DIFFUSION_DEFAULT_CONFIG = "tiny"  # gcm_jax/configs/tiny.py
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -21,3 +39,41 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   resumes the diffusion model in `workdir` (`trainer.train`); returns the final state."""
   config_validation.validate(config)
   return trainer.train(config, workdir, stop_at_step=stop_at_step)
+
+
+def _diffusion(argv) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  try:
+    train(flags.FLAGS.config, flags.FLAGS.workdir, stop_at_step=flags.FLAGS.stop_at_step)
+  except (config_rules.ConfigError, directory.ConfigMismatchError,
+          checkpoint.CheckpointError) as e:
+    sys.exit(f"error: {e}")
+
+
+def diffusion_main() -> None:
+  """The diffusion model's command (run_train.py, `gcm-train diffusion`)."""
+  config_rules.define_config_flag(DIFFUSION_DEFAULT_CONFIG,
+                                  "experiment config (default configs/tiny.py)")
+  flags.DEFINE_string("workdir", "/tmp/gcm_jax_tiny", "checkpoints, logs, samples")
+  flags.DEFINE_integer("stop_at_step", None,
+                       "end this run at that step (checkpointed); rerun to resume")
+  app.run(_diffusion, flags_parser=config_rules.config_flags_parser(flags.FLAGS,
+                                                                    DIFFUSION_DEFAULT_CONFIG))
+
+
+COMMANDS: dict[str, Callable[[], None]] = {
+    "diffusion": diffusion_main,
+    "autoencoder": train_autoencoder.main,
+    "syncnet": train_syncnet.main,
+}
+
+
+def main() -> None:
+  """`gcm-train FAMILY [flags]`: the FAMILY's command with the remaining arguments."""
+  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    sys.exit(f"usage: gcm-train {{{'|'.join(COMMANDS)}}} --workdir=DIR [--config=NAME|PATH] "
+             f"[--config.FIELD=VALUE ...]")
+  command = sys.argv.pop(1)
+  sys.argv[0] = f"gcm-train {command}"
+  COMMANDS[command]()

@@ -12,13 +12,15 @@ import ml_collections
 import numpy as np
 import pytest
 
+from gcm_jax import config_rules
 from gcm_jax.alignment import sync_loss
+from gcm_jax.configs import syncnet as syncnet_config
+from gcm_jax.models import trained_syncnet
 from gcm_jax.runs import checkpoint as checkpoint_lib
+from gcm_jax.runs import directory
 from gcm_jax.runs import state as state_lib
 from gcm_jax.train import train_syncnet as ts
 
-
-from configs import syncnet as syncnet_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +81,7 @@ def test_sample_sync_batch_pairs_are_in_and_off_sync(clips):
 def test_sync_train_step_is_pure_and_reduces_loss_on_a_fixed_batch(clips):
   config = _tiny_config()
   config.train.num_steps = 20
-  model = ts.build_syncnet(config)
+  model = trained_syncnet.build_syncnet(config)
   state = ts.create_sync_state(config, jax.random.PRNGKey(0))
   batch = ts.sample_sync_batch(clips, 8, 3, 12, 2, np.random.default_rng(0))
   step = jax.jit(functools.partial(ts.sync_train_step, model=model,
@@ -147,7 +149,7 @@ def test_train_and_evaluate_writes_loadable_syncnet(straight_run):
               "text_video_top1_acc"):
     assert np.isfinite(report[key]), key
   assert (workdir / "report.json").exists() and (workdir / "text_video.msgpack").exists()
-  model, variables = ts.load_syncnet(config, str(workdir))
+  model, variables = trained_syncnet.load_syncnet(config, str(workdir))
   jax.tree.map(np.testing.assert_array_equal, variables["params"],
                _final_state(workdir).ema_params["syncnet"])
   video = jnp.zeros((1, 8, 32, 32, 3))
@@ -155,16 +157,16 @@ def test_train_and_evaluate_writes_loadable_syncnet(straight_run):
   loss = sync_loss.lipsync_loss(model, variables, video, mel, jax.random.PRNGKey(0))
   assert np.isfinite(loss)
   data = ml_collections.ConfigDict(dict(resolution=config.data.resolution, mel_window=16))
-  _, matched = ts.load_matching_syncnet(str(workdir), data)
+  _, matched = trained_syncnet.load_matching_syncnet(str(workdir), data)
   jax.tree.map(np.testing.assert_array_equal, matched, variables)
   # 64-px videos: the 32-px SyncNet sees them downsampled; 48 px is no multiple of 32.
-  ts.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(data, resolution=64)))
+  trained_syncnet.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(data, resolution=64)))
   with pytest.raises(ValueError, match="trained at 32px, the videos are 48px"):
-    ts.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(data, resolution=48)))
+    trained_syncnet.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(data, resolution=48)))
   with pytest.raises(ValueError, match="16-frame mel windows"):
-    ts.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(data, mel_window=8)))
+    trained_syncnet.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(data, mel_window=8)))
   with pytest.raises(FileNotFoundError, match="train_syncnet"):
-    ts.load_matching_syncnet(str(workdir / "missing"), data)
+    trained_syncnet.load_matching_syncnet(str(workdir / "missing"), data)
 
 
 def test_cli_trains_with_the_default_config(tmp_path):
@@ -184,7 +186,7 @@ def test_cli_trains_with_the_default_config(tmp_path):
   assert saved["config"]["model"] == default_model
   assert json.loads(proc.stdout)["sync_acc"] == saved["report"]["sync_acc"]
   assert _logged_steps(workdir) == [2]
-  ts.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(resolution=32,
+  trained_syncnet.load_matching_syncnet(str(workdir), ml_collections.ConfigDict(dict(resolution=32,
                                                                         mel_window=16)))
 
 
@@ -200,3 +202,33 @@ def test_trained_syncnet_detects_sync_and_offsets(tmp_path):
   report = ts.train_and_evaluate(config, str(tmp_path))
   assert report["sync_acc"] > 0.7
   assert report["offset_acc_k3"] > 0.5
+
+
+def test_bad_config_and_a_changed_run_are_refused_before_any_work(tmp_path):
+  """Every bad field named at once (then the constraints between fields), and a workdir
+  holding a run of another config left untouched (as the other trainers do)."""
+  config = _tiny_config()
+  config.model.embed_dim, config.train.ema_decay = 0, 1.0
+  with pytest.raises(config_rules.ConfigError) as e:
+    ts.train_and_evaluate(config, str(tmp_path / "bad"))
+  assert "config.model.embed_dim = 0: expected an integer >= 1" in str(e.value)
+  assert "config.train.ema_decay = 1.0: expected a number in [0.0, 1.0)" in str(e.value)
+  config = _tiny_config()
+  config.train.min_shift, config.train.max_shift = 9, 4  # 20 frames: 16 windows, 8 at most.
+  with pytest.raises(config_rules.ConfigError) as e:
+    ts.train_and_evaluate(config, str(tmp_path / "bad"))
+  assert "config.train.min_shift = 9 must be <= config.train.max_shift = 4" in str(e.value)
+  assert "leaves 16 windows, too few for an off-sync window >= config.train.min_shift = 9" \
+      in str(e.value)
+  assert not (tmp_path / "bad").exists()
+  assert ts.problems(syncnet_config.get_config()) == []
+
+  run = tmp_path / "run"
+  directory.write_config(_tiny_config(), str(run))
+  changed = _tiny_config()
+  changed.model.embed_dim = 32
+  changed.train.num_steps = 8  # Resumable: training longer is not a difference.
+  with pytest.raises(directory.ConfigMismatchError,
+                     match=r"holds a SyncNet run .*\n  config.model.embed_dim: saved 16, now 32$"):
+    ts.train_and_evaluate(changed, str(run))
+  assert sorted(os.listdir(run)) == ["config.json"]

@@ -15,10 +15,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import tiny
 from gcm_jax import sampling
+from gcm_jax.configs import tiny
 from gcm_jax.diffusion import losses, parameterization, samplers, schedules, toy
 from gcm_jax.train import step
+
 
 MIXTURE = toy.ring_mixture(num_modes=4, std=0.3)
 
@@ -135,7 +136,7 @@ def test_sigma_data_reaches_the_sampling_denoiser():
 @pytest.mark.parametrize("section,field,allowed", [
     ("sampling", "spacing", tuple(schedules.SPACINGS)),
     ("sampling", "ddpm_variance", samplers.DDPM_VARIANCES),
-    ("sampling", "sampler", samplers.SAMPLERS),
+    ("sampling", "sampler", tuple(samplers.SAMPLERS)),
     ("diffusion", "noise_distribution", losses.NOISE_DISTRIBUTIONS),
     ("diffusion", "schedule", tuple(schedules.BY_NAME)),
 ])

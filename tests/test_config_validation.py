@@ -4,13 +4,14 @@ import subprocess
 import sys
 
 import pytest
+import setuptools
 
 from gcm_jax import config_rules
 from gcm_jax import config_validation
+from gcm_jax import configs
 from gcm_jax import launch
+from gcm_jax.configs import tiny
 
-
-from configs import tiny
 from tests import train_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +77,7 @@ def test_cross_field_constraints():
 def test_shipped_configs_are_valid():
   import importlib  # pylint: disable=g-import-not-at-top
   for name in ("tiny", "talking_faces", "pod", "video_folder"):
-    assert config_validation.problems(importlib.import_module(f"configs.{name}").get_config()) == []
+    assert config_validation.problems(importlib.import_module(f"gcm_jax.configs.{name}").get_config()) == []
 
 
 @pytest.mark.parametrize("config_flag, override, message", [
@@ -94,3 +95,38 @@ def test_command_line_override_of_an_unknown_field_names_it(tmp_path, config_fla
   assert message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("family, config_name", [
+    ("diffusion", "quick_start"), ("autoencoder", "cpu_latent_recipe:autoencoder"),
+    ("syncnet", "syncnet")])
+def test_gcm_train_runs_each_family_from_an_installed_config_name(tmp_path, family,
+                                                                   config_name):
+  """`gcm-train FAMILY --config=NAME` outside the checkout finds the config inside the
+  package: an override of an unknown field is checked against that config's fields."""
+  proc = subprocess.run(
+      [sys.executable, "-c", "from gcm_jax import launch; launch.main()", family,
+       f"--config={config_name}", f"--workdir={tmp_path}/run", "--config.train.num_stepz=2"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "error: config.train has no field 'num_stepz' (its fields: " in proc.stderr, \
+      proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_gcm_train_names_its_families(monkeypatch):
+  monkeypatch.setattr(sys, "argv", ["gcm-train", "vae"])
+  with pytest.raises(SystemExit, match=r"usage: gcm-train \{diffusion\|autoencoder\|syncnet\}"):
+    launch.main()
+
+
+def test_config_names_resolve_to_the_configs_inside_the_package(tmp_path):
+  assert config_rules.config_file("quick_start") == os.path.join(configs.FOLDER,
+                                                                 "quick_start.py")
+  assert config_rules.config_file("cpu_latent_recipe:autoencoder") == os.path.join(
+      configs.FOLDER, "cpu_latent_recipe.py") + ":autoencoder"
+  own = tmp_path / "quick_start.py"  # A path is taken as it is, even with a known name.
+  own.write_text("")
+  assert config_rules.config_file(str(own)) == str(own)
+  assert config_rules.config_file("no_such_config") == "no_such_config"
+  assert "gcm_jax.configs" in setuptools.find_packages(REPO, include=["gcm_jax", "gcm_jax.*"])

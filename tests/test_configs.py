@@ -35,7 +35,7 @@ def test_latent_recipe_parts_are_consistent():
   """configs/cpu_latent_recipe.py: the autoencoder part passes the autoencoder trainer's
   checks; the diffusion part passes the run checks once its two paths (the autoencoder
   workdir, the SyncNet) are swapped for a random autoencoder of the same grid and no expert."""
-  from configs import cpu_latent_recipe  # pylint: disable=g-import-not-at-top
+  from gcm_jax.configs import cpu_latent_recipe  # pylint: disable=g-import-not-at-top
   from gcm_jax import config_validation  # pylint: disable=g-import-not-at-top
   from gcm_jax.train import train_autoencoder  # pylint: disable=g-import-not-at-top
   autoencoder = cpu_latent_recipe.get_config("autoencoder")
@@ -55,7 +55,7 @@ def test_latent_recipe_parts_are_consistent():
 def test_quick_start_needs_no_other_run():
   """The README's first command passes the run checks on a fresh clone: no SyncNet, no
   autoencoder, the embedded synthetic dataset built on first use."""
-  from configs import quick_start  # pylint: disable=g-import-not-at-top
+  from gcm_jax.configs import quick_start  # pylint: disable=g-import-not-at-top
   from gcm_jax import config_validation  # pylint: disable=g-import-not-at-top
   config = quick_start.get_config()
   assert config_validation.problems(config) == []

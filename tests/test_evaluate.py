@@ -104,7 +104,7 @@ def _syncnet_workdir(path) -> str:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import serialization  # pylint: disable=g-import-not-at-top
-  from configs import syncnet as syncnet_config  # pylint: disable=g-import-not-at-top
+  from gcm_jax.configs import syncnet as syncnet_config  # pylint: disable=g-import-not-at-top
   config = syncnet_config.get_config()
   config.model.update(embed_dim=16, visual_widths=(8, 16), audio_widths=(8, 16))
   shapes = jax.eval_shape(trained_syncnet.build_syncnet(config).init, jax.random.PRNGKey(0),

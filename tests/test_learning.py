@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from gcm_jax import evaluate
+from gcm_jax.configs import tiny
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import schedules
 from gcm_jax.models import diffusion_model
@@ -30,8 +31,6 @@ from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.train import train_syncnet
 from gcm_jax.train import trainer
 
-
-from configs import tiny
 
 NUM_STEPS = 1000
 BATCH_SIZE = 16

@@ -2,7 +2,7 @@
 or the layers below it, imports are at module level, and no two modules import each other
 through any chain.
 
-  1  diffusion/ parallel/ runs/ weights wav_io video_io image_quality config_rules
+  1  diffusion/ parallel/ runs/ configs/ weights wav_io video_io image_quality config_rules
   2  models/ latents frozen_encoders sampling
   3  data/
   4  alignment/
@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {
     "gcm_jax.diffusion": 1, "gcm_jax.parallel": 1, "gcm_jax.runs": 1, "gcm_jax.weights": 1,
     "gcm_jax.wav_io": 1, "gcm_jax.video_io": 1, "gcm_jax.image_quality": 1,
-    "gcm_jax.config_rules": 1,
+    "gcm_jax.config_rules": 1, "gcm_jax.configs": 1,
     "gcm_jax.models": 2, "gcm_jax.latents": 2, "gcm_jax.frozen_encoders": 2,
     "gcm_jax.sampling": 2,
     "gcm_jax.data": 3,

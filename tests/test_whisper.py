@@ -7,6 +7,8 @@ openai-whisper's module names; Whisper's log-mel recipe written in torch
 (with transformers' Slaney filter bank) and transformers' `WhisperFeatureExtractor`;
 LatentSync's window convention (its `Audio2Feature.get_sliced_feature`) worked out by hand.
 """
+import dataclasses
+import json
 import re
 
 import jax
@@ -17,11 +19,12 @@ import torch
 import transformers
 from transformers import audio_utils
 
-from benchmarks import common
-from benchmarks import whisper_features as whisper_bench
 from gcm_jax import weights
 from gcm_jax.models.pretrained import whisper
 from gcm_jax.models.pretrained import whisper_mel
+
+from benchmarks import common
+from benchmarks import whisper_features as whisper_bench
 
 SMALL = whisper.WhisperConfig(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4,
                               n_audio_layer=2)
@@ -48,7 +51,7 @@ def _torch_whisper(config: whisper.WhisperConfig, seed: int = 0) -> transformers
   hf = transformers.WhisperConfig(
       num_mel_bins=config.n_mels, max_source_positions=config.n_audio_ctx,
       d_model=config.n_audio_state, encoder_attention_heads=config.n_audio_head,
-      encoder_layers=config.n_audio_layer, encoder_ffn_dim=4 * config.n_audio_state,
+      encoder_layers=config.n_audio_layer, encoder_ffn_dim=config.n_audio_mlp,
       decoder_layers=1, decoder_attention_heads=config.n_audio_head, decoder_ffn_dim=32,
       vocab_size=64, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
       decoder_start_token_id=1)
@@ -184,6 +187,32 @@ def test_encoder_at_tiny_dims_matches_transformers(tmp_path):
   final, _ = _apply(module, params, mel)
   ref, _ = _reference(model, mel)
   np.testing.assert_allclose(np.asarray(final), ref, atol=1e-4, rtol=0)
+
+
+def test_mlp_width_comes_from_the_checkpoint_not_from_4_x_d_model(tmp_path):
+  """A transformers checkpoint with encoder_ffn_dim = 96 (1.5 x d_model): its config.json
+  gives the width (parity with transformers); a config that says otherwise is refused, naming
+  the field, and so is an activation this port does not compute."""
+  config = dataclasses.replace(SMALL, n_audio_layer=1, n_audio_mlp=96)
+  model = _torch_whisper(config, seed=3)
+  model.save_pretrained(str(tmp_path / "hf"))
+  module, params = whisper.load_whisper_encoder(str(tmp_path / "hf"))
+  assert module.config == config and params["blocks_0"]["mlp1"]["kernel"].shape == (64, 96)
+  mel = np.random.default_rng(4).uniform(-1, 1.5, (1, 3000, 80)).astype(np.float32)
+  final, hidden = _apply(module, params, mel)
+  ref_final, ref_hidden = _reference(model, mel)
+  np.testing.assert_allclose(np.asarray(final), ref_final, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(hidden), ref_hidden, atol=1e-4, rtol=0)
+  with pytest.raises(weights.WeightImportError, match=r"n_audio_mlp: checkpoint 96, config 256"):
+    whisper.load_whisper_encoder(str(tmp_path / "hf"), dataclasses.replace(config,
+                                                                          n_audio_mlp=0))
+  with open(tmp_path / "hf" / "config.json") as f:
+    hf = json.load(f)
+  with open(tmp_path / "hf" / "config.json", "w") as f:
+    json.dump(dict(hf, activation_function="relu"), f)
+  with pytest.raises(weights.WeightImportError,
+                     match=r"activation_function = 'relu' \(this encoder computes 'gelu'\)"):
+    whisper.load_whisper_encoder(str(tmp_path / "hf"))
 
 
 def test_loader_errors_name_the_problem(small, tmp_path):

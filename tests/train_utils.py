@@ -4,11 +4,9 @@ import os
 import ml_collections
 import numpy as np
 
+from gcm_jax.configs import tiny
 from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
-
-
-from configs import tiny
 
 
 def micro_config() -> ml_collections.ConfigDict:

@@ -225,7 +225,7 @@ def random_syncnet_workdir(path: str, resolution: int) -> str:
   import json  # pylint: disable=g-import-not-at-top  # JAX only where a SyncNet is needed.
   import jax  # pylint: disable=g-import-not-at-top
   from flax import serialization  # pylint: disable=g-import-not-at-top
-  from configs import syncnet as syncnet_config  # pylint: disable=g-import-not-at-top
+  from gcm_jax.configs import syncnet as syncnet_config  # pylint: disable=g-import-not-at-top
   from gcm_jax.models import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
   from gcm_jax.models import trained_syncnet  # pylint: disable=g-import-not-at-top
   config = syncnet_config.get_config()

@@ -30,7 +30,7 @@ import numpy as np
 
 from gcm_jax.diffusion import schedules
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "euler", "heun")
+
 DDPM_VARIANCES = ("posterior", "beta")
 
 DenoiseFn = Callable[[Any, jax.Array, Any], Any]
@@ -41,7 +41,7 @@ class SamplerConfig:
   """Static sampler configuration (hashable; pass as a static jit argument).
 
   Attributes:
-    name: one of SAMPLERS.
+    name: a key of SAMPLERS.
     num_steps: N >= 1 grid points before the clean end point.
     schedule: a `schedules` schedule.
     spacing: a key of `schedules.SPACINGS`: "time", "logsnr", "karras", or for a
@@ -66,7 +66,7 @@ class SamplerConfig:
 
   def __post_init__(self):
     if self.name not in SAMPLERS:
-      raise ValueError(f"unknown sampler {self.name!r}; expected one of {SAMPLERS}")
+      raise ValueError(f"unknown sampler {self.name!r}; expected one of {tuple(SAMPLERS)}")
     if not isinstance(self.num_steps, (int, np.integer)) or self.num_steps < 1:
       raise ValueError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
     schedules.time_grid(self.schedule, self.num_steps, self.spacing, self.rho)  # Validates.
@@ -282,12 +282,14 @@ def heun(denoise_fn: DenoiseFn, key: jax.Array, x_T: Any, cond: Any, cfg: Sample
   return _edm_sampler(denoise_fn, key, x_T, cond, cfg, second_order=True)
 
 
-_BY_NAME = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m,
-            "euler": euler, "heun": heun}
+# The sampler registry: name -> sampler (`config.sampling.sampler`).
+SAMPLERS: dict[str, Callable[[DenoiseFn, jax.Array, Any, Any, SamplerConfig], Any]] = {
+    "ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "euler": euler,
+    "heun": heun}
 
 
 def sample(denoise_fn: DenoiseFn, key: jax.Array, x_T: Any, cond: Any, cfg: SamplerConfig) -> Any:
   """Runs the sampler named by cfg.name. Jit with `static_argnames=("denoise_fn", "cfg")` or
   close over them; x_T: noise at the first grid time (see `initial_noise`), any pytree;
   returns x_0 like x_T."""
-  return _BY_NAME[cfg.name](denoise_fn, key, x_T, cond, cfg)
+  return SAMPLERS[cfg.name](denoise_fn, key, x_T, cond, cfg)

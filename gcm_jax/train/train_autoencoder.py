@@ -20,13 +20,14 @@ The KL term divided by the number of pixel values puts `kl_weight` on SD's scale
 reconstruction over pixels and adds 1e-6 x the KL summed over latents). The decoder reads a
 posterior sample. No patch-GAN discriminator (not implemented).
 
-The run uses the diffusion trainer's stack: `gcm_jax.runs.state` (TrainState, AdamW with warmup
-+ cosine decay and clipping, non-finite steps skipped, EMA), Orbax checkpoints with the data
-iterator's position (`gcm_jax.runs.checkpoint`), `metrics.jsonl` + TensorBoard
-(`gcm_jax.train.metrics`). The key of step k is `fold_in(PRNGKey(seed), k)` and the batches
-resume from the iterator state, so rerunning with the same workdir resumes from the newest
-readable checkpoint and reproduces an uninterrupted run (a changed config that defines the run is
-refused, `check_resumable`). After the last step, with the EMA params:
+The run uses the loop every model family shares (`gcm_jax.train.loop`): `gcm_jax.runs.state`
+(TrainState, AdamW with warmup + cosine decay and clipping, non-finite steps skipped, EMA),
+Orbax checkpoints with the data iterator's position (`gcm_jax.runs.checkpoint`),
+`metrics.jsonl` + TensorBoard (`gcm_jax.train.metrics`). The key of step k is
+`fold_in(PRNGKey(seed), k)` and the batches resume from the iterator state, so rerunning with
+the same workdir resumes from the newest readable checkpoint and reproduces an uninterrupted
+run (a changed config that defines the run is refused: `RESUMABLE_FIELDS`,
+`runs.directory.check_resumable`). After the last step, with the EMA params:
 
   * the latent statistics of `latent_stats.num_batches` training batches: shift = mean of the
     posterior means, scale = 1 / std(mean - shift) (as SD3 / Flux compute theirs);
@@ -57,7 +58,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-import tqdm
 from absl import app
 from absl import flags
 from absl import logging
@@ -73,13 +73,12 @@ from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
 from gcm_jax.runs import state as state_lib
-from gcm_jax.train import metrics as metrics_lib
+from gcm_jax.train import loop
 
 
 Batch = Mapping[str, jax.Array]
 REPORT_FILE = "report.json"
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "autoencoder.py")
+DEFAULT_CONFIG = "autoencoder"  # gcm_jax/configs/autoencoder.py
 
 # Per-value reconstruction losses (config.loss.reconstruction).
 RECONSTRUCTION_LOSSES: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -92,15 +91,10 @@ MODEL_FIELDS = ("block_out_channels", "layers_per_block", "latent_channels", "no
                 "mid_block_add_attention")
 
 
-def _int_tuple(v: Any) -> bool:
-  return (isinstance(v, (tuple, list)) and len(v) > 0
-          and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in v))
-
-
 RULES: tuple[cv.Rule, ...] = (
     cv.integer("seed", 0),
     cv.integer("num_devices", 0),
-    cv.Rule("model.block_out_channels", _int_tuple, "a non-empty tuple of integers >= 1"),
+    cv.int_tuple("model.block_out_channels"),
     cv.integer("model.layers_per_block", 1),
     cv.integer("model.latent_channels", 1),
     cv.integer("model.norm_num_groups", 1),
@@ -397,12 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   validate(config, pipeline.DATASETS)
   config = directory.with_data_dir(config, workdir)
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, directory.CHECKPOINT_DIR),
-                                             config.checkpoint)
-  if checkpointer.latest_step() is not None:
-    directory.check_resumable(config, workdir, RESUMABLE_FIELDS, "an autoencoder run")
-  directory.write_config(config, workdir)
-
+  checkpointer = loop.open_run(config, workdir, RESUMABLE_FIELDS, "an autoencoder run")
   mesh = make_mesh(config.num_devices)
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract = abstract_state(config)
@@ -412,6 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state, data_state = ((jax.device_put(create_state(config, jax.random.PRNGKey(config.seed)),
                                         replicated), None) if restored is None
                        else restored)
+  directory.write_config(config, workdir)
   # A data-only config: the pipeline reads no model fields (no frozen-encoder features).
   data_config = ml_collections.ConfigDict({"data": config.data.to_dict()})
   train_keys = ("video",) + (("mouth_region",) if config.loss.mouth_weight != 1.0 else ())
@@ -424,27 +414,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step_fn = compiled_train_step(ae_config, tuple(sorted(config.train.items())),
                                 tuple(sorted(config.loss.items())), replicated)
   base_key = jax.random.PRNGKey(config.seed)
-  start, num_steps = int(state.step), config.train.num_steps
-  last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
-  writer = metrics_lib.MetricWriter(workdir, start_step=start)
+  num_steps = config.train.num_steps
   t0 = time.time()
-  with tqdm.tqdm(total=num_steps, initial=start, desc="autoencoder",
-                 disable=jax.process_index() != 0) as progress:
-    for step in range(start + 1, last_step + 1):
-      batch = next(data)
-      state, scalars = step_fn(state, {k: batch[k] for k in train_keys},
-                               jax.random.fold_in(base_key, step))
-      if step % config.log.every_steps == 0 or step == last_step:
-        scalars = jax.device_get(scalars)
-        writer.write_scalars(step, scalars)
-        progress.set_postfix(loss=f"{float(scalars['loss']):.4f}",
-                             psnr=f"{float(scalars['psnr']):.2f}")
-      if checkpointer.should_save(step, force=step == last_step):
-        checkpointer.save(step, state, {"iterator": data.get_state().decode("utf-8")})
-      progress.update(1)
+  state = loop.run(
+      state, lambda s, batch, step: step_fn(s, {k: batch[k] for k in train_keys},
+                                            jax.random.fold_in(base_key, step)),
+      lambda step: next(data), checkpointer, workdir, num_steps=num_steps,
+      log_every=config.log.every_steps, stop_at_step=stop_at_step,
+      data_state=lambda: {"iterator": data.get_state().decode("utf-8")}, desc="autoencoder",
+      shown=(("loss", ".4f"), ("psnr", ".2f")))
   train_seconds = time.time() - t0
-  checkpointer.close()
-  writer.close()
   if int(state.step) < num_steps:
     return None
 

@@ -11,13 +11,16 @@ audio window) and off-sync pairs (the audio window of the same clip shifted by
 `min_shift..max_shift` frames), trained with Wav2Lip's cosine-BCE plus an optional InfoNCE term
 with in-batch negatives.
 
-Both models train on the diffusion trainer's stack: `gcm_jax.runs.state` (TrainState, AdamW
-with warmup + cosine decay and clipping, non-finite steps skipped, EMA), Orbax checkpoints
-(`gcm_jax.runs.checkpoint`), `metrics.jsonl` + TensorBoard (`gcm_jax.train.metrics`) and a
-tqdm bar. The batch of step k depends only on (seed, k), so rerunning with the same workdir
-resumes from the newest readable checkpoint and reproduces an uninterrupted run. Writes to
-`workdir`:
+Both models train in the loop every model family shares (`gcm_jax.train.loop`):
+`gcm_jax.runs.state` (TrainState, AdamW with warmup + cosine decay and clipping, non-finite
+steps skipped, EMA), Orbax checkpoints (`gcm_jax.runs.checkpoint`), `metrics.jsonl` +
+TensorBoard (`gcm_jax.train.metrics`) and a tqdm bar. The config is validated first (`RULES`,
+`problems`: every bad field named). The batch of step k depends only on (seed, k), so rerunning
+with the same workdir resumes from the newest readable checkpoint and reproduces an
+uninterrupted run; a config that changes a field defining the run is refused
+(`RESUMABLE_FIELDS`, as the other trainers do). Writes to `workdir`:
 
+  config.json                                the run's config (resume check)
   checkpoints/, logs/                        the SyncNet run
   text_video/checkpoints/, text_video/logs/  the text-video run
   syncnet.msgpack     final SyncNet EMA variables (`gcm_jax.models.trained_syncnet` loads it)
@@ -29,6 +32,7 @@ import json
 import os
 import sys
 import time
+import typing
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
@@ -37,7 +41,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from absl import app
 from absl import flags
 from absl import logging
@@ -47,27 +50,107 @@ from gcm_jax import config_rules
 from gcm_jax.alignment import contrastive
 from gcm_jax.alignment import metrics
 from gcm_jax.alignment import sync_loss as sync_loss_lib
+from gcm_jax.data import audio
 from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import corpus
 from gcm_jax.data.talking_faces import generate_example
+from gcm_jax.data.talking_faces import renderer
 from gcm_jax.models import sync_offsets
 from gcm_jax.models import syncnet as syncnet_lib
 from gcm_jax.models import trained_syncnet
 from gcm_jax.runs import checkpoint as checkpoint_lib
+from gcm_jax.runs import directory
 from gcm_jax.runs import state as state_lib
-from gcm_jax.train import metrics as metrics_lib
+from gcm_jax.train import loop
 
 
 Batch = Dict[str, np.ndarray]
 TEXT_VIDEO_FILE = "text_video.msgpack"
-CHECKPOINT_DIR = "checkpoints"  # Orbax checkpoints, under the workdir of each run.
 TEXT_VIDEO_DIR = "text_video"  # The text-video run's checkpoints and logs, under the workdir.
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "syncnet.py")
+DEFAULT_CONFIG = "syncnet"  # gcm_jax/configs/syncnet.py
 
 
 CLIP_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask")
+
+RULES: tuple[config_rules.Rule, ...] = (
+    config_rules.integer("seed", 0),
+    config_rules.one_of("data.resolution", renderer.RESOLUTIONS),
+    config_rules.integer("data.num_frames", syncnet_lib.SYNC_FRAMES + 1),
+    config_rules.integer("data.eval_num_frames", syncnet_lib.SYNC_FRAMES + 1),
+    config_rules.integer("data.num_train_clips", 1),
+    config_rules.integer("data.num_eval_clips", 1),
+    config_rules.one_of("data.mel_alignment", typing.get_args(audio.Alignment)),
+    config_rules.integer("data.text_max_len", 1),
+    config_rules.integer("model.embed_dim", 1),
+    config_rules.int_tuple("model.visual_widths"),
+    config_rules.int_tuple("model.audio_widths"),
+    config_rules.integer("train.batch_size", 1),
+    config_rules.integer("train.num_steps", 1),
+    config_rules.positive("train.learning_rate"),
+    config_rules.integer("train.warmup_steps", 0),
+    config_rules.non_negative("train.weight_decay"),
+    config_rules.positive("train.grad_clip_norm"),
+    config_rules.number("train.b1", 0.0, 1.0, high_open=True),
+    config_rules.number("train.b2", 0.0, 1.0, high_open=True),
+    config_rules.number("train.ema_decay", 0.0, 1.0, high_open=True),
+    config_rules.boolean("train.ema_warmup"),
+    config_rules.non_negative("train.infonce_weight"),
+    config_rules.integer("train.min_shift", 1),
+    config_rules.integer("train.max_shift", 1),
+    config_rules.integer("train.log_every", 1),
+    config_rules.integer("checkpoint.every_steps", 0),
+    config_rules.integer("checkpoint.keep", 1),
+    config_rules.boolean("checkpoint.async_save"),
+    config_rules.integer("eval.vshift", 1),
+    config_rules.Rule("eval.audio_shifts", lambda v: isinstance(v, (tuple, list)) and all(
+        config_rules.is_int(k) for k in v), "a tuple of integers"),
+    config_rules.integer("text_video.num_steps", 0),
+    config_rules.integer("text_video.batch_size", 1),
+    config_rules.positive("text_video.learning_rate"),
+    config_rules.integer("text_video.warmup_steps", 0),
+    config_rules.integer("text_video.embed_dim", 1),
+    config_rules.integer("text_video.text_width", 1),
+    config_rules.integer("text_video.text_layers", 1),
+    config_rules.integer("text_video.text_heads", 1),
+    config_rules.int_tuple("text_video.video_widths"),
+)
+
+# Fields that may differ when a run resumes (a prefix ending in "." covers a section); the
+# others define the run and must equal its config.json.
+RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "text_video.num_steps",
+                    "checkpoint.", "eval.")
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Every problem of a SyncNet-training config, one line each (empty if valid)."""
+  found = config_rules.field_problems(config, RULES, "configs/syncnet.py")
+  if found:
+    return found
+  d, t, tv = config.data, config.train, config.text_video
+  windows = d.num_frames - syncnet_lib.SYNC_FRAMES + 1
+  checks = [
+      (t.min_shift <= t.max_shift, f"config.train.min_shift = {t.min_shift} must be <= "
+                                   f"config.train.max_shift = {t.max_shift}"),
+      # The middle window of a clip has the nearest far end: ceil((windows - 1) / 2) away.
+      (windows - 1 - (windows - 1) // 2 >= t.min_shift,
+       f"config.data.num_frames = {d.num_frames} leaves {windows} windows, too few for an "
+       f"off-sync window >= config.train.min_shift = {t.min_shift} frames from each"),
+      (tv.num_steps == 0 or tv.batch_size <= d.num_train_clips,
+       f"config.text_video.batch_size = {tv.batch_size} needs at least as many distinct "
+       f"clips, config.data.num_train_clips = {d.num_train_clips}"),
+      (tv.text_width % tv.text_heads == 0,
+       f"config.text_video.text_width = {tv.text_width} must be divisible by "
+       f"config.text_video.text_heads = {tv.text_heads}"),
+  ]
+  return [message for ok, message in checks if not ok]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `config_rules.ConfigError` listing every problem of `config` (`problems`)."""
+  found = problems(config)
+  if found:
+    raise config_rules.ConfigError("invalid SyncNet config:\n  " + "\n  ".join(found))
 
 
 def make_clips(split: str, num_clips: int, num_frames: int, resolution: int,
@@ -305,43 +388,32 @@ def _abstract_state(init_fn: Callable[[], state_lib.TrainState]) -> state_lib.Tr
 def fit(init_fn: Callable[[], state_lib.TrainState],
         step_fn: Callable[[state_lib.TrainState, Batch],
                           Tuple[state_lib.TrainState, Dict[str, jax.Array]]],
-        batch_at: Callable[[int], Batch], directory: str, num_steps: int, log_every: int,
+        batch_at: Callable[[int], Batch], run_dir: str, num_steps: int, log_every: int,
         checkpoint_config: Mapping[str, Any], desc: str,
         stop_at_step: Optional[int] = None) -> state_lib.TrainState:
-  """Trains one model to `num_steps`, or resumes it from `<directory>/checkpoints`.
+  """Trains one model to `num_steps` in the shared loop (`gcm_jax.train.loop`), or resumes it
+  from `<run_dir>/checkpoints`.
 
   Args:
     init_fn: () -> the initial TrainState (used when there is no checkpoint yet).
     step_fn: (state, batch) -> (state, scalar metrics with 'loss'), jitted.
     batch_at: step (1-based) -> that step's batch; a pure function of the step, so a resumed
       run trains on the batches of an uninterrupted one.
-    directory: checkpoints go to `<directory>/checkpoints` (every
+    run_dir: checkpoints go to `<run_dir>/checkpoints` (every
       `checkpoint_config['every_steps']` and at the last step), metrics to
-      `<directory>/logs` (every `log_every` steps and at the last step).
+      `<run_dir>/logs` (every `log_every` steps and at the last step).
     desc: the progress bar's label.
     stop_at_step: end at that step (checkpointed) without changing the schedule.
   Returns:
     the state after the last step (restored as is when it was already trained).
   """
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(directory, CHECKPOINT_DIR),
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, directory.CHECKPOINT_DIR),
                                              checkpoint_config)
   restored = checkpoint_lib.restore_for_resume(checkpointer, _abstract_state(init_fn))
   state = init_fn() if restored is None else restored[0]
-  start = int(state.step)
-  last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
-  writer = metrics_lib.MetricWriter(directory, start_step=start)
-  with tqdm.tqdm(total=num_steps, initial=start, desc=desc) as progress:
-    for step in range(start + 1, last_step + 1):
-      state, scalars = step_fn(state, batch_at(step))
-      if step % log_every == 0 or step == last_step:
-        scalars = jax.device_get(scalars)
-        writer.write_scalars(step, scalars)
-        progress.set_postfix(loss=f"{float(scalars['loss']):.4f}")
-      checkpointer.maybe_save(step, state, {}, force=step == last_step)
-      progress.update(1)
-  checkpointer.close()
-  writer.close()
-  return state
+  return loop.run(state, lambda s, batch, step: step_fn(s, batch), batch_at, checkpointer,
+                  run_dir, num_steps=num_steps, log_every=log_every, stop_at_step=stop_at_step,
+                  desc=desc)
 
 
 def _text_video_batch(clips: Batch, batch_size: int, rng: np.random.Generator) -> Batch:
@@ -358,11 +430,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `stop_at_step` ends the SyncNet training at that step (checkpointed, schedule unchanged)
   and returns None before evaluating; rerunning resumes it.
   """
+  validate(config)
+  directory.check_resumable(config, workdir, RESUMABLE_FIELDS, "a SyncNet run")
+  directory.write_config(config, workdir)
   d, tc = config.data, config.train
-  if config.text_video.num_steps > 0 and config.text_video.batch_size > d.num_train_clips:
-    raise ValueError(f"text_video.batch_size={config.text_video.batch_size} needs at least as "
-                     f"many distinct clips, got data.num_train_clips={d.num_train_clips}")
-  os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   train = make_clips("train", d.num_train_clips, d.num_frames, d.resolution, d.mel_alignment,
                      d.text_max_len, config.seed)
@@ -420,7 +491,8 @@ def _main(argv):
   try:
     report = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
                                 stop_at_step=flags.FLAGS.stop_at_step)
-  except checkpoint_lib.CheckpointError as e:
+  except (config_rules.ConfigError, directory.ConfigMismatchError,
+          checkpoint_lib.CheckpointError) as e:
     sys.exit(f"error: {e}")
   if report is not None:
     print(json.dumps(report, indent=2))

@@ -1,9 +1,11 @@
-"""The training loop: the only place with side effects (data, checkpoints, logs, samples).
+"""Training the diffusion model: the only place with its side effects (data, checkpoints,
+logs, samples).
 
 `train(config, workdir)` takes a validated config (`gcm_jax.launch.train` validates it
 first, as run_train.py does), builds the mesh, the sharded train state
 (or restores it from the newest readable checkpoint in `workdir`, after checking that
-the config matches the saved one), and runs the jitted train step. With
+the config matches the saved one), and runs the jitted train step in the shared loop
+(`gcm_jax.train.loop`). With
 `config.control.enabled` the run trains a ControlNet branch on the frozen EMA params of
 the base run in `config.control.base_workdir` (`gcm_jax.models.control`). `config.json` is
 written only once the state is initialized or restored, so a failed resume never
@@ -18,7 +20,6 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 
 from gcm_jax import latents
 from gcm_jax import sampling
@@ -32,7 +33,7 @@ from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
 from gcm_jax.runs import state as state_lib
-from gcm_jax.train import metrics as metrics_lib
+from gcm_jax.train import loop
 from gcm_jax.train import step as step_lib
 
 
@@ -196,43 +197,38 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """
   mesh_lib.initialize_distributed(config.distributed)
   config = directory.with_data_dir(config, workdir)
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, directory.CHECKPOINT_DIR),
-                                             config.checkpoint)
-  if checkpointer.latest_step() is not None:
-    directory.check_resumable(config, workdir, RESUMABLE_FIELDS)
+  checkpointer = loop.open_run(config, workdir, RESUMABLE_FIELDS, "a run")
   mesh = mesh_lib.make_mesh(config.mesh)
   state, shardings, data_state = restore_or_init(config, mesh, checkpointer)
   directory.write_config(config, workdir)
   step_keys = step_lib.batch_keys(config)
   data = pipeline.make_dataset(config, "train", mesh, batch_axes=mesh_lib.BATCH_AXES,
-                               seed=config.seed, device_keys=step_keys + conditioning.cond_keys(config.model))
+                               seed=config.seed,
+                               device_keys=step_keys + conditioning.cond_keys(config.model))
   if data_state is not None:
     data.set_state(data_state["iterator"].encode("utf-8"))
   train_step = compile_train_step(config, mesh, shardings)
-  start = int(state.step)
-  writer = metrics_lib.MetricWriter(workdir, start_step=start)
   num_steps = config.train.num_steps
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
   write_samples = SampleWriter(config, mesh, workdir) if config.log.num_samples else None
   every = config.log.sample_every_steps
-  batch = None
-  with tqdm.tqdm(total=num_steps, initial=start, desc="train",
-                 disable=jax.process_index() != 0) as progress:
-    for step in range(start + 1, last_step + 1):
-      batch = next(data)
-      state, metrics = train_step(state, {k: batch[k] for k in step_keys})
-      if step % config.log.every_steps == 0 or step == last_step:
-        metrics = jax.device_get(metrics)
-        writer.write_scalars(step, metrics)
-        progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-      if checkpointer.should_save(step, force=step == last_step):  # Iterator state only then.
-        checkpointer.save(step, state, {"iterator": data.get_state().decode("utf-8")})
-      if write_samples and every and step % every == 0 and step != last_step:
-        write_samples(state, batch, step)  # The last step's samples are written below.
-      progress.update(1)
-  checkpointer.close()
-  if batch is not None and write_samples:
-    for path in write_samples(state, batch, last_step):
+  last_batch = []
+
+  def next_batch(step: int) -> Mapping[str, Any]:
+    del step
+    last_batch[:] = [next(data)]
+    return last_batch[0]
+
+  def after_step(step: int, state: state_lib.TrainState, batch: Mapping[str, Any]) -> None:
+    if write_samples and every and step % every == 0 and step != last_step:
+      write_samples(state, batch, step)  # The last step's samples are written below.
+
+  state = loop.run(state, lambda s, batch, step: train_step(s, {k: batch[k] for k in step_keys}),
+                   next_batch, checkpointer, workdir, num_steps=num_steps,
+                   log_every=config.log.every_steps, stop_at_step=stop_at_step,
+                   data_state=lambda: {"iterator": data.get_state().decode("utf-8")},
+                   after_step=after_step)
+  if last_batch and write_samples:
+    for path in write_samples(state, last_batch[0], last_step):
       print(f"sample: {path}")
-  writer.close()
   return state

@@ -3,13 +3,17 @@
 Model (openai-whisper `model.AudioEncoder` = transformers' `WhisperEncoder`): log-mel
 `[B, 3000, n_mels]` -> conv1 (k3, s1) + GELU -> conv2 (k3, s2) + GELU -> + sinusoidal
 positions `[1500, D]` -> `n_audio_layer` pre-LN residual blocks (self-attention whose key
-projection has no bias, then a 4D GELU MLP; LayerNorm eps 1e-5, exact erf GELU) -> ln_post
--> `[B, 1500, D]`: 50 feature frames per second.
+projection has no bias, then a GELU MLP of width `n_audio_mlp`, 4D in every openai-whisper
+checkpoint; LayerNorm eps 1e-5, exact erf GELU) -> ln_post -> `[B, 1500, D]`: 50 feature
+frames per second.
 
 Weights: `load_whisper_encoder` reads an openai-whisper `.pt` (`{"dims", "model_state_dict"}`,
 keys `encoder.blocks.N.attn.query.weight`, ...) or an HF `openai/whisper-*` safetensors
 file / folder (keys `model.encoder.layers.N.self_attn.q_proj.weight`, ..., with or without
-`model.`) through `gcm_jax.weights`; decoder keys are ignored. Nothing is downloaded: users
+`model.`) through `gcm_jax.weights`; decoder keys are ignored. Every dimension comes from the
+checkpoint (its `dims` or `config.json`, checked against the tensors' shapes); a
+`config.json` asking for what this encoder does not compute (another activation) is refused
+with the field named. Nothing is downloaded: users
 fetch e.g. openai-whisper's `tiny.pt` or the HF `openai/whisper-tiny` folder themselves.
 
 Frame features (`whisper_frame_features`), LatentSync's convention
@@ -38,18 +42,25 @@ from gcm_jax import weights
 from gcm_jax.models import attention
 from gcm_jax.models.pretrained import whisper_mel
 
+
 FEATURES_PER_SECOND = 50  # Encoder frames per second (conv2 halves the 100 Hz mel).
 SAMPLES_PER_FEATURE = whisper_mel.SAMPLE_RATE // FEATURES_PER_SECOND  # 320
 
 
 @dataclasses.dataclass(frozen=True)
 class WhisperConfig:
-  """The encoder half of openai-whisper's `ModelDimensions`."""
+  """The encoder half of openai-whisper's `ModelDimensions`, plus the MLP width
+  (transformers' `encoder_ffn_dim`; 0 means openai-whisper's 4 x n_audio_state)."""
   n_mels: int
   n_audio_ctx: int
   n_audio_state: int
   n_audio_head: int
   n_audio_layer: int
+  n_audio_mlp: int = 0
+
+  def __post_init__(self):
+    if not self.n_audio_mlp:
+      object.__setattr__(self, "n_audio_mlp", 4 * self.n_audio_state)
 
 
 CONFIGS: dict[str, WhisperConfig] = {
@@ -73,6 +84,7 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
 class ResidualAttentionBlock(nn.Module):
   """Pre-LN self-attention + MLP block, `[B, L, D]` -> `[B, L, D]`."""
   num_heads: int
+  mlp_width: int
   implementation: Optional[str] = None
 
   @nn.compact
@@ -86,7 +98,7 @@ class ResidualAttentionBlock(nn.Module):
     out = attention.attend(q, k, v, implementation=self.implementation)
     x = x + nn.Dense(d, name="out")(out.reshape(b, length, d))
     h = nn.LayerNorm(epsilon=1e-5, name="mlp_ln")(x)
-    h = nn.Dense(4 * d, name="mlp1")(h)
+    h = nn.Dense(self.mlp_width, name="mlp1")(h)
     return x + nn.Dense(d, name="mlp2")(nn.gelu(h, approximate=False))
 
 
@@ -114,7 +126,8 @@ class WhisperEncoder(nn.Module):
     x = x + positions
     hidden = [x]
     for i in range(c.n_audio_layer):
-      x = ResidualAttentionBlock(c.n_audio_head, self.implementation, name=f"blocks_{i}")(x)
+      x = ResidualAttentionBlock(c.n_audio_head, c.n_audio_mlp, self.implementation,
+                                 name=f"blocks_{i}")(x)
       hidden.append(x)
     return nn.LayerNorm(epsilon=1e-5, name="ln_post")(x), jnp.stack(hidden, axis=2)
 
@@ -186,7 +199,10 @@ def _checkpoint_dims(state: weights.StateDict, fmt: _Format, prefix: str) -> dic
   while f"{prefix}{fmt.block.format(i=n_layer)}{fmt.block_map['query'][0]}.weight" in state:
     n_layer += 1
   n_ctx = state[prefix + fmt.positions].shape[0] if prefix + fmt.positions in state else None
-  return dict(n_mels=n_mels, n_audio_ctx=n_ctx, n_audio_state=n_state, n_audio_layer=n_layer)
+  mlp1 = f"{prefix}{fmt.block.format(i=0)}{fmt.block_map['mlp1'][0]}.weight"
+  n_mlp = state[mlp1].shape[0] if mlp1 in state else None
+  return dict(n_mels=n_mels, n_audio_ctx=n_ctx, n_audio_state=n_state, n_audio_layer=n_layer,
+              n_audio_mlp=n_mlp)
 
 
 def _openai_metadata(path: str) -> Optional[WhisperConfig]:
@@ -198,7 +214,12 @@ def _openai_metadata(path: str) -> Optional[WhisperConfig]:
   dims = obj.get("dims") if isinstance(obj, dict) else None
   if not isinstance(dims, dict):
     return None
-  return WhisperConfig(**{f.name: int(dims[f.name]) for f in dataclasses.fields(WhisperConfig)})
+  return WhisperConfig(**{f.name: int(dims[f.name]) for f in dataclasses.fields(WhisperConfig)
+                          if f.name in dims})
+
+
+# transformers' WhisperConfig fields that change the encoder's computation and are fixed here.
+_TRANSFORMERS_FIXED = {"activation_function": "gelu"}
 
 
 def _transformers_metadata(path: str) -> Optional[WhisperConfig]:
@@ -209,8 +230,15 @@ def _transformers_metadata(path: str) -> Optional[WhisperConfig]:
     return None
   with open(config_path) as f:
     hf = json.load(f)
+  unsupported = [f"{key} = {hf[key]!r} (this encoder computes {value!r})"
+                 for key, value in _TRANSFORMERS_FIXED.items() if key in hf and hf[key] != value]
+  if unsupported:
+    raise weights.WeightImportError(
+        f"{config_path} asks for a Whisper encoder this port does not compute: "
+        + "; ".join(unsupported))
   return WhisperConfig(hf["num_mel_bins"], hf["max_source_positions"], hf["d_model"],
-                       hf["encoder_attention_heads"], hf["encoder_layers"])
+                       hf["encoder_attention_heads"], hf["encoder_layers"],
+                       hf.get("encoder_ffn_dim", 4 * hf["d_model"]))
 
 
 _METADATA: dict[str, Callable[[str], Optional[WhisperConfig]]] = {

@@ -34,8 +34,9 @@ the color misses came from").
 """
 import ml_collections
 
-from configs import autoencoder as autoencoder_config
-from configs import cpu_recipe
+from gcm_jax.configs import autoencoder as autoencoder_config
+from gcm_jax.configs import cpu_recipe
+
 
 AUTOENCODER_WORKDIR = "/tmp/latent_ae"
 RESOLUTION = 64

@@ -1,7 +1,7 @@
 """One-GPU config: 64x64, 16 frames, a ~40M-parameter model, bf16 compute."""
 import ml_collections
 
-from configs import tiny
+from gcm_jax.configs import tiny
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ in docs/results.md, "The quick start").
 """
 import ml_collections
 
-from configs import cpu_recipe
+from gcm_jax.configs import cpu_recipe
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -17,7 +17,7 @@ the training expert.)
 """
 import ml_collections
 
-from configs import tiny
+from gcm_jax.configs import tiny
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ given by --config.data.data_dir:
 """
 import ml_collections
 
-from configs import talking_faces
+from gcm_jax.configs import talking_faces
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -7,7 +7,7 @@ Measured PSNR / SSIM and time: docs/training.md "Training your own autoencoder".
 """
 import ml_collections
 
-from configs import tiny
+from gcm_jax.configs import tiny
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ clusters pass --config.distributed.coordinator_address=HOST0:PORT
 """
 import ml_collections
 
-from configs import talking_faces
+from gcm_jax.configs import talking_faces
 
 
 def get_config() -> ml_collections.ConfigDict:
