@@ -148,7 +148,8 @@ def test_train_and_evaluate_writes_loadable_syncnet(straight_run):
   for key in ("sync_acc", "lse_d", "lse_c", "offset_acc_k3", "text_video_score_matched",
               "text_video_top1_acc"):
     assert np.isfinite(report[key]), key
-  assert (workdir / "report.json").exists() and (workdir / "text_video.msgpack").exists()
+  assert (workdir / "report.json").exists() and (workdir / "text_video_params").is_dir()
+  assert (workdir / trained_syncnet.SYNCNET_FILE).is_dir()  # Orbax exports.
   model, variables = trained_syncnet.load_syncnet(config, str(workdir))
   jax.tree.map(np.testing.assert_array_equal, variables["params"],
                _final_state(workdir).ema_params["syncnet"])

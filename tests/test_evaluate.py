@@ -97,22 +97,21 @@ def test_sampling_trajectory_reads_every_denoiser_call_then_the_sample():
 
 
 def _syncnet_workdir(path) -> str:
-  """A small SyncNet with random weights saved as train_syncnet exports it (syncnet.msgpack +
+  """A small SyncNet with random weights saved as train_syncnet exports it (syncnet_params/ +
   report.json with its config)."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import serialization  # pylint: disable=g-import-not-at-top
   from gcm_jax.configs import syncnet as syncnet_config  # pylint: disable=g-import-not-at-top
+  from gcm_jax.runs import export  # pylint: disable=g-import-not-at-top
   config = syncnet_config.get_config()
   config.model.update(embed_dim=16, visual_widths=(8, 16), audio_widths=(8, 16))
   shapes = jax.eval_shape(trained_syncnet.build_syncnet(config).init, jax.random.PRNGKey(0),
                           jnp.zeros((1, 5, 16, 32, 3)), jnp.zeros((1, 16, 80)))
   rng = np.random.default_rng(0)  # random values: an eager init takes seconds on CPU
   variables = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(s.dtype), shapes)
-  with open(os.path.join(path, trained_syncnet.SYNCNET_FILE), "wb") as f:
-    f.write(serialization.to_bytes(variables))
+  export.save_params(os.path.join(path, trained_syncnet.SYNCNET_FILE), variables)
   with open(os.path.join(path, trained_syncnet.REPORT_FILE), "w", encoding="utf-8") as f:
     json.dump({"report": {}, "config": config.to_dict()}, f)
   return str(path)

@@ -152,24 +152,35 @@ def test_latent_run_trains_samples_and_generates(tmp_path):
 
 def test_a_trained_autoencoder_workdir_brings_its_scale_and_shift(tmp_path):
   """source 'workdir': the autoencoder saved by train_autoencoder (written here by hand in
-  its format: autoencoder.json + msgpack params) encodes with its own scale and shift."""
+  its format: autoencoder.json + the params as Orbax, or as the msgpack file earlier versions
+  wrote) encodes with its own scale and shift; both formats of the same params are the same
+  autoencoder (one identity, so one latent cache)."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   from flax import serialization  # pylint: disable=g-import-not-at-top
+  from gcm_jax.runs import export  # pylint: disable=g-import-not-at-top
   base = latents.load(_config())
   trained = dataclasses.replace(base.config, scaling_factor=0.5, shift_factor=0.25)
-  (tmp_path / trained_autoencoder.PARAMS_FILE).write_bytes(serialization.msgpack_serialize(
+  orbax_run, msgpack_run = tmp_path / "orbax", tmp_path / "msgpack"
+  export.save_params(str(orbax_run / trained_autoencoder.PARAMS_FILE), base.params)
+  msgpack_run.mkdir()
+  (msgpack_run / "autoencoder.msgpack").write_bytes(serialization.msgpack_serialize(
       serialization.to_state_dict(jax.device_get(base.params))))
-  (tmp_path / trained_autoencoder.AUTOENCODER_FILE).write_text(json.dumps(
-      {"config": dataclasses.asdict(trained), "params_file": trained_autoencoder.PARAMS_FILE}))
-  config = _config()
-  config.latent.update(source="workdir", path=str(tmp_path))
-  config_validation.validate(config)
-  own = latents.load(config)
-  video = jax.random.uniform(jax.random.PRNGKey(0), (1, 2, 32, 32, 3), minval=-1, maxval=1)
-  mean, _ = base.module.apply({"params": base.params}, video, method=ae.AutoencoderKL.encode)
-  np.testing.assert_allclose(own.encode(video), (mean - 0.25) * 0.5, atol=1e-5)
-  assert own.identity.startswith("own:") and own.identity != base.identity
+  identities = []
+  for run, params_file in ((orbax_run, trained_autoencoder.PARAMS_FILE),
+                           (msgpack_run, "autoencoder.msgpack")):
+    (run / trained_autoencoder.AUTOENCODER_FILE).write_text(json.dumps(
+        {"config": dataclasses.asdict(trained), "params_file": params_file}))
+    config = _config()
+    config.latent.update(source="workdir", path=str(run))
+    config_validation.validate(config)
+    own = latents.load(config)
+    video = jax.random.uniform(jax.random.PRNGKey(0), (1, 2, 32, 32, 3), minval=-1, maxval=1)
+    mean, _ = base.module.apply({"params": base.params}, video, method=ae.AutoencoderKL.encode)
+    np.testing.assert_allclose(own.encode(video), (mean - 0.25) * 0.5, atol=1e-5)
+    assert own.identity.startswith("own:") and own.identity != base.identity
+    identities.append(own.identity)
+  assert identities[0] == identities[1]
 
 
 def test_decoded_pixel_loss_compares_the_decoded_estimate_with_the_frames():

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from flax import serialization
 from skimage.metrics import structural_similarity
 
 from gcm_jax import config_rules
@@ -20,6 +19,7 @@ from gcm_jax.data import pipeline
 from gcm_jax.models import autoencoder as ae
 from gcm_jax.models import trained_autoencoder
 from gcm_jax.runs import directory
+from gcm_jax.runs import export
 from gcm_jax.train import train_autoencoder as ta
 
 
@@ -177,29 +177,31 @@ def test_load_trained_autoencoder_scales_held_out_latents(runs):
   assert abs(latents.std() - 1.0) < LATENT_TOLERANCE, latents.std()
 
 
+def _copy_export(workdir: str, copy: str) -> str:
+  """`copy` holding the autoencoder exported in `workdir` (its json and params folder)."""
+  os.makedirs(copy)
+  shutil.copy(os.path.join(workdir, trained_autoencoder.AUTOENCODER_FILE), copy)
+  shutil.copytree(os.path.join(workdir, trained_autoencoder.PARAMS_FILE),
+                  os.path.join(copy, trained_autoencoder.PARAMS_FILE))
+  return copy
+
+
 def test_identity_follows_the_params(runs, tmp_path):
   identity = trained_autoencoder.autoencoder_identity(runs["straight"])
   assert identity.startswith("own:") and identity == trained_autoencoder.autoencoder_identity(runs["straight"])
-  copy = str(tmp_path / "copy")
-  os.makedirs(copy)
-  for name in (trained_autoencoder.AUTOENCODER_FILE, trained_autoencoder.PARAMS_FILE):
-    shutil.copy(os.path.join(runs["straight"], name), copy)
+  copy = _copy_export(runs["straight"], str(tmp_path / "copy"))
   assert trained_autoencoder.autoencoder_identity(copy) == identity  # Content, not location.
   _, params = trained_autoencoder.load_trained_autoencoder(copy)
   params = jax.tree.map(np.asarray, params)
   params["decoder"]["conv_out"]["bias"] = params["decoder"]["conv_out"]["bias"] + 1e-3
-  with open(os.path.join(copy, trained_autoencoder.PARAMS_FILE), "wb") as f:
-    f.write(serialization.msgpack_serialize(params))
+  export.save_params(os.path.join(copy, trained_autoencoder.PARAMS_FILE), params)
   assert trained_autoencoder.autoencoder_identity(copy) != identity
 
 
 def test_load_errors(runs, tmp_path):
   with pytest.raises(FileNotFoundError, match="no trained autoencoder"):
     trained_autoencoder.load_trained_autoencoder(str(tmp_path))
-  copy = str(tmp_path / "copy")
-  os.makedirs(copy)
-  for name in (trained_autoencoder.AUTOENCODER_FILE, trained_autoencoder.PARAMS_FILE):
-    shutil.copy(os.path.join(runs["straight"], name), copy)
+  copy = _copy_export(runs["straight"], str(tmp_path / "copy"))
   with open(os.path.join(copy, trained_autoencoder.AUTOENCODER_FILE)) as f:
     saved = json.load(f)
   saved["config"]["latent_channels"] = 8

@@ -220,14 +220,14 @@ def write_all(folder: str, specs=SPECS) -> dict[str, str]:
 
 
 def random_syncnet_workdir(path: str, resolution: int) -> str:
-  """A train_syncnet-style workdir (report.json + syncnet.msgpack) holding a randomly
+  """A train_syncnet-style workdir (report.json + syncnet_params/) holding a randomly
   initialized project SyncNet for `resolution`-pixel faces: real plumbing, arbitrary scores."""
   import json  # pylint: disable=g-import-not-at-top  # JAX only where a SyncNet is needed.
   import jax  # pylint: disable=g-import-not-at-top
-  from flax import serialization  # pylint: disable=g-import-not-at-top
   from gcm_jax.configs import syncnet as syncnet_config  # pylint: disable=g-import-not-at-top
   from gcm_jax.models import syncnet as syncnet_lib  # pylint: disable=g-import-not-at-top
   from gcm_jax.models import trained_syncnet  # pylint: disable=g-import-not-at-top
+  from gcm_jax.runs import export  # pylint: disable=g-import-not-at-top
   config = syncnet_config.get_config()
   config.data.resolution = resolution
   r = resolution
@@ -235,8 +235,7 @@ def random_syncnet_workdir(path: str, resolution: int) -> str:
       jax.random.PRNGKey(0), np.zeros((1, syncnet_lib.SYNC_FRAMES, r - r // 2, r, 3), np.float32),
       np.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS), np.float32))
   os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, trained_syncnet.SYNCNET_FILE), "wb") as f:
-    f.write(serialization.to_bytes(variables))
+  export.save_params(os.path.join(path, trained_syncnet.SYNCNET_FILE), variables)
   with open(os.path.join(path, trained_syncnet.REPORT_FILE), "w", encoding="utf-8") as f:
     json.dump({"report": {}, "config": config.to_dict()}, f)
   return path

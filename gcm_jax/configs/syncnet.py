@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
       grad_clip_norm=1.0,
       b1=0.9,
       b2=0.999,
-      ema_decay=0.0,            # syncnet.msgpack and report.json use the EMA (0: last params)
+      ema_decay=0.0,            # syncnet_params/ and report.json use the EMA (0: last params)
       ema_warmup=True,
       infonce_weight=0.5,       # 0: pure Wav2Lip BCE
       min_shift=3,              # off-sync audio shift range (frames), same clip

@@ -2,9 +2,10 @@
 
 A `python -m gcm_jax.train.train_autoencoder` workdir holds, once the run has finished:
 
-  autoencoder.msgpack  the final EMA params (flax msgpack)
+  autoencoder_params/  the final EMA params (an Orbax folder, `runs.export`; runs of earlier
+                       versions wrote `autoencoder.msgpack`, which still loads)
   autoencoder.json     {"config": AutoencoderConfig fields with the data's scaling_factor and
-                        shift_factor, "step", "params": "ema", "params_file"}
+                        shift_factor, "step", "params": "ema", "params_file": the params' name}
 
 `load_trained_autoencoder(workdir)` returns (AutoencoderConfig, params) for latent diffusion
 and `autoencoder_identity(workdir)` a string that changes whenever those change (the key of
@@ -18,12 +19,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from flax import serialization
 
 from gcm_jax.models import autoencoder as ae
+from gcm_jax.runs import export
 
 
-PARAMS_FILE = "autoencoder.msgpack"
+PARAMS_FILE = "autoencoder_params"
 AUTOENCODER_FILE = "autoencoder.json"
 
 
@@ -63,7 +64,7 @@ def load_trained_autoencoder(workdir: str) -> tuple[ae.AutoencoderConfig, dict[s
 
   Returns:
     (config with the data's scaling_factor / shift_factor, params): the EMA params of the
-    final checkpoint (`autoencoder.msgpack`), for
+    final checkpoint (`autoencoder_params/`, or an earlier version's `autoencoder.msgpack`), for
     `AutoencoderKL(config).apply({"params": params}, ...)` and `scale_latents(z, config)`.
 
   Raises:
@@ -73,8 +74,7 @@ def load_trained_autoencoder(workdir: str) -> tuple[ae.AutoencoderConfig, dict[s
   saved = _read_autoencoder_json(workdir)
   fields = dict(saved["config"], block_out_channels=tuple(saved["config"]["block_out_channels"]))
   config = ae.AutoencoderConfig(**fields)
-  with open(os.path.join(workdir, saved["params_file"]), "rb") as f:
-    params = serialization.msgpack_restore(f.read())
+  params = export.load_params(os.path.join(workdir, saved["params_file"]))
   expected = {jax.tree_util.keystr(p): x.shape for p, x in
               jax.tree_util.tree_leaves_with_path(ae.expected_params(config))}
   found = {jax.tree_util.keystr(p): x.shape for p, x in
@@ -90,11 +90,10 @@ def load_trained_autoencoder(workdir: str) -> tuple[ae.AutoencoderConfig, dict[s
 
 
 def autoencoder_identity(workdir: str) -> str:
-  """"own:<sha256>" of the trained autoencoder's saved config (with scale / shift) and params;
-  any change of either changes it (key for cached latents)."""
+  """"own:<sha256>" of the trained autoencoder's saved config (with scale / shift) and param
+  values; any change of either changes it (key for cached latents)."""
   saved = _read_autoencoder_json(workdir)
-  digest = hashlib.sha256(json.dumps(saved, sort_keys=True).encode("utf-8"))
-  with open(os.path.join(workdir, saved["params_file"]), "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
+  digest = hashlib.sha256(json.dumps(dict(saved, params_file=None), sort_keys=True)
+                          .encode("utf-8"))
+  digest.update(export.params_digest(load_trained_autoencoder(workdir)[1]).encode("utf-8"))
   return f"own:{digest.hexdigest()}"

@@ -1,8 +1,9 @@
 """The SyncNet a `python -m gcm_jax.train.train_syncnet` run saved, and the network a SyncNet
 config describes.
 
-A finished run's workdir holds `syncnet.msgpack` (the final EMA variables) and `report.json`
-(held-out metrics and the run's config, from which the network is rebuilt).
+A finished run's workdir holds `syncnet_params/` (the final EMA variables, an Orbax folder:
+`gcm_jax.runs.export`; runs of earlier versions wrote `syncnet.msgpack`, which still loads)
+and `report.json` (held-out metrics and the run's config, from which the network is rebuilt).
 """
 import json
 import os
@@ -11,12 +12,13 @@ from typing import Any, Dict, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import serialization
 
 from gcm_jax.models import syncnet as syncnet_lib
+from gcm_jax.runs import export
 
 
-SYNCNET_FILE = "syncnet.msgpack"
+SYNCNET_FILE = "syncnet_params"
+LEGACY_SYNCNET_FILE = "syncnet.msgpack"  # What earlier versions exported.
 REPORT_FILE = "report.json"
 
 
@@ -31,7 +33,8 @@ def build_syncnet(config: ml_collections.ConfigDict) -> syncnet_lib.SyncNet:
 def load_syncnet(config: ml_collections.ConfigDict,
                  workdir: str) -> Tuple[syncnet_lib.SyncNet, Dict[str, Any]]:
   """(SyncNet, frozen variables) exported by `train_syncnet.train_and_evaluate`
-  (`syncnet.msgpack`, the final EMA params) with the same config, ready for
+  (`syncnet_params/` or an earlier `syncnet.msgpack`: the final EMA params) with the same
+  config, ready for
   `sync_loss.lipsync_loss` and `sync_offsets.lse_metrics`."""
   model = build_syncnet(config)
   res = config.data.resolution
@@ -39,15 +42,18 @@ def load_syncnet(config: ml_collections.ConfigDict,
   template = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                             jnp.zeros((1, syncnet_lib.SYNC_FRAMES, res - res // 2, res, 3)),
                             jnp.zeros((1, syncnet_lib.MEL_FRAMES, syncnet_lib.NUM_MELS)))
-  with open(os.path.join(workdir, SYNCNET_FILE), "rb") as f:
-    return model, serialization.from_bytes(template, f.read())
+  path = os.path.join(workdir, SYNCNET_FILE)
+  if not os.path.exists(path) and os.path.exists(os.path.join(workdir, LEGACY_SYNCNET_FILE)):
+    path = os.path.join(workdir, LEGACY_SYNCNET_FILE)
+  return model, export.load_params(path, template)
 
 
 def load_matching_syncnet(workdir: str, data_config: ml_collections.ConfigDict
                           ) -> Tuple[syncnet_lib.SyncNet, Dict[str, Any]]:
   """(SyncNet, frozen variables) saved by `train_syncnet.train_and_evaluate` in `workdir`,
-  checked against a video model's `config.data` (resolution: the SyncNet's or a multiple of it, e.g. a 32-px
-  SyncNet for 64-px videos, which it sees downsampled; per-frame mel window length).
+  checked against a video model's `config.data` (resolution: the SyncNet's or a multiple of
+  it, e.g. a 32-px SyncNet for 64-px videos, which it sees downsampled; per-frame mel window
+  length).
 
   Raises:
     FileNotFoundError: nothing trained in `workdir`.

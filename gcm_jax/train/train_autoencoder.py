@@ -37,13 +37,14 @@ Writes to `workdir`:
 
   config.json          the run's config (resume check)
   checkpoints/, logs/  Orbax checkpoints, metrics.jsonl + TensorBoard
-  autoencoder.msgpack  the final EMA params
+  autoencoder_params/  the final EMA params (Orbax, `gcm_jax.runs.export`)
   autoencoder.json     {"config": AutoencoderConfig fields with the data's scaling_factor and
                         shift_factor, "step", "params": "ema"}
   report.json          {"report": held-out PSNR / SSIM, latent statistics, times; "config"}
 
-`load_trained_autoencoder(workdir)` returns (AutoencoderConfig, params) for latent diffusion and
-`autoencoder_identity(workdir)` a string that changes whenever those change (latent caches).
+`gcm_jax.models.trained_autoencoder.load_trained_autoencoder(workdir)` returns
+(AutoencoderConfig, params) for latent diffusion and `autoencoder_identity(workdir)` a string
+that changes whenever those change (latent caches).
 """
 import dataclasses
 import functools
@@ -61,7 +62,6 @@ import optax
 from absl import app
 from absl import flags
 from absl import logging
-from flax import serialization
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gcm_jax import config_rules as cv
@@ -72,6 +72,7 @@ from gcm_jax.models import trained_autoencoder
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
+from gcm_jax.runs import export
 from gcm_jax.runs import state as state_lib
 from gcm_jax.train import loop
 
@@ -443,12 +444,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             f"{config.eval.split}_frames": quality["num_frames"],
             "scaling_factor": scale, "shift_factor": shift, "step": num_steps,
             "train_seconds_this_run": train_seconds, "eval_seconds": time.time() - t0}
+  export.save_params(os.path.join(workdir, trained_autoencoder.PARAMS_FILE), params)
   if jax.process_index() == 0:
-    host_params = jax.device_get(params)
-    params_path = os.path.join(workdir, trained_autoencoder.PARAMS_FILE)
-    with open(params_path + ".tmp", "wb") as f:
-      f.write(serialization.msgpack_serialize(serialization.to_state_dict(host_params)))
-    os.replace(params_path + ".tmp", params_path)
     trained = autoencoder_config(config, scaling_factor=scale, shift_factor=shift)
     _write_json(os.path.join(workdir, trained_autoencoder.AUTOENCODER_FILE),
                 {"config": dataclasses.asdict(trained), "step": num_steps, "params": "ema",

@@ -23,8 +23,9 @@ uninterrupted run; a config that changes a field defining the run is refused
   config.json                                the run's config (resume check)
   checkpoints/, logs/                        the SyncNet run
   text_video/checkpoints/, text_video/logs/  the text-video run
-  syncnet.msgpack     final SyncNet EMA variables (`gcm_jax.models.trained_syncnet` loads it)
-  text_video.msgpack  final text-video EMA params
+  syncnet_params/     final SyncNet EMA variables (Orbax, `gcm_jax.runs.export`;
+                      `gcm_jax.models.trained_syncnet` loads it)
+  text_video_params/  final text-video EMA params (Orbax)
   report.json         held-out metrics and the config
 """
 import functools
@@ -44,7 +45,6 @@ import optax
 from absl import app
 from absl import flags
 from absl import logging
-from flax import serialization
 
 from gcm_jax import config_rules
 from gcm_jax.alignment import contrastive
@@ -61,12 +61,13 @@ from gcm_jax.models import syncnet as syncnet_lib
 from gcm_jax.models import trained_syncnet
 from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
+from gcm_jax.runs import export
 from gcm_jax.runs import state as state_lib
 from gcm_jax.train import loop
 
 
 Batch = Dict[str, np.ndarray]
-TEXT_VIDEO_FILE = "text_video.msgpack"
+TEXT_VIDEO_FILE = "text_video_params"
 TEXT_VIDEO_DIR = "text_video"  # The text-video run's checkpoints and logs, under the workdir.
 DEFAULT_CONFIG = "syncnet"  # gcm_jax/configs/syncnet.py
 
@@ -454,8 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if int(state.step) < tc.num_steps:
     return None
   variables = {"params": state.ema_params["syncnet"]}
-  with open(os.path.join(workdir, trained_syncnet.SYNCNET_FILE), "wb") as f:
-    f.write(serialization.to_bytes(variables))
+  export.save_params(os.path.join(workdir, trained_syncnet.SYNCNET_FILE), variables)
   report = {"syncnet_train_seconds": time.time() - t0}
   val = make_clips("validation", d.num_eval_clips, d.eval_num_frames, d.resolution,
                    d.mel_alignment, d.text_max_len, config.seed + 1)
@@ -475,8 +475,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                   np.random.default_rng((config.seed, 1, step))),
                    os.path.join(workdir, TEXT_VIDEO_DIR), tv_config["num_steps"], tc.log_every,
                    config.checkpoint, "text-video")
-    with open(os.path.join(workdir, TEXT_VIDEO_FILE), "wb") as f:
-      f.write(serialization.to_bytes({"params": tv_state.ema_params}))
+    export.save_params(os.path.join(workdir, TEXT_VIDEO_FILE), {"params": tv_state.ema_params})
     report.update(evaluate_text_video(tv_model, tv_state.ema_params, val))
 
   with open(os.path.join(workdir, trained_syncnet.REPORT_FILE), "w") as f:
