@@ -367,7 +367,6 @@ def test_tfds_build_command_line_builds_the_module(tmp_path):
   assert builder.is_prepared() and len(builder.as_data_source("train")) == 3
 
 
-@pytest.mark.slow
 def test_parallel_build_writes_the_same_data(tmp_path):
   sizes = dict(resolution=32, num_frames=4, num_train=20, num_validation=0, num_test=0)
   sources = [talking_faces.build(str(tmp_path / str(w)), num_workers=w, **sizes)
@@ -378,7 +377,6 @@ def test_parallel_build_writes_the_same_data(tmp_path):
     np.testing.assert_array_equal(a["video"], b["video"])
 
 
-@pytest.mark.slow
 def test_building_200_examples_gives_200_distinct_well_formed_clips(tmp_path):
   source = talking_faces.build(str(tmp_path), resolution=32, num_frames=16, num_train=200,
                                num_validation=0, num_test=0).as_data_source("train")
