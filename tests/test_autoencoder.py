@@ -207,9 +207,14 @@ def test_per_frame_application(coders):
   decoded = decode(mean)
   for t in range(video.shape[1]):
     m, lv = encode(video[:, t:t + 1])
-    np.testing.assert_allclose(mean[:, t:t + 1], m, atol=1e-5)
-    np.testing.assert_allclose(logvar[:, t:t + 1], lv, atol=1e-5)
-    np.testing.assert_allclose(decoded[:, t:t + 1], decode(mean[:, t:t + 1]), atol=1e-5)
+    # One frame vs the whole clip: other batch shapes, other float32 orderings, whose
+    # rounding grows with the values.
+    np.testing.assert_allclose(mean[:, t:t + 1], m, atol=1e-5 * max(1.0, float(np.abs(m).max())))
+    np.testing.assert_allclose(logvar[:, t:t + 1], lv,
+                               atol=1e-5 * max(1.0, float(np.abs(lv).max())))
+    np.testing.assert_allclose(
+        decoded[:, t:t + 1], decode(mean[:, t:t + 1]),
+        atol=1e-5 * max(1.0, float(np.abs(decoded).max())))
 
 
 def test_latent_scale_sample_and_kl():

@@ -65,13 +65,16 @@ def test_cache_equals_fresh_encodes_and_is_reused(tmp_path, monkeypatch):
   bundle = text_encoders.load_text_encoder("minilm")
   emb, mask = text_encoders.encode_texts(bundle, [r["caption"].decode() for r in records],
                                          TEXT_LENGTH)
-  np.testing.assert_allclose(cached["text_embeddings"], emb, atol=1e-5)
+  # float32 rounding grows with the values; another batch shape reorders the arithmetic.
+  np.testing.assert_allclose(cached["text_embeddings"], emb,
+                             atol=1e-5 * max(1.0, float(np.abs(emb).max())))
   np.testing.assert_array_equal(cached["text_mask"], mask)
   w = encoders.whisper
   for i, r in enumerate(records):
     direct = whisper.whisper_frame_features(w.module, w.params, r["audio"], 4, context=1,
                                             layers="final")
-    np.testing.assert_allclose(cached["whisper"][i], direct, atol=1e-5)
+    np.testing.assert_allclose(cached["whisper"][i], direct,
+                               atol=1e-5 * max(1.0, float(np.abs(direct).max())))
   assert cached["whisper"].shape == (3, 4, 2 * 3, 384)
 
   def fail(*args, **kwargs):
