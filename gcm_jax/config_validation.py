@@ -41,7 +41,9 @@ from gcm_jax.models import syncnet
 from gcm_jax.models.pretrained import text_encoders
 from gcm_jax.models.pretrained import whisper
 from gcm_jax.parallel import mesh as mesh_lib
+from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
+from gcm_jax.runs import state as state_lib
 from gcm_jax.train import step
 
 
@@ -151,15 +153,7 @@ RULES: tuple[Rule, ...] = (
     non_negative("sampling.text_scale"),
     non_negative("sampling.audio_scale"),
     # Optimization.
-    integer("train.num_steps", 1),
-    positive("train.learning_rate"),
-    integer("train.warmup_steps", 0),
-    non_negative("train.weight_decay"),
-    positive("train.grad_clip_norm"),
-    number("train.ema_decay", 0.0, 1.0, high_open=True),
-    boolean("train.ema_warmup"),
-    number("train.b1", 0.0, 1.0, high_open=True),
-    number("train.b2", 0.0, 1.0, high_open=True),
+    *state_lib.optimizer_rules(),
     # Mesh and hosts.
     Rule("mesh.shape", _mesh_shape_ok,
          f"a dict over axes {mesh_lib.MESH_AXES} of sizes >= 1, at most one -1"),
@@ -170,9 +164,7 @@ RULES: tuple[Rule, ...] = (
     integer("distributed.process_id", 0),
     boolean("distributed.auto_detect"),
     # Checkpoints and logs.
-    integer("checkpoint.every_steps", 0),
-    integer("checkpoint.keep", 1),
-    boolean("checkpoint.async_save"),
+    *checkpoint_lib.CHECKPOINT_RULES,
     integer("log.every_steps", 1),
     integer("log.sample_every_steps", 0),
     integer("log.num_samples", 0),

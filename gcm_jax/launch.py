@@ -16,15 +16,10 @@ import sys
 from typing import Callable, Optional
 
 import ml_collections
-from absl import app
-from absl import flags
-from absl import logging
 
-from gcm_jax import config_rules
 from gcm_jax import config_validation
-from gcm_jax.runs import checkpoint
-from gcm_jax.runs import directory
 from gcm_jax.runs import state as state_lib
+from gcm_jax.train import command
 from gcm_jax.train import train_autoencoder
 from gcm_jax.train import train_syncnet
 from gcm_jax.train import trainer
@@ -41,25 +36,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return trainer.train(config, workdir, stop_at_step=stop_at_step)
 
 
-def _diffusion(argv) -> None:
-  del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  try:
-    train(flags.FLAGS.config, flags.FLAGS.workdir, stop_at_step=flags.FLAGS.stop_at_step)
-  except (config_rules.ConfigError, directory.ConfigMismatchError,
-          checkpoint.CheckpointError) as e:
-    sys.exit(f"error: {e}")
-
-
 def diffusion_main() -> None:
   """The diffusion model's command (run_train.py, `gcm-train diffusion`)."""
-  config_rules.define_config_flag(DIFFUSION_DEFAULT_CONFIG,
-                                  "experiment config (default configs/tiny.py)")
-  flags.DEFINE_string("workdir", "/tmp/gcm_jax_tiny", "checkpoints, logs, samples")
-  flags.DEFINE_integer("stop_at_step", None,
-                       "end this run at that step (checkpointed); rerun to resume")
-  app.run(_diffusion, flags_parser=config_rules.config_flags_parser(flags.FLAGS,
-                                                                    DIFFUSION_DEFAULT_CONFIG))
+  command.run(train, DIFFUSION_DEFAULT_CONFIG, "experiment")
 
 
 COMMANDS: dict[str, Callable[[], None]] = {

@@ -15,7 +15,7 @@ N). Each window is conditioned on the already generated frames it overlaps and s
 cond[key][:, s_w:s_w + T_window] for every time-indexed condition (default 'mel' [B, N, W, 80]).
 The loop over windows is a `lax.scan`; each window is one `samplers.sample` call.
 """
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -14,7 +14,15 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from gcm_jax import config_rules
 from gcm_jax.runs.state import TrainState
+
+# The checks of `config.checkpoint`, the fields a Checkpointer reads.
+CHECKPOINT_RULES = (
+    config_rules.integer("checkpoint.every_steps", 0),
+    config_rules.integer("checkpoint.keep", 1),
+    config_rules.boolean("checkpoint.async_save"),
+)
 
 
 class CheckpointError(RuntimeError):

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gcm_jax import config_rules
+
 PyTree = Any
 
 
@@ -69,6 +71,21 @@ def make_optimizer(train_config: Mapping[str, Any],
     inner = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()},
                                   param_labels)
   return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)
+
+
+def optimizer_rules(section: str = "train") -> tuple[config_rules.Rule, ...]:
+  """The checks of the `config.<section>` fields `make_optimizer` and `apply_gradients` read."""
+  return (
+      config_rules.integer(f"{section}.num_steps", 1),
+      config_rules.positive(f"{section}.learning_rate"),
+      config_rules.integer(f"{section}.warmup_steps", 0),
+      config_rules.non_negative(f"{section}.weight_decay"),
+      config_rules.positive(f"{section}.grad_clip_norm"),
+      config_rules.number(f"{section}.b1", 0.0, 1.0, high_open=True),
+      config_rules.number(f"{section}.b2", 0.0, 1.0, high_open=True),
+      config_rules.number(f"{section}.ema_decay", 0.0, 1.0, high_open=True),
+      config_rules.boolean(f"{section}.ema_warmup"),
+  )
 
 
 def create_state(params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:

@@ -51,7 +51,6 @@ import functools
 import itertools
 import json
 import os
-import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -59,8 +58,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import app
-from absl import flags
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -74,6 +71,7 @@ from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
 from gcm_jax.runs import export
 from gcm_jax.runs import state as state_lib
+from gcm_jax.train import command
 from gcm_jax.train import loop
 
 
@@ -106,21 +104,11 @@ RULES: tuple[cv.Rule, ...] = (
     cv.non_negative("loss.ssim_weight"),
     cv.non_negative("loss.kl_weight"),
     cv.positive("loss.mouth_weight"),
-    cv.integer("train.num_steps", 1),
+    *state_lib.optimizer_rules(),
     cv.integer("train.frames_per_clip", 1),
-    cv.positive("train.learning_rate"),
-    cv.integer("train.warmup_steps", 0),
-    cv.non_negative("train.weight_decay"),
-    cv.positive("train.grad_clip_norm"),
-    cv.number("train.ema_decay", 0.0, 1.0, high_open=True),
-    cv.boolean("train.ema_warmup"),
-    cv.number("train.b1", 0.0, 1.0, high_open=True),
-    cv.number("train.b2", 0.0, 1.0, high_open=True),
     cv.one_of("eval.split", EVAL_SPLITS),
     cv.integer("latent_stats.num_batches", 1),
-    cv.integer("checkpoint.every_steps", 0),
-    cv.integer("checkpoint.keep", 1),
-    cv.boolean("checkpoint.async_save"),
+    *checkpoint_lib.CHECKPOINT_RULES,
     cv.integer("log.every_steps", 1),
 )
 
@@ -456,26 +444,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return report
 
 
-def _main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  try:
-    report = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
-                                stop_at_step=flags.FLAGS.stop_at_step)
-  except (cv.ConfigError, directory.ConfigMismatchError, checkpoint_lib.CheckpointError) as e:
-    sys.exit(f"error: {e}")
-  if report is not None:
-    print(json.dumps(report, indent=2))
-
-
 def main() -> None:
-  """CLI entry point (flags are defined here, not on import)."""
-  cv.define_config_flag(DEFAULT_CONFIG, "autoencoder config (default configs/autoencoder.py).")
-  flags.DEFINE_string("workdir", None, "checkpoints, logs, weights, autoencoder.json, report.json",
-                      required=True)
-  flags.DEFINE_integer("stop_at_step", None,
-                       "end training at that step (checkpointed); rerun to resume")
-  app.run(_main, flags_parser=cv.config_flags_parser(flags.FLAGS, DEFAULT_CONFIG))
+  """`python -m gcm_jax.train.train_autoencoder` (`gcm-train autoencoder`)."""
+  command.run(train_and_evaluate, DEFAULT_CONFIG, "autoencoder")
 
 
 if __name__ == "__main__":

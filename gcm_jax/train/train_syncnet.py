@@ -31,7 +31,6 @@ uninterrupted run; a config that changes a field defining the run is refused
 import functools
 import json
 import os
-import sys
 import time
 import typing
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -42,8 +41,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app
-from absl import flags
 from absl import logging
 
 from gcm_jax import config_rules
@@ -63,6 +60,7 @@ from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
 from gcm_jax.runs import export
 from gcm_jax.runs import state as state_lib
+from gcm_jax.train import command
 from gcm_jax.train import loop
 
 
@@ -87,22 +85,12 @@ RULES: tuple[config_rules.Rule, ...] = (
     config_rules.int_tuple("model.visual_widths"),
     config_rules.int_tuple("model.audio_widths"),
     config_rules.integer("train.batch_size", 1),
-    config_rules.integer("train.num_steps", 1),
-    config_rules.positive("train.learning_rate"),
-    config_rules.integer("train.warmup_steps", 0),
-    config_rules.non_negative("train.weight_decay"),
-    config_rules.positive("train.grad_clip_norm"),
-    config_rules.number("train.b1", 0.0, 1.0, high_open=True),
-    config_rules.number("train.b2", 0.0, 1.0, high_open=True),
-    config_rules.number("train.ema_decay", 0.0, 1.0, high_open=True),
-    config_rules.boolean("train.ema_warmup"),
+    *state_lib.optimizer_rules(),
     config_rules.non_negative("train.infonce_weight"),
     config_rules.integer("train.min_shift", 1),
     config_rules.integer("train.max_shift", 1),
     config_rules.integer("train.log_every", 1),
-    config_rules.integer("checkpoint.every_steps", 0),
-    config_rules.integer("checkpoint.keep", 1),
-    config_rules.boolean("checkpoint.async_save"),
+    *checkpoint_lib.CHECKPOINT_RULES,
     config_rules.integer("eval.vshift", 1),
     config_rules.Rule("eval.audio_shifts", lambda v: isinstance(v, (tuple, list)) and all(
         config_rules.is_int(k) for k in v), "a tuple of integers"),
@@ -484,30 +472,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return report
 
 
-def _main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  try:
-    report = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
-                                stop_at_step=flags.FLAGS.stop_at_step)
-  except (config_rules.ConfigError, directory.ConfigMismatchError,
-          checkpoint_lib.CheckpointError) as e:
-    sys.exit(f"error: {e}")
-  if report is not None:
-    print(json.dumps(report, indent=2))
-
-
 def main() -> None:
-  """CLI entry point (flags are defined here, not on import, so importing this module
-  from other programs does not clash with their flags)."""
-  config_rules.define_config_flag(
-      DEFAULT_CONFIG, "SyncNet / text-video config (default configs/syncnet.py).")
-  flags.DEFINE_string("workdir", None, "checkpoints, logs, weights and report.json",
-                      required=True)
-  flags.DEFINE_integer("stop_at_step", None,
-                       "end SyncNet training at that step (checkpointed); rerun to resume")
-  app.run(_main, flags_parser=config_rules.config_flags_parser(flags.FLAGS,
-                                                                    DEFAULT_CONFIG))
+  """`python -m gcm_jax.train.train_syncnet` (`gcm-train syncnet`)."""
+  command.run(train_and_evaluate, DEFAULT_CONFIG, "SyncNet / text-video")
 
 
 if __name__ == "__main__":
