@@ -23,7 +23,6 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gcm_jax import config_rules
@@ -36,6 +35,7 @@ from gcm_jax.data.talking_faces import talking_faces
 from gcm_jax.data.video_folder import builder as video_folder
 from gcm_jax.data.video_folder import faces
 from gcm_jax.models import tokenizer
+from gcm_jax.parallel import mesh as mesh_lib
 
 
 SPLITS = ("train", "validation", "test")
@@ -327,7 +327,7 @@ def _talking_faces_source(data_cfg: ml_collections.ConfigDict, split: str):
   if jax.process_index() == 0 or not data_cfg.build_if_missing:
     builder = _prepared(get_builder(), data_cfg.build_if_missing)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("gcm_jax.data.pipeline: dataset built")
+    mesh_lib.wait_for_processes("gcm_jax.data.pipeline: dataset built")
     builder = _prepared(get_builder(), data_cfg.build_if_missing)
   return builder.as_data_source(split)
 
@@ -410,7 +410,7 @@ def with_frozen_features(config: ml_collections.ConfigDict, source, split: str):
                                                 config.data.num_frames)
   features = load() if jax.process_index() == 0 else None
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f"gcm_jax.data.pipeline: {split} features cached")
+    mesh_lib.wait_for_processes(f"gcm_jax.data.pipeline: {split} features cached")
     features = load()
   return feature_cache.WithFeatures(source, features)
 

@@ -7,12 +7,15 @@ The mesh has three named axes:
 The batch is split over ('data', 'fsdp'). Which array axis goes to which mesh axis is
 decided by config.mesh.logical_axis_rules, never in model code.
 """
+import collections
 import math
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
 import flax.linen as nn
 import jax
+from jax._src import distributed as jax_distributed  # The coordination client (as JAX's own
+# array_serialization uses it): no public barrier takes a timeout.
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -105,3 +108,24 @@ def initialize_distributed(distributed_config: Mapping[str, Any]) -> bool:
     logging.info("config.distributed.auto_detect: no cluster found (%s); one process", e)
     return False
   return True
+
+
+BARRIER_TIMEOUT_S = 24 * 3600
+_barrier_uses: collections.Counter = collections.Counter()
+
+
+def wait_for_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """Blocks until every process of a multi-process run has reached the barrier `name` (a
+  no-op with one process).
+
+  A barrier of the coordination service, not a device collective: the first collective of a
+  CPU run sets up gloo, which gives the other processes only 30 s to arrive, less than one
+  process may lag another while it builds a dataset or compiles on a loaded machine.
+  Processes pass the same names in the same order (each use of a name is its own barrier).
+  """
+  client = jax_distributed.global_state.client
+  if client is None or jax.process_count() == 1:
+    return
+  _barrier_uses[name] += 1
+  client.wait_at_barrier(f"{name}#{_barrier_uses[name]}", timeout_in_ms=timeout_s * 1000)
+

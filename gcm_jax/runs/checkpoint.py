@@ -11,10 +11,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from gcm_jax import config_rules
+from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.runs.state import TrainState
 
 # The checks of `config.checkpoint`, the fields a Checkpointer reads.
@@ -122,7 +122,7 @@ class Checkpointer:
           target = os.path.join(aside, f"{step}.{suffix}")
         os.rename(os.path.join(self.directory, str(step)), target)
     if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("gcm_jax.runs.checkpoint: set aside")
+      mesh_lib.wait_for_processes("gcm_jax.runs.checkpoint: set aside")
     self._manager.close()
     self._manager = self._make_manager()
     return aside

@@ -110,9 +110,14 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   frozen = jax.device_put(frozen, mesh_lib.replicated(mesh))
   rules = config.mesh.logical_axis_rules
 
+  compiled = []
+
   def run(state, batch):
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      return jitted(state, batch, frozen)
+      if not compiled:  # Compile, then meet: the step's collectives find every process there.
+        compiled.append(jitted.lower(state, batch, frozen).compile())
+        mesh_lib.wait_for_processes("gcm_jax.train.trainer: train step compiled")
+      return compiled[0](state, batch, frozen)
 
   return run
 
