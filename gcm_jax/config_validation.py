@@ -325,7 +325,8 @@ def _control_problems(c: ml_collections.ConfigDict) -> list[str]:
   model = config_rules.flat_fields(json.loads(c.model.to_json()))  # As it would be saved.
   found += [f"config.model.{k} = {model.get(k, '<missing>')!r} but the base run in {base} has "
             f"{v!r} (the branch needs the base's model config)"
-            for k, v in config_rules.flat_fields(saved.get("model", {})).items() if model.get(k) != v]
+            for k, v in config_rules.flat_fields(saved.get("model", {})).items()
+            if model.get(k) != v]
   return found
 
 

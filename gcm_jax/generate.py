@@ -107,9 +107,10 @@ def check_control_maps(config: ml_collections.ConfigDict, maps: Optional[np.ndar
                      f"{num_frames} video frames")
 
 
-def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarray, sample_rate: int,
-             key: jax.Array, motion_frames: Optional[int] = None, progress: bool = True,
-             control_maps: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarray,
+             sample_rate: int, key: jax.Array, motion_frames: Optional[int] = None,
+             progress: bool = True, control_maps: Optional[np.ndarray] = None
+             ) -> tuple[np.ndarray, np.ndarray]:
   """Generates a video for `text` and the voice `samples` (`[S]` or `[S, channels]`).
 
   A ControlNet run needs `control_maps` `[N, R, R, Cc]` with N >= the video's frames (see
