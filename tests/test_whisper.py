@@ -168,7 +168,7 @@ def test_padded_log_mel_matches_whisper_feature_extractor():
     ("small.pt", None),  # openai-whisper, dims from the .pt
 ])
 def test_encoder_matches_transformers_for_each_checkpoint_layout(small, checkpoint, size):
-  module, params = whisper.load_whisper_encoder(str(small["dir"] / checkpoint), size)
+  module, params = whisper.load_encoder(str(small["dir"] / checkpoint), size)
   assert module.config == SMALL
   final, hidden = _apply(module, params, small["mel"])
   np.testing.assert_allclose(np.asarray(final), small["final"], atol=1e-4, rtol=0)
@@ -181,7 +181,7 @@ def test_encoder_at_tiny_dims_matches_transformers(tmp_path):
   safetensors.torch.save_file(
       {f"model.encoder.{k}": v.contiguous() for k, v in model.encoder.state_dict().items()},
       str(tmp_path / "tiny.safetensors"))
-  module, params = whisper.load_whisper_encoder(str(tmp_path / "tiny.safetensors"))
+  module, params = whisper.load_encoder(str(tmp_path / "tiny.safetensors"))
   assert module.config == whisper.CONFIGS["tiny"]  # Named config found from the shapes.
   mel = np.random.default_rng(2).uniform(-1, 1.5, (1, 3000, 80)).astype(np.float32)
   final, _ = _apply(module, params, mel)
@@ -196,7 +196,7 @@ def test_mlp_width_comes_from_the_checkpoint_not_from_4_x_d_model(tmp_path):
   config = dataclasses.replace(SMALL, n_audio_layer=1, n_audio_mlp=96)
   model = _torch_whisper(config, seed=3)
   model.save_pretrained(str(tmp_path / "hf"))
-  module, params = whisper.load_whisper_encoder(str(tmp_path / "hf"))
+  module, params = whisper.load_encoder(str(tmp_path / "hf"))
   assert module.config == config and params["blocks_0"]["mlp1"]["kernel"].shape == (64, 96)
   mel = np.random.default_rng(4).uniform(-1, 1.5, (1, 3000, 80)).astype(np.float32)
   final, hidden = _apply(module, params, mel)
@@ -204,7 +204,7 @@ def test_mlp_width_comes_from_the_checkpoint_not_from_4_x_d_model(tmp_path):
   np.testing.assert_allclose(np.asarray(final), ref_final, atol=1e-4, rtol=0)
   np.testing.assert_allclose(np.asarray(hidden), ref_hidden, atol=1e-4, rtol=0)
   with pytest.raises(weights.WeightImportError, match=r"n_audio_mlp: checkpoint 96, config 256"):
-    whisper.load_whisper_encoder(str(tmp_path / "hf"), dataclasses.replace(config,
+    whisper.load_encoder(str(tmp_path / "hf"), dataclasses.replace(config,
                                                                           n_audio_mlp=0))
   with open(tmp_path / "hf" / "config.json") as f:
     hf = json.load(f)
@@ -212,29 +212,29 @@ def test_mlp_width_comes_from_the_checkpoint_not_from_4_x_d_model(tmp_path):
     json.dump(dict(hf, activation_function="relu"), f)
   with pytest.raises(weights.WeightImportError,
                      match=r"activation_function = 'relu' \(this encoder computes 'gelu'\)"):
-    whisper.load_whisper_encoder(str(tmp_path / "hf"))
+    whisper.load_encoder(str(tmp_path / "hf"))
 
 
 def test_loader_errors_name_the_problem(small, tmp_path):
   with pytest.raises(weights.WeightImportError, match=r"n_audio_state: checkpoint 64, config 384"):
-    whisper.load_whisper_encoder(str(small["dir"] / "small.pt"), "tiny")
+    whisper.load_encoder(str(small["dir"] / "small.pt"), "tiny")
   with pytest.raises(weights.WeightImportError, match=r"matches no named config"):
-    whisper.load_whisper_encoder(str(small["dir"] / "bare.safetensors"))
+    whisper.load_encoder(str(small["dir"] / "bare.safetensors"))
   with pytest.raises(ValueError, match=r"unknown Whisper size 'huge'"):
-    whisper.load_whisper_encoder(str(small["dir"] / "bare.safetensors"), "huge")
+    whisper.load_encoder(str(small["dir"] / "bare.safetensors"), "huge")
   state = weights.read_safetensors(str(small["dir"] / "bare.safetensors"))
   del state["model.encoder.layers.1.fc2.bias"]
   state["model.encoder.extra.weight"] = np.zeros(3, np.float32)
   torch_state = {k: torch.from_numpy(v) for k, v in state.items()}
   safetensors.torch.save_file(torch_state, str(tmp_path / "damaged.safetensors"))
   with pytest.raises(weights.WeightImportError) as e:
-    whisper.load_whisper_encoder(str(tmp_path / "damaged.safetensors"), SMALL)
+    whisper.load_encoder(str(tmp_path / "damaged.safetensors"), SMALL)
   assert "model.encoder.layers.1.fc2.bias (for blocks_1/mlp2/bias)" in str(e.value)
   assert "model.encoder.extra.weight" in str(e.value)
   assert "decoder" not in str(e.value)  # Decoder keys are ignored, not reported.
   safetensors.torch.save_file({"conv.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
   with pytest.raises(weights.WeightImportError, match=r"no Whisper encoder found"):
-    whisper.load_whisper_encoder(str(tmp_path / "other.safetensors"))
+    whisper.load_encoder(str(tmp_path / "other.safetensors"))
 
 
 # --- frame windows ---------------------------------------------------------------------------
@@ -247,12 +247,12 @@ def test_frame_window_indices_by_hand():
 
 
 def test_frame_features_follow_latentsync(small):
-  module, params = whisper.load_whisper_encoder(str(small["dir"] / "small.pt"))
+  module, params = whisper.load_encoder(str(small["dir"] / "small.pt"))
   audio = np.random.default_rng(3).normal(0, 0.1, int(1.3 * whisper_mel.SAMPLE_RATE))
   features = np.asarray(whisper.whisper_features(module, params, audio))
   assert features.shape == (65, SMALL.n_audio_layer + 1, SMALL.n_audio_state)  # 1.3 s * 50
-  got = np.asarray(whisper.whisper_frame_features(module, params, audio, 40, context=2))
-  assert got.shape == (40, whisper.window_size(SMALL, 2, "blocks"), 64) == (40, 30, 64)
+  got = np.asarray(whisper.frame_features(module, params, audio, 40, context=2))
+  assert got.shape == (40,) + whisper.window_shape(SMALL, 2, "blocks") == (40, 30, 64)
   # LatentSync's windows, worked out by hand: frame i takes feature frames 2i - 4 .. 2i + 5,
   # clamped to the 65 features (frame 39 runs past the audio: the last one repeats),
   # each frame's n + 1 hidden states in a row (frame-major, layer-minor).
@@ -264,7 +264,7 @@ def test_frame_features_follow_latentsync(small):
 
 def test_long_audio_is_encoded_in_30s_windows_not_truncated(small):
   """65 s = two full windows and a padded third; against the torch reference per window."""
-  module, params = whisper.load_whisper_encoder(str(small["dir"] / "hf"))
+  module, params = whisper.load_encoder(str(small["dir"] / "hf"))
   audio = _speechlike(65.0, seed=4)
   padded = np.concatenate([audio, np.zeros(3 * whisper_mel.N_SAMPLES - audio.size, np.float32)])
   mel = _torch_log_mel(padded, 80).T.reshape(3, whisper_mel.N_FRAMES, 80)
@@ -272,7 +272,7 @@ def test_long_audio_is_encoded_in_30s_windows_not_truncated(small):
   got = np.asarray(whisper.whisper_features(module, params, audio, layers="final"))
   assert got.shape == (3250, 1, 64)  # 65 s * 50 Hz
   np.testing.assert_allclose(got[:, 0], ref, atol=1e-4, rtol=0)
-  frames = np.asarray(whisper.whisper_frame_features(module, params, audio, 65 * 25,
+  frames = np.asarray(whisper.frame_features(module, params, audio, 65 * 25,
                                                      context=1, layers="final"))
   assert frames.shape == (1625, 6, 64)
   np.testing.assert_array_equal(frames[1000], got[1998:2004, 0])  # Center 2000, second window

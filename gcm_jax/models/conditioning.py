@@ -7,18 +7,23 @@
     frozen, run once per caption outside the model; batch 'text_embeddings' float
     `[B, L, E]` + 'text_mask'.
 `model.audio_encoder` names how the voice is encoded:
-  'mel': log-mel windows, batch 'mel' float `[B, T, mel_window, num_mels]`.
-  'whisper': frozen Whisper encoder features (50 Hz, 2 per video frame) around each video
-    frame (`gcm_jax.models.pretrained.whisper.whisper_frame_features`): batch 'whisper'
-    float `[B, T, W, D_whisper]`.
+  'mel': log-mel windows encoded by the model's own trained layers, batch 'mel' float
+    `[B, T, mel_window, num_mels]`.
+  a frozen pretrained encoder ('whisper', 'wav2vec2';
+    `gcm_jax.models.pretrained.audio_encoders`): its feature window around each video frame,
+    computed outside the model, batch `<encoder name>` float `[B, T, W, D]`.
 The SyncNet (lip-sync loss, metrics) always reads 'mel'.
 """
 from typing import Any, Mapping
 
+from gcm_jax.models.pretrained import audio_encoders
+
 BYTE_TEXT = "bytes"
 TEXT_KEYS = {BYTE_TEXT: ("text_tokens", "text_mask")}
 PRETRAINED_TEXT_KEYS = ("text_embeddings", "text_mask")
-AUDIO_KEYS = {"mel": "mel", "whisper": "whisper"}
+MEL = "mel"
+# model.audio_encoder -> the batch key of its windows (a frozen encoder's is its name).
+AUDIO_KEYS = {MEL: MEL, **{name: name for name in audio_encoders.ENCODERS}}
 
 
 def text_keys(model: Mapping[str, Any]) -> tuple[str, str]:
@@ -27,8 +32,8 @@ def text_keys(model: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def audio_key(model: Mapping[str, Any]) -> str:
-  """The batch key of the per-frame audio windows the model reads ('mel' or 'whisper')."""
-  name = model.get("audio_encoder", "mel")
+  """The batch key of the per-frame audio windows the model reads (`AUDIO_KEYS`)."""
+  name = model.get("audio_encoder", MEL)
   if name not in AUDIO_KEYS:
     raise ValueError(f"unknown audio_encoder {name!r}; expected one of {tuple(AUDIO_KEYS)}")
   return AUDIO_KEYS[name]

@@ -230,7 +230,7 @@ class STDiT(nn.Module):
     'text_tokens' int `[B, L]` (text_encoder 'bytes') or 'text_embeddings' float `[B, L, E]`
       (a frozen pretrained text encoder's output), 'text_mask' bool `[B, L]`,
     'mel' float `[B, T, W, M]` (log-mel window per video frame; audio_encoder 'mel') or
-      'whisper' float `[B, T, W, D_whisper]` (frozen Whisper features; 'whisper'),
+      '<encoder>' float `[B, T, W, D]` (a frozen audio encoder's windows: 'whisper', ...),
     optional 'drop_text' / 'drop_audio' bool `[B]`: replace that condition by a learned
       null embedding (classifier-free guidance); an empty text (text_mask all False) is
       always the dropped text,

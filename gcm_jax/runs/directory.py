@@ -28,16 +28,28 @@ class ConfigMismatchError(ValueError):
   """A resumed workdir's saved config differs in fields that define the run."""
 
 
+# Fields renamed since runs were saved: {section: {old name: new name}}. `read_config` gives
+# every saved config the current names, so old runs resume and load.
+RENAMED_FIELDS = {"pretrained": {f"whisper_{name}": f"audio_{name}"
+                                 for name in ("path", "size", "context", "layers", "seed")}}
+
+
 def read_config(workdir: str) -> Optional[dict]:
-  """The workdir's config.json as a dict, or None if it has none."""
+  """The workdir's config.json as a dict with the current field names (`RENAMED_FIELDS`), or
+  None if it has none."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
     try:
-      return json.load(f)
+      saved = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path} is not valid JSON ({e})") from e
+  for section, names in RENAMED_FIELDS.items():
+    fields = saved.get(section)
+    if isinstance(fields, dict):
+      saved[section] = {names.get(k, k): v for k, v in fields.items()}
+  return saved
 
 
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict,

@@ -7,7 +7,7 @@ projection has no bias, then a GELU MLP of width `n_audio_mlp`, 4D in every open
 checkpoint; LayerNorm eps 1e-5, exact erf GELU) -> ln_post -> `[B, 1500, D]`: 50 feature
 frames per second.
 
-Weights: `load_whisper_encoder` reads an openai-whisper `.pt` (`{"dims", "model_state_dict"}`,
+Weights: `load_encoder` reads an openai-whisper `.pt` (`{"dims", "model_state_dict"}`,
 keys `encoder.blocks.N.attn.query.weight`, ...) or an HF `openai/whisper-*` safetensors
 file / folder (keys `model.encoder.layers.N.self_attn.q_proj.weight`, ..., with or without
 `model.`) through `gcm_jax.weights`; decoder keys are ignored. Every dimension comes from the
@@ -16,7 +16,7 @@ checkpoint (its `dims` or `config.json`, checked against the tensors' shapes); a
 with the field named. Nothing is downloaded: users
 fetch e.g. openai-whisper's `tiny.pt` or the HF `openai/whisper-tiny` folder themselves.
 
-Frame features (`whisper_frame_features`), LatentSync's convention
+Frame features (`frame_features`), LatentSync's convention
 (`latentsync/whisper/audio2feature.py`): the audio is encoded in consecutive 30 s windows
 (the last zero-padded, features trimmed to the real length `N // 320`), and video frame `i`
 at `fps` takes feature frames `[c - 2k, c + 2k + 2)` with `c = int(i * 50 / fps)`, indices
@@ -284,7 +284,7 @@ def _resolve_config(found: dict[str, int], size: Union[None, str, WhisperConfig]
   return config
 
 
-def load_whisper_encoder(path: str, size: Union[None, str, WhisperConfig] = None,
+def load_encoder(path: str, size: Union[None, str, WhisperConfig] = None,
                          implementation: Optional[str] = None
                          ) -> tuple[WhisperEncoder, dict[str, Any]]:
   """Loads a Whisper encoder from an openai-whisper `.pt` or an HF safetensors file/folder.
@@ -318,6 +318,15 @@ def load_whisper_encoder(path: str, size: Union[None, str, WhisperConfig] = None
   return module, params
 
 
+def random_encoder(size: str, seed: int) -> tuple[WhisperEncoder, dict[str, Any]]:
+  """A `CONFIGS[size]` encoder with seeded random weights (ablations and tests)."""
+  if size not in CONFIGS:
+    raise ValueError(f"unknown Whisper size {size!r}; expected one of {sorted(CONFIGS)}")
+  module = WhisperEncoder(CONFIGS[size])
+  mel = np.zeros((1, 2 * module.config.n_audio_ctx, module.config.n_mels), np.float32)
+  return module, jax.jit(module.init)(jax.random.key(seed), mel)["params"]
+
+
 # --- frame features --------------------------------------------------------------------------
 
 # Which hidden states each feature frame contributes: name -> encoder outputs -> [B, L, n, D].
@@ -338,9 +347,10 @@ def layers_per_frame(config: WhisperConfig, layers: str) -> int:
   return config.n_audio_layer + 1 if layers == "blocks" else 1
 
 
-def window_size(config: WhisperConfig, context: int = 2, layers: str = "blocks") -> int:
-  """`W` of `whisper_frame_features`: `2 (2 context + 1) * layers_per_frame`."""
-  return 2 * (2 * context + 1) * layers_per_frame(config, layers)
+def window_shape(config: WhisperConfig, context: int = 2, layers: str = "blocks"
+                 ) -> tuple[int, int]:
+  """`(W, D)` of `frame_features`: `W = 2 (2 context + 1) * layers_per_frame`, `D` the width."""
+  return 2 * (2 * context + 1) * layers_per_frame(config, layers), config.n_audio_state
 
 
 @functools.partial(jax.jit, static_argnames=("module", "layers"))
@@ -383,13 +393,13 @@ def frame_window_indices(num_features: int, num_video_frames: int, fps: float = 
   return np.clip(centers[:, None] + offsets[None, :], 0, num_features - 1)
 
 
-def whisper_frame_features(module: WhisperEncoder, params: Any, audio_16k: np.ndarray,
+def frame_features(module: WhisperEncoder, params: Any, audio_16k: np.ndarray,
                            num_video_frames: int, fps: float = 25, context: int = 2,
                            layers: str = "blocks") -> jax.Array:
   """Per-video-frame Whisper feature windows, LatentSync's convention.
 
   Args:
-    module, params: from `load_whisper_encoder` (or `WhisperEncoder(...).init`).
+    module, params: from `load_encoder` (or `WhisperEncoder(...).init`).
     audio_16k: mono float audio `[N]` at 16 kHz, any length (30 s windows inside).
     num_video_frames: T; frames past the audio repeat its last feature frame.
     fps: video frame rate.
@@ -397,7 +407,7 @@ def whisper_frame_features(module: WhisperEncoder, params: Any, audio_16k: np.nd
     layers: `"blocks"` (LatentSync) or `"final"`, see `LAYERS`.
 
   Returns:
-    float32 `[T, W, D]`, `W = window_size(module.config, context, layers)`, ordered
+    float32 `[T, W, D]`, `(W, D) = window_shape(module.config, context, layers)`, ordered
     feature-frame major, layer minor (LatentSync's `reshape(-1, D)`).
   """
   features = whisper_features(module, params, audio_16k, layers)
