@@ -6,10 +6,10 @@ their captions and audio, and one row reports the fidelity ratios against the cl
 truth (`alignment.fidelity.pixel_compare`: high-frequency ratio, flicker ratio; 1 = as the
 data), the window-seam ratio of clips longer than the training length
 (`fidelity.seam_ratio`), the face / background color accuracy and the oracle mouth
-correlation with the matched and with shuffled audio (`evaluate.color_accuracy`,
-`evaluate.mouth_correlation`). Rows of one table share the model, the clips and the seed, so
-they isolate the sampler's part in the generated videos' noise (docs/results.md, "Where the
-sample noise came from").
+correlation with the matched and with shuffled audio (the dataset's ground truth,
+`evaluate.truth_of`, and `evaluate.mouth_correlation`). Rows of one table share the model,
+the clips and the seed, so they isolate the sampler's part in the generated videos' noise
+(docs/results.md, "Where the sample noise came from").
 
   python -m benchmarks.fidelity_sweep --workdir=/tmp/recipe \
       --variants="default;text_scale=1,audio_scale=1;num_steps=50"
@@ -76,8 +76,9 @@ def measure(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
   window = config.data.num_frames
   seams = extension.seam_frames(videos.shape[1], window, config.diffusion.max_motion_frames)
   row["seam_ratio"] = fidelity.seam_ratio(videos, seams) if len(seams) else float("nan")
-  row.update(evaluate.color_accuracy(videos, clips))
-  mouth = evaluate.mouth_correlation(videos, clips, np.roll(np.arange(len(videos)), 1))
+  truth = evaluate.truth_of(config)
+  row.update(truth.caption_match(videos, clips))
+  mouth = evaluate.mouth_correlation(truth, videos, clips, np.roll(np.arange(len(videos)), 1))
   row.update(mouth_matched=mouth["matched"], mouth_shuffled=mouth["shuffled"])
   return row
 
@@ -154,7 +155,7 @@ def main(argv) -> None:
         f"{f.clip_frames} frames, seed {f.seed}")
   trained = diffusion_model.load_trained(f.workdir, f.step)  # The EMA params.
   clips = evaluate.test_clips(trained.config, f.num_clips, f.clip_frames, f.seed,
-                              evaluate.EVAL_KEYS)
+                              evaluate.eval_keys(trained.config))
   print(table(trained, clips, f.variants.split(";"), f.seed))
   if f.condition_levels:
     levels = [float(t) for t in f.condition_levels.split(",")]

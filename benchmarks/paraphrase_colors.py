@@ -5,7 +5,7 @@ left, says: ..."). For each trained run, the talking-faces test clips are genera
 their captions in the template and rephrased (`captions.PARAPHRASES`: reordered,
 predicative "the face is green and ...", color synonyms "emerald" for green), and the face
 / background colors of the generated videos are read inside the clips' keypoints
-(`evaluate.paraphrased_color_accuracy`). A text encoder that carries meaning keeps its
+(`evaluate.paraphrased_caption_match`). A text encoder that carries meaning keeps its
 accuracy on the paraphrases; one that learned the template's byte patterns does not.
 
   python -m benchmarks.paraphrase_colors --workdirs=/tmp/bytes,/tmp/minilm --num_clips=64
@@ -30,8 +30,8 @@ def table(workdirs: list[str], num_clips: int, seed: int) -> str:
     trained = diffusion_model.load_trained(workdir)
     config = trained.config
     clips = evaluate.test_clips(config, num_clips, config.data.num_frames, seed,
-                                evaluate.EVAL_KEYS)
-    accuracy = evaluate.paraphrased_color_accuracy(trained, clips, jax.random.PRNGKey(seed))
+                                evaluate.eval_keys(config))
+    accuracy = evaluate.paraphrased_caption_match(trained, clips, jax.random.PRNGKey(seed))
     rows.append((workdir, config.model.get("text_encoder", "bytes"), accuracy))
   styles = list(rows[0][2])
   header = ("| run | text encoder | " + " | ".join(f"{s} face / bg" for s in styles) + " |\n"

@@ -26,8 +26,8 @@ from gcm_jax.alignment import experts
 from gcm_jax.alignment import sync_loss
 from gcm_jax.config_rules import ConfigError, Rule, boolean, integer, number, one_of, text
 from gcm_jax.config_rules import non_negative, positive, probability
+from gcm_jax.data import datasets
 from gcm_jax.data import pipeline
-from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import losses
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import samplers
@@ -137,7 +137,7 @@ RULES: tuple[Rule, ...] = (
     # ControlNet mode.
     boolean("control.enabled"),
     integer("control.num_blocks", 1),
-    one_of("control.channels", (keypoint_maps.NUM_CONTROL_CHANNELS,)),
+    integer("control.channels", 1),  # The dataset's control_channels: _dataset_problems.
     text("control.base_workdir"),
     # Sampling.
     one_of("sampling.sampler", samplers.SAMPLERS),
@@ -300,15 +300,18 @@ def _pretrained_problems(c: ml_collections.ConfigDict) -> list[str]:
 
 
 def _dataset_problems(c: ml_collections.ConfigDict) -> list[str]:
-  """What the chosen dataset (`pipeline.DATASETS[config.data.name]`) cannot provide."""
-  dataset = pipeline.DATASETS[c.data.name]
+  """What the chosen dataset (`datasets.DATASETS[config.data.name]`) cannot provide."""
+  dataset = datasets.DATASETS[c.data.name]
   found = []
   if dataset.resolutions is not None and c.data.resolution not in dataset.resolutions:
     found.append(f"config.data.resolution = {c.data.resolution}: expected one of "
                  f"{dataset.resolutions} for config.data.name = {c.data.name!r}")
-  if control.enabled(c) and not dataset.keypoints:
-    found.append(f"config.control.enabled needs keypoint control maps, which "
-                 f"config.data.name = {c.data.name!r} does not have (use 'talking_faces')")
+  if control.enabled(c) and not dataset.control_channels:
+    found.append(f"config.control.enabled needs control maps, which config.data.name = "
+                 f"{c.data.name!r} does not make (its registry entry has no 'control_maps')")
+  elif control.enabled(c) and c.control.channels != dataset.control_channels:
+    found.append(f"config.control.channels = {c.control.channels}: config.data.name = "
+                 f"{c.data.name!r} makes control maps of {dataset.control_channels} channels")
   return found
 
 

@@ -32,18 +32,18 @@ flag a metric is listed under the report's `skipped` with the reason, never esti
     `calculate_scores_LRS.py`; for the generated and the ground-truth clips. On 32-px
     synthetic faces these are not comparable with published numbers on real faces
     (docs/alignment.md "Evaluation").
-With the synthetic set's ground truth (`config.data.name = "talking_faces"`): color accuracy
-(the generated face / background color, read as the nearest palette color to the median
-pixel inside the head (from the clip's keypoints) / on the image border, equals the caption's),
-the oracle mouth-opening correlation (`alignment.metrics.oracle_lipsync`) with matched and
-shuffled audio, `condition_usage` (per noise level, does the denoiser take the colors from the
-text and the mouth from the audio: the diagnostic behind docs/results.md) and the color
-accuracy under paraphrased captions. On real clips (`config.data.name = "video_folder"`: the
-first `num_clips` clips of the built test split, cut to `clip_frames` <= the clip length)
-these are listed under `skipped` with why. A ControlNet run generates with each test clip's
-own control maps (its keypoint heatmaps + head layout, `pipeline.preprocess`), and the report
-says so (`control_maps_from_test_clips`); the color read-out inside the clip's head layout
-then also checks that the head follows them.
+With a dataset whose registry entry has ground truth (`contract.GroundTruth`; the synthetic
+talking faces: color accuracy, the nearest palette color inside the head / on the border vs
+the caption's, `data/talking_faces/ground_truth.py`): the caption match, the mouth
+correlation with matched and shuffled audio, `condition_usage` (per noise level, does the
+denoiser take the caption's attributes from the text and the mouth from the audio: the
+diagnostic behind docs/results.md) and the caption match under paraphrased captions. Test
+clips come from the entry (`contract.Dataset.clip_records`; real clips: the first
+`num_clips` clips of the built test split, cut to `clip_frames` <= the clip length); without
+ground truth these metrics are listed under `skipped` with why. A ControlNet run generates
+with each test clip's own control maps (its keypoint heatmaps + head layout,
+`pipeline.preprocess`), and the report says so (`control_maps_from_test_clips`); the color
+read-out inside the clip's head layout then also checks that the head follows them.
 
 The CLI writes the report to the workdir as eval.json and eval.md (`markdown_report`:
 ground-truth rows, generated rows, skipped metrics with why) and eval_frames.png
@@ -73,10 +73,9 @@ from gcm_jax import video_io
 from gcm_jax.alignment import fidelity
 from gcm_jax.alignment import frechet
 from gcm_jax.alignment import lse
-from gcm_jax.alignment import metrics
+from gcm_jax.data import contract
+from gcm_jax.data import datasets
 from gcm_jax.data import pipeline
-from gcm_jax.data.talking_faces import captions
-from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import schedules
 from gcm_jax.models import conditioning
@@ -89,64 +88,37 @@ from gcm_jax.models import trained_syncnet
 from gcm_jax.models.pretrained import i3d
 from gcm_jax.models.pretrained import inception_fid
 from gcm_jax.models.pretrained import syncnet_python as snp
-from gcm_jax.train import train_syncnet
 
 
-# Ground truth of the synthetic set that the color and oracle metrics read.
-SYNTHETIC_KEYS = ("mouth_open", "keypoints", "face_color", "background_color")
-EVAL_KEYS = ("video", "mel", "text_tokens", "text_mask") + SYNTHETIC_KEYS
-NEEDS_SYNTHETIC_TRUTH = {
-    "color_accuracy": "the caption's color labels and the face keypoints",
-    "mouth_corr": "the renderer's mouth openness",
-    "condition_usage": "color labels, keypoints and mouth openness",
-    "paraphrased_captions": "the caption template's color labels and the face keypoints",
+EVAL_KEYS = ("video", "mel", "text_tokens", "text_mask")
+# The metrics that read a dataset's ground truth (`contract.GroundTruth`), with what they need.
+NEEDS_TRUTH = {
+    "caption_match": "the caption's attributes read back from the pixels",
+    "mouth_corr": "the audio-implied mouth opening",
+    "condition_usage": "caption attributes and mouth opening",
+    "paraphrased_captions": "caption rewordings and their attributes",
 }
 
 
-def nearest_color(rgb: np.ndarray) -> np.ndarray:
-  """Palette index of the nearest caption color to `rgb` `[..., 3]` in [-1, 1]."""
-  palette = captions.COLOR_RGB.astype(np.float32) / 127.5 - 1.0
-  return np.argmin(np.linalg.norm(rgb[..., None, :] - palette, axis=-1), axis=-1)
+def truth_of(config: ml_collections.ConfigDict) -> Optional[contract.GroundTruth]:
+  """The ground-truth hooks of the run's dataset (`contract.GroundTruth`), or None."""
+  return datasets.get(config.data.name).truth
 
 
-BACKGROUND_BORDER = 2  # pixels: the image border read_colors takes the background from
+def eval_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The clip features evaluation reads: frames, mel, text, the ground truth the dataset has
+  and the run's control maps."""
+  truth = truth_of(config)
+  return EVAL_KEYS + (truth.keys if truth else ()) + control.batch_keys(config)
 
 
-def border_mask(resolution: int) -> np.ndarray:
-  """Bool `[R, R]`: the `BACKGROUND_BORDER`-pixel image border (the background read-out)."""
-  border = np.ones((resolution, resolution), bool)
-  border[BACKGROUND_BORDER:-BACKGROUND_BORDER, BACKGROUND_BORDER:-BACKGROUND_BORDER] = False
-  return border
-
-
-def read_colors(video: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(face, background) palette indices `[B]` of videos `[B, T, R, R, 3]`.
-
-  Face: median pixel where the head layout of `keypoints` `[B, T, K, 2]` is > 0.9;
-  background: median pixel of the image border (`border_mask`).
-  """
-  r = video.shape[2]
-  inside = keypoint_maps.head_layout(keypoints, r)[..., 0] > 0.9
-  border = border_mask(r)
-  face = np.stack([np.median(v[m], axis=0) for v, m in zip(video, inside)])
-  background = np.stack([np.median(v[:, border], axis=(0, 1)) for v in video])
-  return nearest_color(face), nearest_color(background)
-
-
-def color_accuracy(videos: np.ndarray, clips: Mapping[str, np.ndarray]) -> dict[str, float]:
-  """Fraction of videos `[N, T, R, R, 3]` whose face / background color (`read_colors`) is
-  the caption's (`clips` of the synthetic set: keypoints, face_color, background_color)."""
-  face, background = read_colors(videos, clips["keypoints"])
-  return {"face": float(np.mean(face == clips["face_color"])),
-          "background": float(np.mean(background == clips["background_color"]))}
-
-
-def mouth_correlation(videos: np.ndarray, clips: Mapping[str, np.ndarray],
-                      shuffled: np.ndarray) -> dict[str, float]:
-  """Mean oracle mouth correlation (`metrics.oracle_lipsync`) of videos `[N, T, R, R, 3]`
-  with the clips' own mouth track ("matched") and with clip `shuffled[i]`'s ("shuffled")."""
-  mouth = jnp.asarray(clips["mouth_open"])
-  return {audio: float(jnp.mean(metrics.oracle_lipsync(jnp.asarray(videos), m)["mouth_corr"]))
+def mouth_correlation(truth: contract.GroundTruth, videos: np.ndarray,
+                      clips: Mapping[str, np.ndarray], shuffled: np.ndarray
+                      ) -> dict[str, float]:
+  """Mean mouth correlation (`truth.mouth_correlation`) of videos `[N, T, R, R, 3]` with the
+  clips' own mouth track ("matched") and with clip `shuffled[i]`'s ("shuffled")."""
+  mouth = np.asarray(clips[truth.mouth_track_key])
+  return {audio: float(np.mean(truth.mouth_correlation(videos, m)))
           for audio, m in (("matched", mouth), ("shuffled", mouth[np.asarray(shuffled)]))}
 
 
@@ -195,11 +167,13 @@ def condition_usage(trained: diffusion_model.TrainedModel, clips: dict[str, np.n
 
   Noises the ground-truth clips to schedule time t and reads the model's x0 estimate
   (no guidance) with all conditions, with the text dropped, and with another clip's audio.
-  Colors can only come from the text, and mouths from the audio, once t is high enough
-  to hide them in x_t. Returns per level: t, logsnr, face / background color accuracy with
-  and without text, and the oracle mouth correlation for matched and shuffled audio.
+  Caption attributes (colors) can only come from the text, and mouths from the audio, once
+  t is high enough to hide them in x_t. Returns per level: t, logsnr, each attribute's
+  `truth.caption_match` with and without text (`<attribute>_<caption_metric>_<variant>`,
+  e.g. 'face_color_accuracy_full') and the mouth correlation for matched and shuffled audio.
   """
   config = trained.config
+  truth = truth_of(config)
   schedule = schedules.from_name(config.diffusion.schedule)
   denoise = jax.jit(sampling.denoiser(trained.apply_fn, trained.params, config))
   autoencoder, to_pixels = latents.load(config), latents.to_pixels(config)
@@ -209,7 +183,7 @@ def condition_usage(trained: diffusion_model.TrainedModel, clips: dict[str, np.n
   b = x0.shape[0]
   shuffled = np.roll(np.arange(b), 1)
   audio = conditioning.audio_key(config.model)
-  mouth = jnp.asarray(clips["mouth_open"])
+  mouth = np.asarray(clips[truth.mouth_track_key])
   cond = {k: jnp.asarray(clips[k]) for k in cond_keys(config)}
   cond.update(drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
   variants = {"full": cond, "no_text": dict(cond, drop_text=jnp.ones((b,), bool)),
@@ -221,15 +195,12 @@ def condition_usage(trained: diffusion_model.TrainedModel, clips: dict[str, np.n
     x_t = alpha * x0 + sigma * eps
     row = {"t": float(t), "logsnr": float(schedule.logsnr(np.float64(t)))}
     for name, c in variants.items():
-      x0_hat = to_pixels(denoise(x_t, jnp.full((b,), t, jnp.float32), c))
+      x0_hat = np.asarray(to_pixels(denoise(x_t, jnp.full((b,), t, jnp.float32), c)))
       if name != "shuffled_audio":
-        face, background = read_colors(np.asarray(x0_hat), clips["keypoints"])
-        row[f"face_color_accuracy_{name}"] = float(np.mean(face == clips["face_color"]))
-        row[f"background_color_accuracy_{name}"] = float(
-            np.mean(background == clips["background_color"]))
+        for attribute, value in truth.caption_match(x0_hat, clips).items():
+          row[f"{attribute}_{truth.caption_metric}_{name}"] = value
       if name != "no_text":
-        row[f"mouth_corr_{name}"] = float(jnp.mean(
-            metrics.oracle_lipsync(x0_hat, mouth)["mouth_corr"]))
+        row[f"mouth_corr_{name}"] = float(np.mean(truth.mouth_correlation(x0_hat, mouth)))
     rows.append(row)
   return rows
 
@@ -278,18 +249,17 @@ def sampling_trajectory(trained: diffusion_model.TrainedModel, clips: dict[str, 
                         key: jax.Array, batch_size: int = 16) -> list[dict[str, float]]:
   """Where in sampling are the colors kept or lost? (clips of one window)
 
-  The face / background color accuracy of the x0 estimate at each sampler call
-  (`x0_estimates`), one row per call with its time t, then a row for the sample (t = 0).
-  The caption alone sets the colors at the first calls; a model whose estimates at low
-  noise are biased moves them in the last ones.
+  Each caption attribute's match (`truth.caption_match`, e.g. face / background color
+  accuracy) of the x0 estimate at each sampler call (`x0_estimates`), one row per call with
+  its time t (`<attribute>_<caption_metric>`), then a row for the sample (t = 0). The caption
+  alone sets the colors at the first calls; a model whose estimates at low noise are biased
+  moves them in the last ones.
   """
+  truth = truth_of(trained.config)
   times, estimates, videos = x0_estimates(trained, clips, key, batch_size)
-  rows = []
-  for t, video in zip(list(times) + [0.0], list(estimates) + [videos]):
-    accuracy = color_accuracy(video, clips)
-    rows.append({"t": float(t), "face_color_accuracy": accuracy["face"],
-                 "background_color_accuracy": accuracy["background"]})
-  return rows
+  return [{"t": float(t), **{f"{attribute}_{truth.caption_metric}": value
+                             for attribute, value in truth.caption_match(video, clips).items()}}
+          for t, video in zip(list(times) + [0.0], list(estimates) + [videos])]
 
 
 NOISE_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.98)
@@ -300,53 +270,17 @@ NOISE_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.98)
 _UNUSED_BYTE_LENGTH = 4096
 
 
-def synthetic_clips(config: ml_collections.ConfigDict, num_clips: int, num_frames: int,
-                    seed: int, keys: Sequence[str], text_max_len: int
-                    ) -> dict[str, np.ndarray]:
-  """Fresh talking-faces clips of the test split's phrases and voices
-  (`train_syncnet.make_clips`)."""
-  return train_syncnet.make_clips("test", num_clips, num_frames, config.data.resolution,
-                                  config.data.mel_alignment, text_max_len, seed,
-                                  keys=tuple(keys))
-
-
-def dataset_clips(config: ml_collections.ConfigDict, num_clips: int, num_frames: int,
-                  seed: int, keys: Sequence[str], text_max_len: int
-                  ) -> dict[str, np.ndarray]:
-  """The first `num_clips` clips of the built test split, their first `num_frames` frames;
-  the `keys` a record cannot give (synthetic ground truth) are left out."""
-  del seed  # The split's own clips, in order.
-  d = config.data
-  if num_frames > d.num_frames:
-    raise ValueError(f"clip_frames = {num_frames} exceeds the {d.num_frames}-frame clips of "
-                     f"the {d.name} dataset")
-  source = pipeline.data_source(d, "test")
-  records = [source[i] for i in range(min(num_clips, len(source)))]
-  examples = [pipeline.preprocess(r, d.mel_window, d.mel_alignment, text_max_len,
-                                  [k for k in pipeline.KEYPOINT_FEATURES if k in keys])
-              for r in records]
-  per_frame = {"video": num_frames, "mel": num_frames, "mouth_region": num_frames,
-               "control_maps": num_frames, "audio": num_frames * 640}
-  clips = {k: np.stack([e[k][:per_frame[k]] if k in per_frame else e[k] for e in examples])
-           for k in keys if k in examples[0]}
-  if "caption" in keys:
-    clips["caption"] = np.array([bytes(r["caption"]).decode("utf-8") for r in records])
-  return clips
-
-
-# config.data.name -> (config, num_clips, num_frames, seed, keys, byte text length) -> clips.
-CLIP_SOURCES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
-    "talking_faces": synthetic_clips, "video_folder": dataset_clips}
-
-
 def test_clips(config: ml_collections.ConfigDict, num_clips: int, num_frames: int, seed: int,
                keys: Sequence[str]) -> dict[str, np.ndarray]:
-  """Test clips of the run's dataset (`CLIP_SOURCES`) with their captions, audio and the
-  run's frozen-encoder features (pretrained text embeddings, audio-encoder windows)."""
+  """Test clips of the run's dataset (`pipeline.load_clips`: its registry entry's clips) with
+  their captions, audio and the run's frozen-encoder features (pretrained text embeddings,
+  audio-encoder windows)."""
   byte_text = conditioning.text_keys(config.model)[0] == "text_tokens"
-  clips = CLIP_SOURCES[config.data.name](
-      config, num_clips, num_frames, seed, tuple(dict.fromkeys(tuple(keys) + ("caption", "audio"))),
-      config.model.text_max_len if byte_text else _UNUSED_BYTE_LENGTH)
+  d = config.data
+  clips = pipeline.load_clips(
+      d, "test", num_clips, num_frames, seed,
+      tuple(dict.fromkeys(tuple(keys) + ("caption", "audio"))),
+      config.model.text_max_len if byte_text else _UNUSED_BYTE_LENGTH, d.mel_window)
   encoders = frozen_encoders.FrozenEncoders(config)
   clips.update(encoders.encode_captions(list(clips["caption"])))
   if encoders.audio:
@@ -365,18 +299,19 @@ def caption_features(config: ml_collections.ConfigDict, texts: Sequence[str]
   return {"text_tokens": tokens, "text_mask": tokenizer.padding_mask(tokens)}
 
 
-def paraphrased_color_accuracy(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
-                               key: jax.Array) -> dict[str, dict[str, float]]:
-  """Face / background color accuracy of videos generated from the clips' captions
-  rephrased in each `captions.PARAPHRASES` style (training captions all use 'template')."""
+def paraphrased_caption_match(trained: diffusion_model.TrainedModel,
+                              clips: dict[str, np.ndarray], key: jax.Array
+                              ) -> dict[str, dict[str, float]]:
+  """Per rewording style of the dataset (`truth.paraphrases`; the talking faces' training
+  captions all use 'template'), the caption match (`truth.caption_match`, e.g. face /
+  background color accuracy) of videos generated from the clips' captions so reworded."""
+  truth = truth_of(trained.config)
   out = {}
-  for style in captions.PARAPHRASES:
-    texts = [captions.paraphrase(c, style) for c in clips["caption"]]
+  for style, reword in truth.paraphrases.items():
+    texts = [reword(c) for c in clips["caption"]]
     videos = generate_for_clips(trained, dict(clips, **caption_features(trained.config, texts)),
                                 key)
-    face, background = read_colors(videos, clips["keypoints"])
-    out[style] = {"face": float(np.mean(face == clips["face_color"])),
-                  "background": float(np.mean(background == clips["background_color"]))}
+    out[style] = truth.caption_match(videos, clips)
   return out
 
 
@@ -569,9 +504,9 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
                      f"got {num_clips}")
   trained = diffusion_model.load_trained(workdir)
   config = trained.config
-  keys = EVAL_KEYS + control.batch_keys(config)
+  keys = eval_keys(config)
   clips = test_clips(config, num_clips, clip_frames, seed, keys)
-  truth = all(k in clips for k in SYNTHETIC_KEYS)
+  truth = truth_of(config)
   if len(clips["video"]) < num_clips:
     raise ValueError(f"the {config.data.name} test split has {len(clips['video'])} clips, "
                      f"fewer than num_clips = {num_clips}")
@@ -593,32 +528,35 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
     else:
       report["skipped"][metric.metrics] = f"no --{flag} given ({metric.help})"
   if truth:
-    merge(report, synthetic_truth_metrics(trained, data, keys, seed, noise_levels))
+    merge(report, truth_metrics(trained, data, keys, seed, noise_levels))
   else:
     report["skipped"].update({
-        metric: f"needs the synthetic set's ground truth ({what}); {config.data.name} clips "
-                f"have none" for metric, what in NEEDS_SYNTHETIC_TRUTH.items()})
+        metric: f"needs the dataset's ground truth ({what}); the {config.data.name} registry "
+                f"entry has none" for metric, what in NEEDS_TRUTH.items()})
   if output_dir:
     write_outputs(report, videos, clips["video"], output_dir)
   return report
 
 
-def synthetic_truth_metrics(trained: diffusion_model.TrainedModel, data: EvalData,
-                            keys: Sequence[str], seed: int, noise_levels: Sequence[float]
-                            ) -> dict[str, Any]:
-  """The metrics that read the synthetic set's ground truth (`NEEDS_SYNTHETIC_TRUTH`)."""
+def truth_metrics(trained: diffusion_model.TrainedModel, data: EvalData, keys: Sequence[str],
+                  seed: int, noise_levels: Sequence[float]) -> dict[str, Any]:
+  """The metrics that read the dataset's ground truth (`NEEDS_TRUTH`): the caption match
+  under `truth.caption_metric` (with `caption_chance`), mouth correlations, condition usage
+  and the reworded captions' match."""
   clips, videos = data.clips, data.videos
-  report = {}
+  truth = truth_of(data.config)
+  report = {"caption_metric": truth.caption_metric, "caption_chance": truth.chance}
   for name, video in (("generated", videos), ("ground_truth", clips["video"])):
-    for audio, corr in mouth_correlation(video, clips, data.shuffled).items():
+    for audio, corr in mouth_correlation(truth, video, clips, data.shuffled).items():
       report[f"{name}_{audio}"] = {"mouth_corr": corr}
-  report["color_accuracy"] = {"generated": color_accuracy(videos, clips),
-                              "ground_truth": color_accuracy(clips["video"], clips)}
+  report[truth.caption_metric] = {"generated": truth.caption_match(videos, clips),
+                                  "ground_truth": truth.caption_match(clips["video"], clips)}
   short_clips = test_clips(data.config, len(videos), data.config.data.num_frames, seed, keys)
   report["condition_usage"] = condition_usage(trained, short_clips, noise_levels,
                                               jax.random.PRNGKey(seed))
-  report["paraphrased_captions"] = paraphrased_color_accuracy(trained, short_clips,
-                                                              jax.random.PRNGKey(seed))
+  if truth.paraphrases:
+    report["paraphrased_captions"] = paraphrased_caption_match(trained, short_clips,
+                                                               jax.random.PRNGKey(seed))
   return report
 
 
@@ -676,11 +614,19 @@ TABLES: tuple[Table, ...] = (
           (("ground truth A vs ground truth B (floor)", ("published_fd", "ground_truth_floor")),
            ("generated A vs ground truth B", ("published_fd", "generated"))),
           (("FID", "fid"), ("FVD", "fvd"))),
-    Table("Color accuracy (chance 0.10)",
-          (("ground truth", ("color_accuracy", "ground_truth")),
-           ("generated", ("color_accuracy", "generated"))),
-          (("face", "face"), ("background", "background"))),
 )
+
+
+def _caption_table(report: Mapping[str, Any]) -> tuple[Table, ...]:
+  """The ground-truth caption match's table (`truth_metrics`), if the report has one."""
+  if "caption_metric" not in report:
+    return ()
+  metric = report["caption_metric"]
+  attributes = sorted(report[metric]["generated"])
+  return (Table(f"Caption attributes read back from the frames: {metric} (chance "
+                f"{report['caption_chance']:.2f})",
+                (("ground truth", (metric, "ground_truth")), ("generated", (metric, "generated"))),
+                tuple((a, a) for a in attributes)),)
 
 
 def _lookup(report: Mapping[str, Any], path: Sequence[str]) -> Optional[Mapping[str, Any]]:
@@ -701,7 +647,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
   lines = [f"# Evaluation: {report['num_clips']} {report['dataset']} test clips of "
            f"{report['clip_frames']} frames at {report['resolution']}x{report['resolution']}",
            ""]
-  for table in TABLES:
+  for table in TABLES + _caption_table(report):
     present = [(label, row) for label, path in table.rows
                if (row := _lookup(report, path)) is not None]
     if not present:

@@ -10,13 +10,13 @@ from scipy import special
 
 from gcm_jax.alignment import fidelity
 from gcm_jax.models import syncnet as syncnet_lib
-from gcm_jax.train import train_syncnet
+from tests import train_utils
 
 
 @pytest.fixture(scope="module")
 def faces():
   """4 ground-truth test clips, 8 frames of 64 x 64, in [-1, 1]."""
-  return train_syncnet.make_clips("test", 4, 8, 64, "center", 160, seed=5, keys=("video",))[
+  return train_utils.talking_faces_clips("test", 4, 8, 64, "center", 160, seed=5, keys=("video",))[
       "video"].astype(np.float64)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gcm_jax.alignment import metrics
+from gcm_jax.data.talking_faces import ground_truth
 from gcm_jax.models import sync_offsets
 from gcm_jax.models import syncnet as sn
 
@@ -162,17 +163,17 @@ def rendered_clips():
 
 def test_oracle_metric_on_ground_truth_and_time_shifted_frames(rendered_clips):
   video, mouth_open = rendered_clips
-  gt = metrics.oracle_lipsync(video, mouth_open)
+  gt = ground_truth.oracle_lipsync(video, mouth_open)
   assert float(jnp.mean(gt["mouth_corr"])) > 0.9
   assert float(jnp.mean(gt["mouth_mae"])) < 0.12
   # Frames 3 steps late vs the audio's mouth track: agreement drops.
-  late = metrics.oracle_lipsync(video[:, 3:], mouth_open[:, :-3])
+  late = ground_truth.oracle_lipsync(video[:, 3:], mouth_open[:, :-3])
   assert float(jnp.mean(late["mouth_corr"])) < float(jnp.mean(gt["mouth_corr"])) - 0.3
   # Pearson correlation vs the float64 reference on the same areas.
-  area = np.float64(metrics.mouth_area(video))
+  area = np.float64(ground_truth.mouth_area(video))
   want = [np.corrcoef(a, m)[0, 1] for a, m in zip(area, np.float64(mouth_open))]
   np.testing.assert_allclose(gt["mouth_corr"], want, rtol=1e-4, atol=1e-5)
-  still = metrics.oracle_lipsync(jnp.repeat(video[:, :1], 25, axis=1), mouth_open)
+  still = ground_truth.oracle_lipsync(jnp.repeat(video[:, :1], 25, axis=1), mouth_open)
   np.testing.assert_array_equal(still["mouth_corr"], 0.0)  # constant mouth: defined as 0
   with pytest.raises(ValueError, match="mouth_open must be"):
-    metrics.oracle_lipsync(video, mouth_open[:, :5])
+    ground_truth.oracle_lipsync(video, mouth_open[:, :5])

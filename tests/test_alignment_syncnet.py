@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from gcm_jax.alignment import sync_loss
 from gcm_jax.models import syncnet as sn
+from tests import train_utils
 
 
 B, T, H, W = 2, 8, 32, 32
@@ -133,9 +134,8 @@ def test_lipsync_loss_on_batch_sharded_global_arrays(setup):
 def test_to_image_size_of_a_64px_render_is_close_to_the_32px_render():
   """A 32-px SyncNet judging 64-px videos sees them downsampled: the talking faces rendered
   at 64 px and downsampled differ from the 32-px render of the same clips by a few levels."""
-  from gcm_jax.train import train_syncnet  # pylint: disable=g-import-not-at-top
-  clips = {r: train_syncnet.make_clips("test", 2, 4, r, "center", 96, seed=3, keys=("video",))[
-      "video"] for r in (32, 64)}
+  clips = {r: train_utils.talking_faces_clips("test", 2, 4, r, "center", 96, seed=3,
+                                              keys=("video",))["video"] for r in (32, 64)}
   down = np.asarray(sn.to_image_size(jnp.asarray(clips[64]), (32, 32)))
   assert down.shape == clips[32].shape
   error = np.abs(down - clips[32]).mean()

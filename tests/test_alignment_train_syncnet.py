@@ -48,12 +48,11 @@ def _tiny_config():
 
 @pytest.fixture(scope="module")
 def clips():
-  d = _tiny_config().data
-  return ts.make_clips("train", d.num_train_clips, d.num_frames, d.resolution, d.mel_alignment,
-                       d.text_max_len, seed=0)
+  config = _tiny_config()
+  return ts.load_clips(config, "train", config.data.num_train_clips, config.data.num_frames, 0)
 
 
-def test_make_clips_follow_pipeline_conventions(clips):
+def test_clips_follow_pipeline_conventions(clips):
   n, t = 8, 20
   assert clips["video"].shape == (n, t, 32, 32, 3) and clips["video"].dtype == np.float32
   assert clips["video"].min() >= -1 and clips["video"].max() <= 1

@@ -236,7 +236,7 @@ def test_paraphrase_colors_table_has_a_row_per_run(monkeypatch):
   face = {"bytes": 0.25, "minilm": 0.75}
   monkeypatch.setattr(diffusion_model, "load_trained", load_trained)
   monkeypatch.setattr(evaluate, "test_clips", lambda *args: {})
-  monkeypatch.setattr(evaluate, "paraphrased_color_accuracy", lambda trained, clips, key: {
+  monkeypatch.setattr(evaluate, "paraphrased_caption_match", lambda trained, clips, key: {
       s: {"face": face[trained.config.model.text_encoder], "background": 1.0}
       for s in ("template", "synonyms")})
   lines = paraphrase_colors.table(["run_a", "run_b"], num_clips=2, seed=0).splitlines()

@@ -15,7 +15,6 @@ from gcm_jax import sampling
 from gcm_jax.models import diffusion_model
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.runs import directory
-from gcm_jax.train import train_syncnet
 from gcm_jax.train import trainer
 
 
@@ -147,9 +146,10 @@ def test_generate_and_evaluate_use_the_control_maps(control_run):
   with pytest.raises(ValueError, match="cover 4 frames but the audio needs 12"):
     generate.generate(trained, "hi", voice, rate, jax.random.PRNGKey(0), progress=False,
                       control_maps=maps)
-  keys = evaluate.EVAL_KEYS + ("control_maps",)
-  clips = train_syncnet.make_clips("test", 2, 6, r, "center", trained.config.model.text_max_len,
-                                   seed=0, keys=keys)
+  keys = evaluate.eval_keys(trained.config)
+  assert "control_maps" in keys
+  clips = train_utils.talking_faces_clips("test", 2, 6, r, "center",
+                                          trained.config.model.text_max_len, seed=0, keys=keys)
   assert evaluate.cond_keys(trained.config)[-1] == "control_maps"
   videos = evaluate.generate_for_clips(trained, clips, jax.random.PRNGKey(0))
   assert videos.shape == (2, 6, r, r, 3)
@@ -179,4 +179,5 @@ def test_control_config_checks(tmp_path, base_workdir, control_run):
   assert "is a ControlNet run; its base must be a plain run" in _problems(config)
   config = _control_config(base_workdir)
   config.control.channels = 4
-  assert "config.control.channels = 4: expected one of (9,)" in _problems(config)
+  assert ("config.control.channels = 4: config.data.name = 'talking_faces' makes control maps"
+          " of 9 channels") in _problems(config)

@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 from gcm_jax.data import audio
+from gcm_jax.data import datasets
 from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import corpus
@@ -114,15 +115,16 @@ def test_batches_are_global_arrays_sharded_over_the_mesh(data_dir, mesh):
 
 def test_keypoint_features_are_the_keypoint_maps_of_the_record(data_dir):
   record = talking_faces.get_builder(data_dir, **SIZES).as_data_source("test")[1]
-  features = pipeline.preprocess(record)
+  entry = datasets.DATASETS["talking_faces"]
+  features = pipeline.preprocess(record, dataset=entry, derived=("mouth_region", "control_maps"))
   keypoints = np.asarray(record["keypoints"])
   np.testing.assert_array_equal(features["mouth_region"],
                                 keypoint_maps.mouth_region(keypoints, 32))
   np.testing.assert_array_equal(features["control_maps"],
                                 keypoint_maps.control_maps(keypoints, 32))
   assert features["mouth_region"].any() and features["control_maps"].max() > 0.5
-  assert not set(pipeline.KEYPOINT_FEATURES) & set(pipeline.preprocess(record,
-                                                                       keypoint_features=()))
+  assert not set(entry.derived) & set(pipeline.preprocess(record, dataset=entry))
+  assert set(entry.features) <= set(pipeline.preprocess(record, dataset=entry))
 
 
 def test_keypoint_features_only_where_devices_need_them(data_dir, mesh):

@@ -4,26 +4,30 @@ import pytest
 
 from gcm_jax import evaluate
 from gcm_jax.data.talking_faces import captions
+from gcm_jax.data.talking_faces import ground_truth
 from gcm_jax.models import diffusion_model
 from gcm_jax.models import sync_offsets
 from gcm_jax.models import trained_syncnet
-from gcm_jax.train import train_syncnet
+from tests import train_utils
+
+# The clip features evaluation reads on the talking faces (with their ground truth).
+KEYS = evaluate.eval_keys(train_utils.micro_config())
 
 
 def test_nearest_color_recovers_palette():
   palette = captions.COLOR_RGB.astype(np.float32) / 127.5 - 1.0
-  np.testing.assert_array_equal(evaluate.nearest_color(palette), np.arange(len(palette)))
-  np.testing.assert_array_equal(evaluate.nearest_color(palette * 0.97), np.arange(len(palette)))
+  np.testing.assert_array_equal(ground_truth.nearest_color(palette), np.arange(len(palette)))
+  np.testing.assert_array_equal(ground_truth.nearest_color(palette * 0.97), np.arange(len(palette)))
 
 
 def test_read_colors_on_ground_truth_clips():
-  clips = train_syncnet.make_clips("test", 6, 8, 32, "center", 160, seed=3,
-                                   keys=evaluate.EVAL_KEYS)
-  face, background = evaluate.read_colors(clips["video"], clips["keypoints"])
+  clips = train_utils.talking_faces_clips("test", 6, 8, 32, "center", 160, seed=3,
+                                          keys=KEYS)
+  face, background = ground_truth.read_colors(clips["video"], clips["keypoints"])
   np.testing.assert_array_equal(face, clips["face_color"])
   np.testing.assert_array_equal(background, clips["background_color"])
   # Swapping the videos breaks the agreement: the read-out depends on the pixels.
-  swapped, _ = evaluate.read_colors(clips["video"][::-1], clips["keypoints"])
+  swapped, _ = ground_truth.read_colors(clips["video"][::-1], clips["keypoints"])
   assert np.mean(swapped == clips["face_color"]) < 1.0
 
 
@@ -31,7 +35,6 @@ def test_condition_usage_of_an_untrained_model():
   """At init the model outputs 0, so x0_hat = alpha * x_t: colors are read from x_t at low
   noise whatever the text, and the audio changes nothing."""
   import jax  # pylint: disable=g-import-not-at-top
-  from tests import train_utils  # pylint: disable=g-import-not-at-top
   config = train_utils.micro_config()
   config.data.num_frames = 8
   model = diffusion_model.make_model(config)
@@ -39,8 +42,8 @@ def test_condition_usage_of_an_untrained_model():
   params = model.init(jax.random.PRNGKey(0), inputs["x"], inputs["t"], inputs["cond"])["params"]
   trained = diffusion_model.TrainedModel(config, diffusion_model.make_apply_fn(config),
                                   jax.tree.map(np.asarray, params))
-  clips = train_syncnet.make_clips("test", 4, 8, 32, "center", config.model.text_max_len,
-                                   seed=3, keys=evaluate.EVAL_KEYS)
+  clips = train_utils.talking_faces_clips("test", 4, 8, 32, "center", config.model.text_max_len,
+                                          seed=3, keys=KEYS)
   rows = evaluate.condition_usage(trained, clips, (0.02, 0.98), jax.random.PRNGKey(0))
   assert [r["t"] for r in rows] == [0.02, 0.98]
   low, high = rows
@@ -62,7 +65,6 @@ def test_sampling_trajectory_reads_every_denoiser_call_then_the_sample():
   import jax  # pylint: disable=g-import-not-at-top
   from gcm_jax import sampling  # pylint: disable=g-import-not-at-top
   from gcm_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
-  from tests import train_utils  # pylint: disable=g-import-not-at-top
   config = train_utils.micro_config()
   config.data.num_frames = 8
   config.sampling.update(sampler="euler", spacing="karras", num_steps=4, s_churn=0.0)
@@ -71,8 +73,8 @@ def test_sampling_trajectory_reads_every_denoiser_call_then_the_sample():
   params = model.init(jax.random.PRNGKey(1), inputs["x"], inputs["t"], inputs["cond"])["params"]
   # At init the model outputs 0 and x0_hat = alpha * x_t: each call's estimate differs.
   trained = diffusion_model.TrainedModel(config, diffusion_model.make_apply_fn(config), params)
-  clips = train_syncnet.make_clips("test", 6, 8, 32, "center", config.model.text_max_len,
-                                   seed=4, keys=evaluate.EVAL_KEYS)
+  clips = train_utils.talking_faces_clips("test", 6, 8, 32, "center", config.model.text_max_len,
+                                          seed=4, keys=KEYS)
   key = jax.random.PRNGKey(2)
   times, estimates, videos = evaluate.x0_estimates(trained, clips, key, batch_size=4)
   cfg = sampling.sampler_config(config)
@@ -88,14 +90,14 @@ def test_sampling_trajectory_reads_every_denoiser_call_then_the_sample():
   assert np.abs(estimates[0] - videos).mean() > 1e-3
   rows = evaluate.sampling_trajectory(trained, clips, key, batch_size=4)
   assert [r["t"] for r in rows] == [*times, 0.0]
-  want = evaluate.color_accuracy(estimates[1], clips)
+  want = ground_truth.color_accuracy(estimates[1], clips)
   assert (rows[1]["face_color_accuracy"], rows[1]["background_color_accuracy"]) == (
       want["face"], want["background"])
   from benchmarks import fidelity_sweep  # pylint: disable=g-import-not-at-top
   table = fidelity_sweep.trajectory_table(trained, clips, {"num_steps": 3}, 2).splitlines()
   assert len(table) == 2 + 3 + 1 and table[-1].startswith("| sample | 0.000 | ")
-  longer = train_syncnet.make_clips("test", 2, 12, 32, "center", config.model.text_max_len,
-                                    seed=4, keys=evaluate.EVAL_KEYS)
+  longer = train_utils.talking_faces_clips("test", 2, 12, 32, "center", config.model.text_max_len,
+                                           seed=4, keys=KEYS)
   with pytest.raises(ValueError, match="one sampling window"):
     evaluate.x0_estimates(trained, longer, key)
 
@@ -125,7 +127,6 @@ def _stub_model(monkeypatch):
   """evaluate with the model stubbed out (generation = the test clips + noise; generation,
   condition_usage and the paraphrased captions are tested here and in test_control_run).
   Returns (config, noise)."""
-  from tests import train_utils  # pylint: disable=g-import-not-at-top
   config = train_utils.micro_config()
   monkeypatch.setattr(diffusion_model, "load_trained",
                       lambda workdir: diffusion_model.TrainedModel(config, None, None))
@@ -133,7 +134,7 @@ def _stub_model(monkeypatch):
   monkeypatch.setattr(evaluate, "generate_for_clips",
                       lambda trained, clips, key: np.clip(clips["video"] + noise, -1, 1))
   monkeypatch.setattr(evaluate, "condition_usage", lambda *args: [])
-  monkeypatch.setattr(evaluate, "paraphrased_color_accuracy", lambda *args: {})
+  monkeypatch.setattr(evaluate, "paraphrased_caption_match", lambda *args: {})
   return config, noise
 
 
@@ -163,8 +164,8 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
   assert set(report["color_accuracy"]) == {"generated", "ground_truth"}
   assert list(report["skipped"]) == ["lse_syncnet_python", "fid", "fvd"]
   # Rows: generated half A vs ground truth half B; the floor: ground truth A vs B.
-  gt = train_syncnet.make_clips("test", 4, 8, 32, "center", config.model.text_max_len, 0,
-                                keys=("video",))["video"]
+  gt = train_utils.talking_faces_clips("test", 4, 8, 32, "center", config.model.text_max_len, 0,
+                                       keys=("video",))["video"]
   generated = np.clip(gt + noise, -1, 1)
   assert fid["ground_truth_floor"]["hf_ratio"] == fidelity.ratio(
       fidelity.laplacian_abs(gt[:2]), fidelity.laplacian_abs(gt[2:]))
@@ -213,7 +214,7 @@ def test_metrics_without_weights_are_skipped_and_the_reports_written(tmp_path, m
   assert grid.shape == (4 * 2 * 66, 6 * 66, 3) and grid.dtype == np.uint8
   np.testing.assert_array_equal(
       grid[66 + 1:66 + 65:2, 1:65:2], evaluate.video_io.to_uint8(
-          train_syncnet.make_clips("test", 1, 8, 32, "center", 96, 0, keys=("video",))
+          train_utils.talking_faces_clips("test", 1, 8, 32, "center", 96, 0, keys=("video",))
           ["video"][0, 0]))
 
 
@@ -251,8 +252,8 @@ def test_lse_reads_back_a_5_frame_audio_shift():
   fixture = os.path.join(os.path.dirname(__file__), "fixtures", "syncnet_tiny")
   net, variables = trained_syncnet.load_matching_syncnet(
       fixture, ml_collections.ConfigDict(dict(resolution=32, mel_window=16)))
-  clips = train_syncnet.make_clips("test", 4, 40, 32, "center", 160, seed=0,
-                                   keys=("video", "mel"))
+  clips = train_utils.talking_faces_clips("test", 4, 40, 32, "center", 160, seed=0,
+                                          keys=("video", "mel"))
   video, mel = jnp.asarray(clips["video"]), jnp.asarray(clips["mel"])
   lse = jax.jit(lambda m: sync_offsets.lse_metrics(net, variables, video, m, audio_frame_offset=2))
   aligned = lse(mel)
@@ -270,10 +271,9 @@ def test_paraphrased_captions_reach_the_generator(monkeypatch):
   template at the ground truth's accuracy and every paraphrase at 0."""
   import jax  # pylint: disable=g-import-not-at-top
   from gcm_jax.data.talking_faces import captions  # pylint: disable=g-import-not-at-top
-  from tests import train_utils  # pylint: disable=g-import-not-at-top
   config = train_utils.micro_config()
   config.model.text_max_len = config.data.text_max_len = 128
-  clips = evaluate.test_clips(config, 6, 4, 0, evaluate.EVAL_KEYS)
+  clips = evaluate.test_clips(config, 6, 4, 0, KEYS)
   template = clips["text_tokens"]
 
   def stub(trained, cond, key):
@@ -282,10 +282,10 @@ def test_paraphrased_captions_reach_the_generator(monkeypatch):
     return np.where(same, cond["video"], 0.0)
 
   monkeypatch.setattr(evaluate, "generate_for_clips", stub)
-  got = evaluate.paraphrased_color_accuracy(diffusion_model.TrainedModel(config, None, None), clips,
+  got = evaluate.paraphrased_caption_match(diffusion_model.TrainedModel(config, None, None), clips,
                                             jax.random.PRNGKey(0))
   assert sorted(got) == sorted(captions.PARAPHRASES)
-  gt_face, gt_background = evaluate.read_colors(clips["video"], clips["keypoints"])
+  gt_face, gt_background = ground_truth.read_colors(clips["video"], clips["keypoints"])
   assert got["template"] == {"face": np.mean(gt_face == clips["face_color"]),
                              "background": np.mean(gt_background == clips["background_color"])}
   assert got["template"]["face"] == 1.0
@@ -316,8 +316,8 @@ def test_fid_with_published_weights_and_fvd_skip(tmp_path, monkeypatch):
       "fvd": "clips of 8 frames; FVD takes 16-frame clips (raise --clip_frames)",
       "lse_project_syncnet, syncnet_fd": report["skipped"]["lse_project_syncnet, syncnet_fd"],
       "lse_syncnet_python": report["skipped"]["lse_syncnet_python"]}
-  gt = train_syncnet.make_clips("test", 4, 8, 32, "center", config.model.text_max_len, 0,
-                                keys=("video",))["video"]
+  gt = train_utils.talking_faces_clips("test", 4, 8, 32, "center", config.model.text_max_len, 0,
+                                       keys=("video",))["video"]
   module, variables = inception_fid.load_inception_fid(path)
   features = lambda v: frechet.fid_features(module, variables, v.reshape(-1, 32, 32, 3))
   real_a, real_b = features(gt[:2]), features(gt[2:])

@@ -14,6 +14,7 @@ import pytest
 
 from gcm_jax.diffusion import schedules
 from gcm_jax.models import trained_autoencoder
+from tests import train_utils
 
 
 from benchmarks import denoiser_noise
@@ -63,11 +64,10 @@ def test_parse_variant():
 
 def test_autoencoder_truth_reads_reconstructions_like_generated_videos():
   from benchmarks import autoencoder_truth  # pylint: disable=g-import-not-at-top
-  from gcm_jax.train import train_syncnet  # pylint: disable=g-import-not-at-top
   from gcm_jax.models import autoencoder as ae  # pylint: disable=g-import-not-at-top
   from gcm_jax.train import train_autoencoder  # pylint: disable=g-import-not-at-top
-  clips = train_syncnet.make_clips("test", 4, 8, 32, "center", 96, 0,
-                                   keys=autoencoder_truth.TRUTH_KEYS)
+  clips = train_utils.talking_faces_clips("test", 4, 8, 32, "center", 96, 0,
+                                          keys=autoencoder_truth.TRUTH_KEYS)
   perfect = autoencoder_truth.measure(clips["video"], clips)
   assert perfect["face"] == perfect["background"] == 1.0 and perfect["hf_ratio"] == 1.0
   assert perfect["mouth_matched"] > 0.9 > 0.5 > perfect["mouth_shuffled"]

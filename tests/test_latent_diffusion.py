@@ -8,7 +8,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from gcm_jax import config_validation
 from gcm_jax import frozen_encoders

@@ -3,7 +3,7 @@
 A micro STDiT is trained with the trainer's own step (`trainer.init_state`,
 `trainer.compile_train_step`) on synthetic talking faces, then ground-truth test clips
 (unseen phrases and voices) are noised to t = 0.98, where x_t hides most of the colors,
-and the model's one-call x0 estimate is read with `evaluate.read_colors` (the nearest
+and the model's one-call x0 estimate is read with `ground_truth.read_colors` (the nearest
 palette color to the median border pixel). Read with the clip's own caption, the
 background must have the caption's color far above chance (1/10) and far above the same
 read-out with the text dropped; read with another clip's caption, it must follow that
@@ -20,16 +20,15 @@ run next to it, e.g. under `pytest -n 2`): 256 training clips, 1000 steps of bat
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from gcm_jax import evaluate
 from gcm_jax.configs import tiny
+from gcm_jax.data.talking_faces import ground_truth
 from gcm_jax.diffusion import parameterization
 from gcm_jax.diffusion import schedules
 from gcm_jax.models import diffusion_model
 from gcm_jax.parallel import mesh as mesh_lib
-from gcm_jax.train import train_syncnet
 from gcm_jax.train import trainer
+from tests import train_utils
 
 
 NUM_STEPS = 1000
@@ -55,9 +54,9 @@ def _config(seed):
 
 
 def _clips(config, split, num_clips, seed):
-  return train_syncnet.make_clips(split, num_clips, config.data.num_frames,
-                                  config.data.resolution, config.data.mel_alignment,
-                                  config.model.text_max_len, seed, keys=CLIP_KEYS)
+  return train_utils.talking_faces_clips(split, num_clips, config.data.num_frames,
+                                         config.data.resolution, config.data.mel_alignment,
+                                         config.model.text_max_len, seed, keys=CLIP_KEYS)
 
 
 def _train(config, clips):
@@ -104,7 +103,7 @@ def _background_read_outs(config, params, clips, key):
   }
   out = {}
   for name, c in variants.items():
-    _, out[name] = evaluate.read_colors(np.asarray(denoise(x_t, t, c)), clips["keypoints"])
+    _, out[name] = ground_truth.read_colors(np.asarray(denoise(x_t, t, c)), clips["keypoints"])
   return out, perm
 
 
@@ -115,7 +114,7 @@ def learned_background_accuracies(seed):
   params = _train(config, _clips(config, "train", NUM_TRAIN_CLIPS, seed))
   test = _clips(config, "test", NUM_TEST_CLIPS, seed + 1000)
   # The read-out itself is exact on clean clips.
-  _, clean = evaluate.read_colors(test["video"], test["keypoints"])
+  _, clean = ground_truth.read_colors(test["video"], test["keypoints"])
   np.testing.assert_array_equal(clean, test["background_color"])
   read, perm = _background_read_outs(config, params, test, jax.random.PRNGKey(seed))
   truth = test["background_color"]

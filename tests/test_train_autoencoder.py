@@ -100,7 +100,7 @@ def test_ssim_and_psnr_basics():
 
 
 def test_default_config_is_valid_and_problems_are_named():
-  assert ta.problems(autoencoder_config.get_config(), pipeline.DATASETS) == []
+  assert ta.problems(autoencoder_config.get_config()) == []
   config = autoencoder_config.get_config()
   config.loss.reconstruction = "l3"
   config.train.lr = 1.0
@@ -114,16 +114,16 @@ def test_default_config_is_valid_and_problems_are_named():
   config.data.resolution = 32
   config.train.frames_per_clip = 9
   config.model.norm_num_groups = 5
-  found = ta.problems(config, pipeline.DATASETS)
+  found = ta.problems(config)
   assert len(found) == 1 and "norm_num_groups" in found[0]
   config.model.norm_num_groups = 8
   config.model.block_out_channels = (16, 32, 32, 32, 32, 32, 32)
-  found = "\n".join(ta.problems(config, pipeline.DATASETS))
+  found = "\n".join(ta.problems(config))
   assert "multiple of the autoencoder's downsampling 64" in found
   assert "frames_per_clip = 9 must be <= config.data.num_frames = 8" in found
   config = autoencoder_config.get_config()
   config.data.resolution = 48
-  assert "expected one of (32, 64, 128)" in "\n".join(ta.problems(config, pipeline.DATASETS))
+  assert "expected one of (32, 64, 128)" in "\n".join(ta.problems(config))
 
 
 def test_short_run_beats_untrained_psnr(runs):

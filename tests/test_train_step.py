@@ -130,7 +130,7 @@ def _mouth_disc(keypoints, r, margin_pixels=2.0):
 
 
 def test_loss_weights_from_the_mouth_region_feature():
-  from gcm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from gcm_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from gcm_jax.data.talking_faces import captions  # pylint: disable=g-import-not-at-top
   from gcm_jax.data.talking_faces import generate_example  # pylint: disable=g-import-not-at-top
   from gcm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
@@ -143,7 +143,7 @@ def test_loss_weights_from_the_mouth_region_feature():
   keypoints = np.stack([synthetic, rendered]).astype(np.float32)
   batch = {"video": jnp.zeros((2, t, r, r, 3)),
            "mouth_region": np.stack([
-               pipeline.KEYPOINT_FEATURES["mouth_region"]({"keypoints": k}, r)
+               datasets.DATASETS["talking_faces"].derived["mouth_region"]({"keypoints": k}, r)
                for k in keypoints])}
   plain = step_lib.loss_weights(batch, frame_mask, 1.0)
   np.testing.assert_array_equal(plain[..., 0, 0], ~frame_mask)

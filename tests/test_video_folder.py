@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from gcm_jax.data import datasets
 from gcm_jax.data import pipeline
 from gcm_jax.data.video_folder import builder
 from gcm_jax.data.video_folder import captions
@@ -288,14 +289,16 @@ def test_pipeline_reads_real_clips_without_synthetic_features(built):
   config = train_utils.micro_config()
   config.data.update(name="video_folder", data_dir=built[0], num_frames=T)
   source = pipeline.data_source(config.data, "train")
-  features = pipeline.preprocess(source[0], text_max_len=96, keypoint_features=("mouth_region",))
-  assert not set(pipeline.OPTIONAL_FEATURES) & set(features)
+  entry = datasets.DATASETS["video_folder"]
+  features = pipeline.preprocess(source[0], text_max_len=96, dataset=entry,
+                                 derived=("mouth_region",))
+  assert not set(datasets.DATASETS["talking_faces"].features) & set(features)
   np.testing.assert_array_equal(features["mouth_region"],
                                 faces.mouth_region(source[0]["mouth_box"], R))
   region = features["mouth_region"]
   assert region[:, R // 2:].all() and not region[:, :R // 2].any()
   with pytest.raises(ValueError, match="control_maps"):
-    pipeline.preprocess(source[0], keypoint_features=("control_maps",))
+    pipeline.preprocess(source[0], dataset=entry, derived=("control_maps",))
   missing = config.data.copy_and_resolve_references()
   missing.data_dir = "/nonexistent"
   with pytest.raises(FileNotFoundError, match="python -m gcm_jax.data.video_folder"):
@@ -313,7 +316,8 @@ def test_config_rules_for_real_data():
   assert any("expected one of (32, 64, 128)" in p for p in config_validation.problems(config))
   config.data.update(name="video_folder", resolution=32)
   config.control.update(enabled=True, base_workdir="/x")
-  assert any("keypoint control maps" in p for p in config_validation.problems(config))
+  wanted = "needs control maps, which config.data.name = 'video_folder' does not make"
+  assert any(wanted in p for p in config_validation.problems(config))
 
 
 def test_train_and_evaluate_on_the_built_clips(built, tmp_path):
@@ -337,5 +341,5 @@ def test_train_and_evaluate_on_the_built_clips(built, tmp_path):
   assert np.isfinite(report["fidelity"]["flicker_255"]["ground_truth"])
   assert np.isfinite(report["generated_matched"]["lse_c"])
   assert "mouth_corr" not in report["generated_matched"]
-  assert set(report["skipped"]) == (set(evaluate.NEEDS_SYNTHETIC_TRUTH)
+  assert set(report["skipped"]) == (set(evaluate.NEEDS_TRUTH)
                                     | {"lse_syncnet_python", "fid", "fvd"})

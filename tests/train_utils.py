@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 
 from gcm_jax.configs import tiny
+from gcm_jax.data import pipeline
 from gcm_jax.runs import checkpoint as checkpoint_lib
 from gcm_jax.runs import directory
 
@@ -49,3 +50,16 @@ def write_workdir(path: str, config: ml_collections.ConfigDict, state, step: int
 
 
 get_config = micro_config  # So run_train.py can load this file: --config=tests/train_utils.py
+
+
+TALKING_FACES_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask")
+
+
+def talking_faces_clips(split: str, num_clips: int, num_frames: int, resolution: int,
+                        mel_alignment: str, text_max_len: int, seed: int,
+                        keys: tuple[str, ...] = TALKING_FACES_KEYS) -> dict[str, np.ndarray]:
+  """Fresh talking-faces clips of a split through the dataset contract
+  (`pipeline.load_clips`), stacked: 'video' `[N, T, R, R, 3]`, 'mel' `[N, T, 16, 80]`, ..."""
+  data = ml_collections.ConfigDict(dict(name="talking_faces", resolution=resolution,
+                                        mel_alignment=mel_alignment))
+  return pipeline.load_clips(data, split, num_clips, num_frames, seed, keys, text_max_len)

@@ -1,4 +1,5 @@
-"""SyncNet + text-video contrastive model on the synthetic talking faces (CPU-sized).
+"""SyncNet + text-video contrastive model on the synthetic talking faces (CPU-sized); any
+registered dataset with `--config.data.name` (a built one also needs `data_dir`).
 
   python -m gcm_jax.train.train_syncnet --workdir=/tmp/syncnet   # this config by default
   (override e.g. --config.train.num_steps=200 for a smoke run)
@@ -11,8 +12,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = dict(
-      resolution=32,            # 32 or 64 (renderer resolutions)
-      num_frames=25,            # training clip length (1 s)
+      name="talking_faces",     # gcm_jax.data.datasets.DATASETS
+      data_dir="",              # where a built dataset is (video_folder); unused by talking_faces
+      resolution=32,            # talking_faces: 32 or 64 (renderer resolutions)
+      num_frames=25,            # training clip length (1 s; a built dataset's clip length)
       eval_num_frames=40,       # held-out clip length (35 LSE windows)
       num_train_clips=1024,     # train split: 40 phrases x 7 voices x 3 rates, random cuts
       num_eval_clips=128,       # validation split: disjoint phrases and voices

@@ -13,7 +13,6 @@ host: the iterator's `get_state()` bytes (grain's DataLoader state) saved with a
 by any host and passed to `set_state()` on every host resume exactly. `DataIterator` follows grain's iterator protocol, so
 `grain.checkpoint.CheckpointHandler` / `CheckpointSave` can checkpoint it with orbax.
 """
-import dataclasses
 import os
 import typing
 from typing import Any, Callable, Optional, Sequence
@@ -22,54 +21,19 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gcm_jax import config_rules
 from gcm_jax import frozen_encoders
 from gcm_jax.data import audio
+from gcm_jax.data import contract
+from gcm_jax.data import datasets
 from gcm_jax.data import feature_cache
-from gcm_jax.data.talking_faces import keypoint_maps
-from gcm_jax.data.talking_faces import renderer
-from gcm_jax.data.talking_faces import talking_faces
-from gcm_jax.data.video_folder import builder as video_folder
-from gcm_jax.data.video_folder import faces
 from gcm_jax.models import tokenizer
 from gcm_jax.parallel import mesh as mesh_lib
 
 
 SPLITS = ("train", "validation", "test")
-# Ground truth only the synthetic set has (renderer truth and caption labels): copied into
-# the model inputs when a record has it, absent otherwise.
-OPTIONAL_FEATURES: dict[str, type] = {
-    "visemes": np.int32, "mouth_open": np.float32, "keypoints": np.float32,
-    "face_color": np.int32, "background_color": np.int32, "motion": np.int32}
-
-
-def _first_present(record: dict[str, Any], resolution: int, name: str,
-                   makers: Sequence[tuple[str, Callable[[np.ndarray, int], np.ndarray]]]
-                   ) -> np.ndarray:
-  """`make(record[key], R)` for the first (key, make) of `makers` whose key the record has."""
-  for key, make in makers:
-    if key in record:
-      return make(np.asarray(record[key], np.float32), resolution)
-  raise ValueError(f"'{name}' needs one of the record features {[k for k, _ in makers]}; "
-                   f"this dataset's records have {sorted(record)}")
-
-
-# Features computed from a record's face geometry (the synthetic keypoints `[T, K, 2]`, or a
-# real clip's mouth box `[T, 4]`) and the resolution R, in numpy on the CPU, so the model and
-# train step need no geometry.
-KEYPOINT_FEATURES: dict[str, Callable[[dict[str, Any], int], np.ndarray]] = {
-    # bool [T, R, R]: the mouth-weighted loss (the keypoints' mouth disc, else the mouth box:
-    # the lower half of a real clip's face crop unless the detector gave landmarks).
-    "mouth_region": lambda record, r: _first_present(
-        record, r, "mouth_region", (("keypoints", keypoint_maps.mouth_region),
-                                    ("mouth_box", faces.mouth_region))),
-    # float32 [T, R, R, K + 1]: ControlNet input (synthetic keypoints only).
-    "control_maps": lambda record, r: _first_present(
-        record, r, "control_maps", (("keypoints", keypoint_maps.control_maps),)),
-}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -95,18 +59,19 @@ def default_config() -> ml_collections.ConfigDict:
 
 def preprocess(features: dict[str, Any], mel_window: int = 16,
                mel_alignment: audio.Alignment = "center", text_max_len: int = 128,
-               keypoint_features: Sequence[str] = tuple(KEYPOINT_FEATURES)
+               dataset: Optional[contract.Dataset] = None, derived: Sequence[str] = ()
                ) -> dict[str, np.ndarray]:
-  """One TFDS record (or `Example.features()`) -> model inputs (numpy, no batch axis).
+  """One record (`contract`: a TFDS record, `Example.features()`) -> model inputs (numpy, no
+  batch axis).
 
   Returns:
     'video' float32 [T, R, R, 3] in [-1, 1]; 'mel' float32 [T, W, 80]; 'text_tokens' int32
     [L]; 'text_mask' bool [L]; 'audio' float32 [T * 640]; 'mask' bool [] (True: a real
-    example); the OPTIONAL_FEATURES the record has (synthetic set: 'visemes' int32 [T],
-    'mouth_open' float32 [T], 'keypoints' float32 [T, K, 2], 'face_color',
-    'background_color', 'motion' int32 []); and the `keypoint_features` (names of
-    KEYPOINT_FEATURES): 'mouth_region' bool [T, R, R], 'control_maps' float32
-    [T, R, R, K + 1].
+    example); the `dataset`'s ground-truth `features` the record has (talking faces:
+    'visemes' int32 [T], 'mouth_open' float32 [T], 'keypoints' float32 [T, K, 2],
+    'face_color', 'background_color', 'motion' int32 []); the `derived` features the dataset
+    makes ('mouth_region' bool [T, R, R], 'control_maps' float32 [T, R, R, C]); and the
+    frozen-encoder features cached with the record (`feature_cache`).
   """
   caption = features["caption"]
   if isinstance(caption, bytes):
@@ -124,32 +89,63 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
   tokens = (tokenizer.encode(caption, text_max_len)
             if "text_embeddings" not in features and caption.strip()
             else np.zeros((text_max_len,), np.int32))
+  makers = dataset.derived if dataset is not None else {}
+  missing = [name for name in derived if name not in makers]
+  if missing:
+    raise ValueError(f"this dataset cannot make {missing}; it makes {sorted(makers)}")
   return {
       "video": video.astype(np.float32) / 127.5 - 1.0,
       "mel": mel,
       "text_tokens": tokens,
       "text_mask": tokenizer.padding_mask(tokens),
       "audio": wav,
-      **{k: np.asarray(features[k], dtype) for k, dtype in OPTIONAL_FEATURES.items()
+      **{k: np.asarray(features[k], dtype)
+         for k, dtype in (dataset.features if dataset is not None else {}).items()
          if k in features},
       "mask": np.bool_(True),
-      **{name: KEYPOINT_FEATURES[name](features, video.shape[1]) for name in keypoint_features},
+      **{name: makers[name](features, video.shape[1]) for name in derived},
       # Frozen-encoder features cached for the record (`feature_cache`); a pretrained text
       # encoder's 'text_mask' (its tokens) replaces the byte tokens' one.
       **{k: np.asarray(features[k]) for k in frozen_encoders.ALL_KEYS if k in features},
   }
 
 
-class _Preprocess(grain.transforms.Map):
-  """grain transform wrapping `preprocess` with the config's settings."""
+def load_clips(data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,
+               num_frames: int, seed: int, keys: Sequence[str], text_max_len: int,
+               mel_window: int = 16) -> dict[str, np.ndarray]:
+  """Clips of `config.data.name`'s split for evaluation and SyncNet training
+  (`contract.Dataset.clip_records`), preprocessed as the training batches are (`preprocess`).
 
-  def __init__(self, mel_window: int, mel_alignment: audio.Alignment, text_max_len: int,
-               keypoint_features: Sequence[str]):
+  Returns:
+    the `keys` a clip has, stacked (`[N, ...]`, N <= num_clips: a built split may have
+    fewer); 'caption' is the clips' captions as str `[N]`.
+  """
+  dataset = datasets.get(data_cfg.name)
+  records = dataset.clip_records(data_cfg, split, num_clips, num_frames, seed)
+  if not records:
+    raise ValueError(f"the {data_cfg.name} {split} split has no clips")
+  derived = [k for k in keys if k in dataset.derived]
+  examples = [preprocess(r, mel_window, data_cfg.mel_alignment, text_max_len, dataset, derived)
+              for r in records]
+  out = {k: np.stack([e[k] for e in examples]) for k in keys if k in examples[0]}
+  if "caption" in keys:
+    out["caption"] = np.array([c.decode("utf-8") if isinstance(c, bytes) else str(c)
+                               for c in (r["caption"] for r in records)])
+  return out
+
+
+class _Preprocess(grain.transforms.Map):
+  """grain transform wrapping `preprocess` with the config's settings (the dataset by name:
+  its entry is looked up where the transform runs, so it pickles into grain's workers)."""
+
+  def __init__(self, dataset_name: str, mel_window: int, mel_alignment: audio.Alignment,
+               text_max_len: int, derived: Sequence[str]):
+    self._dataset_name = dataset_name
     self._kwargs = dict(mel_window=mel_window, mel_alignment=mel_alignment,
-                        text_max_len=text_max_len, keypoint_features=tuple(keypoint_features))
+                        text_max_len=text_max_len, derived=tuple(derived))
 
   def map(self, element):
-    return preprocess(element, **self._kwargs)
+    return preprocess(element, dataset=datasets.get(self._dataset_name), **self._kwargs)
 
 
 def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -294,77 +290,11 @@ class DataIterator:
     self._iterator.set_state(state)
 
 
-def _prepared(builder: talking_faces.TalkingFaces, build_if_missing: bool
-              ) -> talking_faces.TalkingFaces:
-  """`builder` with complete data: (re)built if `build_if_missing`, else an error saying why."""
-  if build_if_missing:
-    return talking_faces.prepare(builder)
-  reason = talking_faces.incomplete_reason(builder)
-  if reason is None:
-    return builder
-  delete = f"delete {builder.data_path}, then " if builder.data_path.exists() else ""
-  raise FileNotFoundError(
-      f"dataset {builder.name}/{builder.builder_config.name} in {builder.data_dir_root} is "
-      f"not usable: {reason}; {delete}set config.data.build_if_missing or run "
-      f"gcm_jax.data.talking_faces.build(...)")
-
-
-def _talking_faces_source(data_cfg: ml_collections.ConfigDict, split: str):
-  """The synthetic set, generated (or repaired) first if allowed.
-
-  Multi-host: process 0 builds, all processes wait at a barrier; a process that still does
-  not see complete data (host-local data_dir) builds its own identical copy.
-  """
-  def get_builder():
-    return talking_faces.get_builder(
-        data_cfg.data_dir, data_cfg.resolution, data_cfg.num_frames, data_cfg.num_train,
-        data_cfg.num_validation, data_cfg.num_test, data_cfg.dataset_seed)
-  builder = None
-  if jax.process_index() == 0 or not data_cfg.build_if_missing:
-    builder = _prepared(get_builder(), data_cfg.build_if_missing)
-  if jax.process_count() > 1:
-    mesh_lib.wait_for_processes("gcm_jax.data.pipeline: dataset built")
-    builder = _prepared(get_builder(), data_cfg.build_if_missing)
-  return builder.as_data_source(split)
-
-
-def _video_folder_source(data_cfg: ml_collections.ConfigDict, split: str):
-  """Clips of real videos built by `python -m gcm_jax.data.video_folder` into data_dir (it
-  cannot be built from the config: that needs the videos)."""
-  path = video_folder.dataset_path(data_cfg.data_dir, data_cfg.resolution, data_cfg.num_frames)
-  if not os.path.exists(os.path.join(path, "dataset_info.json")):
-    raise FileNotFoundError(
-        f"no video_folder dataset at {path}; build it with python -m gcm_jax.data.video_folder "
-        f"--input=YOUR_VIDEOS --output_dir={data_cfg.data_dir} "
-        f"--resolution={data_cfg.resolution} --num_frames={data_cfg.num_frames}")
-  builder = tfds.builder_from_directory(path)
-  if split not in builder.info.splits:
-    raise ValueError(f"the video_folder dataset at {path} has no {split} clips (splits: "
-                     f"{list(builder.info.splits)}); see its staging/ledger.jsonl")
-  return builder.as_data_source(split)
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-  """How the pipeline reads a dataset (`config.data.name`)."""
-  data_source: Callable[[ml_collections.ConfigDict, str], Any]  # (config.data, split) -> records
-  resolutions: Optional[tuple[int, ...]]  # allowed config.data.resolution; None: any
-  keypoints: bool  # records have the synthetic keypoints (ControlNet maps, color read-out)
-  description: str
-
-
-DATASETS: dict[str, Dataset] = {
-    "talking_faces": Dataset(_talking_faces_source, renderer.RESOLUTIONS, True,
-                             "the synthetic talking faces, generated on first use"),
-    "video_folder": Dataset(_video_folder_source, None, False,
-                            "clips of real videos (python -m gcm_jax.data.video_folder)"),
-}
-
-
 # The `config.data` fields every config that reads a dataset has (their checks; the entry
 # points' tables include these).
 DATA_RULES: tuple[config_rules.Rule, ...] = (
-    config_rules.one_of("data.name", DATASETS),
+    config_rules.Rule("data.name", lambda name: name in datasets.DATASETS,
+                      "a name in gcm_jax.data.datasets.DATASETS"),
     config_rules.text("data.data_dir"),
     config_rules.boolean("data.build_if_missing"),
     config_rules.integer("data.resolution", 16),  # The dataset's allowed sizes: Dataset.
@@ -382,17 +312,16 @@ DATA_RULES: tuple[config_rules.Rule, ...] = (
 )
 
 def data_source(data_cfg: ml_collections.ConfigDict, split: str):
-  """The split's random-access records of dataset `data_cfg.name` (DATASETS)."""
-  if data_cfg.name not in DATASETS:
-    raise ValueError(f"unknown dataset {data_cfg.name!r}; expected one of {tuple(DATASETS)}")
-  return DATASETS[data_cfg.name].data_source(data_cfg, split)
+  """The split's random-access records of dataset `data_cfg.name` (`datasets.DATASETS`)."""
+  return datasets.get(data_cfg.name).source(data_cfg, split)
 
 
 def with_frozen_features(config: ml_collections.ConfigDict, source, split: str):
   """`source` whose records carry the run's frozen-encoder features (as is without).
 
   The features are computed once per split and cached in the dataset's folder
-  (`<dataset dir>/feature_cache/`, see `feature_cache`), by process 0 in a multi-host run
+  (`<dataset dir>/feature_cache/`, see `feature_cache`; a source that is not a TFDS one:
+  `<data_dir>/<name>/feature_cache/`), by process 0 in a multi-host run
   (the others wait, then read; a process that sees no cache, host-local data_dir, computes
   its own identical copy).
   """
@@ -401,7 +330,10 @@ def with_frozen_features(config: ml_collections.ConfigDict, source, split: str):
   encoders = frozen_encoders.FrozenEncoders(config)
   if not encoders.keys:
     return source
-  cache_root = os.path.join(source.dataset_info.data_dir, "feature_cache")
+  info = getattr(source, "dataset_info", None)  # A TFDS source: its version folder.
+  cache_root = os.path.join(info.data_dir if info is not None
+                            else os.path.join(config.data.data_dir, config.data.name),
+                            "feature_cache")
   load = lambda: feature_cache.load_or_compute(source, split, encoders, cache_root,
                                                 config.data.num_frames)
   features = load() if jax.process_index() == 0 else None
@@ -431,7 +363,8 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
     process_index, process_count: this host's rows; default `jax.process_index()` /
       `jax.process_count()` (overridable to test multi-host sharding on one host).
     device_keys: the features that become global arrays (default all); the others stay
-      host-local numpy rows. KEYPOINT_FEATURES not among them are not computed.
+      host-local numpy rows. The dataset's `derived` features not among them are not
+      computed.
 
   Returns:
     A `DataIterator` of dicts of global arrays `[batch_size, ...]` (and host-local rows).
@@ -454,8 +387,9 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
   shard = GlobalOrderShard(source, batch_size, process_index, process_count, seed, shuffle,
                            num_epochs)
   preprocess_op = _Preprocess(
-      data_cfg.mel_window, data_cfg.mel_alignment, data_cfg.text_max_len,
-      [k for k in KEYPOINT_FEATURES if device_keys is None or k in device_keys])
+      data_cfg.name, data_cfg.mel_window, data_cfg.mel_alignment, data_cfg.text_max_len,
+      [k for k in datasets.get(data_cfg.name).derived
+       if device_keys is None or k in device_keys])
   loader = None
   if len(shard):  # A host can have no rows of a small finite split.
     loader = grain.DataLoader(

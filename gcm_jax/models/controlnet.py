@@ -2,9 +2,9 @@
 
 The branch is a trainable copy of the base model's input embedding, condition encoders
 and first K blocks. Control maps `[B, T, H, W, Cc]` (for the talking faces: keypoint
-heatmaps for motion and a head-layout map for composition, made by the input pipeline,
-`gcm_jax.data.pipeline.KEYPOINT_FEATURES`) are patchified and added to the copied tokens through a
-zero-initialized linear layer; after each copied block a zero-initialized linear layer
+heatmaps for motion and a head-layout map for composition, made by the input pipeline from
+the dataset entry's `derived['control_maps']`) are patchified and added to the copied tokens
+through a zero-initialized linear layer; after each copied block a zero-initialized linear layer
 produces a residual `[B, T, N, D]` that the base model adds after its own block i
 (`cond['control']`). Both zero layers make every residual exactly zero at init, so the
 controlled model starts as the base model.

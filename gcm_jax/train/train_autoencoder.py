@@ -63,6 +63,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gcm_jax import config_rules as cv
 from gcm_jax import image_quality
+from gcm_jax.data import datasets
 from gcm_jax.data import pipeline
 from gcm_jax.models import autoencoder as ae
 from gcm_jax.models import trained_autoencoder
@@ -127,8 +128,7 @@ def autoencoder_config(config: ml_collections.ConfigDict, scaling_factor: float 
   return ae.AutoencoderConfig(**fields, scaling_factor=scaling_factor, shift_factor=shift_factor)
 
 
-def _cross_field_problems(c: ml_collections.ConfigDict,
-                          datasets: Optional[Mapping[str, Any]]) -> list[str]:
+def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
   try:
     downsampling = autoencoder_config(c).downsampling
   except ValueError as e:
@@ -148,7 +148,7 @@ def _cross_field_problems(c: ml_collections.ConfigDict,
        f"(the SSIM window)"),
   ]
   found = [message for ok, message in checks if not ok]
-  resolutions = getattr(datasets.get(c.data.name), "resolutions", None) if datasets else None
+  resolutions = datasets.DATASETS[c.data.name].resolutions
   if resolutions is not None and c.data.resolution not in resolutions:
     found.append(f"config.data.resolution = {c.data.resolution}: expected one of {resolutions} "
                  f"for config.data.name = {c.data.name!r}")
@@ -158,23 +158,16 @@ def _cross_field_problems(c: ml_collections.ConfigDict,
   return found
 
 
-def problems(config: ml_collections.ConfigDict,
-             datasets: Optional[Mapping[str, Any]] = None) -> list[str]:
-  """Every problem of an autoencoder-training config, one line each (empty if valid).
-
-  Args:
-    config: the run's config (fields: configs/autoencoder.py).
-    datasets: the input pipeline's dataset registry (`pipeline.DATASETS`), to check the
-      resolution against the dataset's; None skips that check.
-  """
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Every problem of an autoencoder-training config (fields: configs/autoencoder.py), one
+  line each (empty if valid)."""
   return (cv.field_problems(config, RULES, "configs/autoencoder.py")
-          or _cross_field_problems(config, datasets))
+          or _cross_field_problems(config))
 
 
-def validate(config: ml_collections.ConfigDict,
-             datasets: Optional[Mapping[str, Any]] = None) -> None:
+def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `config_rules.ConfigError` listing every problem of `config` (`problems`)."""
-  found = problems(config, datasets)
+  found = problems(config)
   if found:
     raise cv.ConfigError("invalid autoencoder config:\n  " + "\n  ".join(found))
 
@@ -378,7 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     directory.ConfigMismatchError: `workdir` holds a run with a different config.
     checkpoint.CheckpointError: no checkpoint in `workdir` can be read.
   """
-  validate(config, pipeline.DATASETS)
+  validate(config)
   config = directory.with_data_dir(config, workdir)
   checkpointer = loop.open_run(config, workdir, RESUMABLE_FIELDS, "an autoencoder run")
   mesh = make_mesh(config.num_devices)

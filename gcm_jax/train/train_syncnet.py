@@ -1,15 +1,15 @@
-"""Trains SyncNet and the text-video contrastive model on the synthetic talking faces.
+"""Trains SyncNet and the text-video contrastive model on any registered dataset.
 
   python -m gcm_jax.train.train_syncnet --workdir=/tmp/syncnet   # configs/syncnet.py
   python -m gcm_jax.train.train_syncnet --workdir=... --config.train.num_steps=200
 
-Clips come from the data module's one-example generator
-(`gcm_jax.data.talking_faces.generate_example`, train / validation splits: disjoint phrases and
-voices) through the pipeline's `preprocess` (video in [-1, 1], per-frame 16-frame mel windows,
-byte-tokenized caption). SyncNet sees in-sync pairs (a 5-frame lower-face window and its
-audio window) and off-sync pairs (the audio window of the same clip shifted by
-`min_shift..max_shift` frames), trained with Wav2Lip's cosine-BCE plus an optional InfoNCE term
-with in-batch negatives.
+Clips come from the registry entry of `config.data.name` (`pipeline.load_clips`: the
+synthetic talking faces draw fresh clips of the train / validation phrases and voices,
+disjoint; a built dataset gives its splits' first clips) through the pipeline's `preprocess`
+(video in [-1, 1], per-frame 16-frame mel windows, byte-tokenized caption). SyncNet sees
+in-sync pairs (a 5-frame lower-face window and its audio window) and off-sync pairs (the
+audio window of the same clip shifted by `min_shift..max_shift` frames), trained with
+Wav2Lip's cosine-BCE plus an optional InfoNCE term with in-batch negatives.
 
 Both models train in the loop every model family shares (`gcm_jax.train.loop`):
 `gcm_jax.runs.state` (TrainState, AdamW with warmup + cosine decay and clipping, non-finite
@@ -48,11 +48,8 @@ from gcm_jax.alignment import contrastive
 from gcm_jax.alignment import metrics
 from gcm_jax.alignment import sync_loss as sync_loss_lib
 from gcm_jax.data import audio
+from gcm_jax.data import datasets
 from gcm_jax.data import pipeline
-from gcm_jax.data.talking_faces import captions
-from gcm_jax.data.talking_faces import corpus
-from gcm_jax.data.talking_faces import generate_example
-from gcm_jax.data.talking_faces import renderer
 from gcm_jax.models import sync_offsets
 from gcm_jax.models import syncnet as syncnet_lib
 from gcm_jax.models import trained_syncnet
@@ -70,11 +67,14 @@ TEXT_VIDEO_DIR = "text_video"  # The text-video run's checkpoints and logs, unde
 DEFAULT_CONFIG = "syncnet"  # gcm_jax/configs/syncnet.py
 
 
-CLIP_KEYS = ("video", "mel", "mouth_open", "text_tokens", "text_mask")
+CLIP_KEYS = ("video", "mel", "text_tokens", "text_mask")
 
 RULES: tuple[config_rules.Rule, ...] = (
     config_rules.integer("seed", 0),
-    config_rules.one_of("data.resolution", renderer.RESOLUTIONS),
+    config_rules.Rule("data.name", lambda name: name in datasets.DATASETS,
+                      "a name in gcm_jax.data.datasets.DATASETS"),
+    config_rules.text("data.data_dir"),
+    config_rules.integer("data.resolution", 16),  # The dataset's allowed sizes: problems.
     config_rules.integer("data.num_frames", syncnet_lib.SYNC_FRAMES + 1),
     config_rules.integer("data.eval_num_frames", syncnet_lib.SYNC_FRAMES + 1),
     config_rules.integer("data.num_train_clips", 1),
@@ -108,7 +108,7 @@ RULES: tuple[config_rules.Rule, ...] = (
 # Fields that may differ when a run resumes (a prefix ending in "." covers a section); the
 # others define the run and must equal its config.json.
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "text_video.num_steps",
-                    "checkpoint.", "eval.")
+                    "checkpoint.", "eval.", "data.data_dir")
 
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -118,7 +118,11 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     return found
   d, t, tv = config.data, config.train, config.text_video
   windows = d.num_frames - syncnet_lib.SYNC_FRAMES + 1
+  resolutions = datasets.DATASETS[d.name].resolutions
   checks = [
+      (resolutions is None or d.resolution in resolutions,
+       f"config.data.resolution = {d.resolution}: expected one of {resolutions} for "
+       f"config.data.name = {d.name!r}"),
       (t.min_shift <= t.max_shift, f"config.train.min_shift = {t.min_shift} must be <= "
                                    f"config.train.max_shift = {t.max_shift}"),
       # The middle window of a clip has the nearest far end: ceil((windows - 1) / 2) away.
@@ -142,30 +146,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise config_rules.ConfigError("invalid SyncNet config:\n  " + "\n  ".join(found))
 
 
-def make_clips(split: str, num_clips: int, num_frames: int, resolution: int,
-               mel_alignment: str, text_max_len: int, seed: int,
-               keys: Tuple[str, ...] = CLIP_KEYS) -> Batch:
-  """Generates `num_clips` clips of a split, preprocessed by the data pipeline
-  (`gcm_jax.data.pipeline.preprocess`, so exactly the training batches' conventions).
-
-  Returns:
-    the `keys` of `pipeline.preprocess` stacked, by default {'video': float32
-    [N, T, R, R, 3] in [-1, 1], 'mel': float32 [N, T, 16, 80], 'mouth_open': float32
-    [N, T], 'text_tokens': int32 [N, L], 'text_mask': bool [N, L]}.
-  """
-  phrases, voices = corpus.SPLITS[split]
-  rng = np.random.default_rng(seed)
-  out = {k: [] for k in keys}
-  for _ in range(num_clips):
-    ex = generate_example(
-        phrases[rng.integers(len(phrases))], captions.sample_attributes(rng),
-        voice=voices[rng.integers(len(voices))], rate=int(rng.choice(corpus.RATES)),
-        resolution=resolution, num_frames=num_frames, seed=int(rng.integers(2**31)))
-    features = pipeline.preprocess(ex.features(), syncnet_lib.MEL_FRAMES, mel_alignment,
-                                   text_max_len)
-    for k in keys:  # 'caption' (str) is the example's own; the rest are model inputs.
-      out[k].append(ex.caption if k == "caption" else features[k])
-  return {k: np.stack(v) for k, v in out.items()}
+def load_clips(config: ml_collections.ConfigDict, split: str, num_clips: int, num_frames: int,
+               seed: int) -> Batch:
+  """`num_clips` clips of the dataset's `split` (`pipeline.load_clips`) with SyncNet's mel
+  windows: 'video' float32 `[N, T, R, R, 3]` in [-1, 1], 'mel' `[N, T, 16, 80]`,
+  'text_tokens' / 'text_mask' `[N, L]`, and the ground truth's mouth track if the dataset
+  has one (`contract.GroundTruth.mouth_track_key`)."""
+  truth = datasets.DATASETS[config.data.name].truth
+  keys = CLIP_KEYS + ((truth.mouth_track_key,) if truth else ())
+  return pipeline.load_clips(config.data, split, num_clips, num_frames, seed, keys,
+                             config.data.text_max_len, syncnet_lib.MEL_FRAMES)
 
 
 def _negative_starts(starts: np.ndarray, num_windows: int, min_shift: int, max_shift: int,
@@ -424,9 +414,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   directory.write_config(config, workdir)
   d, tc = config.data, config.train
   t0 = time.time()
-  train = make_clips("train", d.num_train_clips, d.num_frames, d.resolution, d.mel_alignment,
-                     d.text_max_len, config.seed)
-  logging.info("generated %d train clips in %.1fs", d.num_train_clips, time.time() - t0)
+  train = load_clips(config, "train", d.num_train_clips, d.num_frames, config.seed)
+  logging.info("loaded %d train clips in %.1fs", len(train["video"]), time.time() - t0)
   key_sync, key_tv = jax.random.split(jax.random.PRNGKey(config.seed))
 
   model = trained_syncnet.build_syncnet(config)
@@ -445,11 +434,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   variables = {"params": state.ema_params["syncnet"]}
   export.save_params(os.path.join(workdir, trained_syncnet.SYNCNET_FILE), variables)
   report = {"syncnet_train_seconds": time.time() - t0}
-  val = make_clips("validation", d.num_eval_clips, d.eval_num_frames, d.resolution,
-                   d.mel_alignment, d.text_max_len, config.seed + 1)
+  val = load_clips(config, "validation", d.num_eval_clips, d.eval_num_frames, config.seed + 1)
   report.update(evaluate_sync(model, variables, val, config, config.seed + 2))
-  oracle = metrics.oracle_lipsync(jnp.asarray(val["video"]), jnp.asarray(val["mouth_open"]))
-  report["oracle_mouth_corr_ground_truth"] = float(jnp.mean(oracle["mouth_corr"]))
+  truth = datasets.DATASETS[d.name].truth
+  if truth:  # The ceiling of a mouth read-out: the ground truth's own frames.
+    report["oracle_mouth_corr_ground_truth"] = float(np.mean(truth.mouth_correlation(
+        val["video"], val[truth.mouth_track_key])))
   logging.info("syncnet held-out: %s", report)
 
   if config.text_video.num_steps > 0:

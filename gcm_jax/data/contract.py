@@ -1,0 +1,115 @@
+"""The dataset contract: what one entry of `gcm_jax.data.datasets.DATASETS` gives gcm_jax.
+
+Training, sampling, evaluation and SyncNet training ask the entry of `config.data.name`,
+never a dataset's name. A record (one clip) is a dict with at least
+
+  'video'    uint8 `[T, R, R, 3]`
+  'audio'    float32 `[T * 640]`: 16 kHz mono under 25 fps video
+  'caption'  bytes or str (may be empty: the model reads it as the dropped text)
+
+plus the entry's `features` (ground truth copied into the model inputs) and whatever its
+`derived` makers and `truth` hooks read. Adding a dataset: one module that builds a
+`Dataset` (see data/talking_faces/dataset.py, data/video_folder/dataset.py) and one line in
+`gcm_jax/data/datasets.py`; docs/extending.md walks through it.
+"""
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import ml_collections
+import numpy as np
+
+Record = Mapping[str, Any]
+# (config.data, split) -> the split's records: `len`, `[i]` and a `repr` stable across hosts
+# (grain checks it on restore); a TFDS data source is one.
+Source = Callable[[ml_collections.ConfigDict, str], Sequence[Record]]
+# (config.data, split, num_clips, num_frames, seed) -> records of exactly num_frames frames.
+ClipMaker = Callable[[ml_collections.ConfigDict, str, int, int, int], list[Record]]
+
+
+def cut_record(record: Record, num_frames: int) -> dict[str, Any]:
+  """`record`'s first `num_frames` frames: 'audio' to `num_frames * 640` samples and every
+  array whose leading axis is the clip's frame count (per-frame features) to `num_frames`."""
+  frames = len(record["video"])
+  if num_frames > frames:
+    raise ValueError(f"asked for clips of {num_frames} frames from records of {frames}")
+  samples = len(record["audio"]) // frames
+  out = {}
+  for key, value in record.items():
+    if key == "audio":
+      out[key] = np.asarray(value)[:num_frames * samples]
+    elif isinstance(value, np.ndarray) and value.ndim and value.shape[0] == frames:
+      out[key] = value[:num_frames]
+    else:
+      out[key] = value
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class GroundTruth:
+  """Metrics only a dataset that knows how its clips were made can compute (`evaluate`).
+
+  Attributes:
+    keys: the clip features the hooks read (model-input names, e.g. 'mouth_open').
+    caption_metric: the report's name for `caption_match` (e.g. 'color_accuracy').
+    caption_match: (videos `[N, T, R, R, 3]` in [-1, 1], clips) -> {attribute: fraction of
+      the videos in which the attribute read from the pixels is the caption's}.
+    chance: `caption_match`'s expected value for a video that ignores the caption.
+    mouth_track_key: the clip feature with each clip's audio-implied mouth opening `[N, T]`.
+    mouth_correlation: (videos `[N, T, R, R, 3]`, tracks `[N, T]`) -> float `[N]`: the
+      correlation over time of the mouth read from each video with its track.
+    paraphrases: {style: caption -> the same content reworded} (does the text encoder read
+      the meaning or the template?).
+  """
+  keys: tuple[str, ...]
+  caption_metric: str
+  caption_match: Callable[[np.ndarray, Mapping[str, np.ndarray]], dict[str, float]]
+  chance: float
+  mouth_track_key: str
+  mouth_correlation: Callable[[np.ndarray, np.ndarray], np.ndarray]
+  paraphrases: Mapping[str, Callable[[str], str]] = dataclasses.field(default_factory=dict)
+
+
+def first_clips(source: Source) -> ClipMaker:
+  """The clip maker of a built dataset: the split's first `num_clips` records (fewer if the
+  split has fewer), each cut to its first `num_frames` frames (`seed` unused: the split's own
+  clips, in order)."""
+  def clips(data_cfg: ml_collections.ConfigDict, split: str, num_clips: int, num_frames: int,
+            seed: int) -> list[Record]:
+    del seed
+    records = source(data_cfg, split)
+    return [cut_record(records[i], num_frames) for i in range(min(num_clips, len(records)))]
+  return clips
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """One dataset as gcm_jax reads it.
+
+  Attributes:
+    description: one line for docs and error messages.
+    source: (config.data, split) -> the split's records, for the training pipeline.
+    clips: (config.data, split, num_clips, num_frames, seed) -> records of `num_frames`
+      frames for evaluation and SyncNet training; None = `first_clips(source)`.
+    resolutions: the `config.data.resolution`s it has (None: any).
+    features: ground truth its records carry that the model inputs keep: {name: dtype}.
+    derived: per-record features made from what the record has, only when a run asks for
+      them: {name: (record, R) -> array}; 'mouth_region' bool `[T, R, R]` (the mouth-weighted
+      loss) and 'control_maps' float32 `[T, R, R, control_channels]` (ControlNet runs).
+    control_channels: the channels of its 'control_maps' (0: it has none).
+    truth: its ground-truth metric hooks, or None (those metrics are then skipped, with why).
+  """
+  description: str
+  source: Source
+  clips: Optional[ClipMaker] = None
+  resolutions: Optional[tuple[int, ...]] = None
+  features: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  derived: Mapping[str, Callable[[Record, int], np.ndarray]] = dataclasses.field(
+      default_factory=dict)
+  control_channels: int = 0
+  truth: Optional[GroundTruth] = None
+
+  def clip_records(self, data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,
+                   num_frames: int, seed: int) -> list[Record]:
+    """`clips` (or `first_clips(source)`) for these arguments."""
+    make = self.clips or first_clips(self.source)
+    return make(data_cfg, split, num_clips, num_frames, seed)
