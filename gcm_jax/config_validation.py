@@ -92,7 +92,7 @@ RULES: tuple[Rule, ...] = (
     one_of("model.attention_impl", attention.IMPLEMENTATIONS),
     boolean("model.scan_blocks"),
     boolean("model.final_conv"),
-    one_of("model.text_encoder", tuple(conditioning.TEXT_KEYS) + tuple(text_encoders.ENCODERS)),
+    one_of("model.text_encoder", conditioning.TEXT_KEYS),
     one_of("model.audio_encoder", conditioning.AUDIO_KEYS),
     # Latent diffusion (gcm_jax.latents).
     one_of("latent.source", ("none",) + tuple(latents.SOURCES)),

@@ -17,18 +17,24 @@ The SyncNet (lip-sync loss, metrics) always reads 'mel'.
 from typing import Any, Mapping
 
 from gcm_jax.models.pretrained import audio_encoders
+from gcm_jax.models.pretrained import text_encoders
 
 BYTE_TEXT = "bytes"
-TEXT_KEYS = {BYTE_TEXT: ("text_tokens", "text_mask")}
 PRETRAINED_TEXT_KEYS = ("text_embeddings", "text_mask")
+# model.text_encoder -> its batch keys; the pretrained names are text_encoders.ENCODERS'.
+TEXT_KEYS = {BYTE_TEXT: ("text_tokens", "text_mask"),
+             **{name: PRETRAINED_TEXT_KEYS for name in text_encoders.ENCODERS}}
 MEL = "mel"
 # model.audio_encoder -> the batch key of its windows (a frozen encoder's is its name).
 AUDIO_KEYS = {MEL: MEL, **{name: name for name in audio_encoders.ENCODERS}}
 
 
 def text_keys(model: Mapping[str, Any]) -> tuple[str, str]:
-  """('text_tokens' | 'text_embeddings', 'text_mask') for `config.model`."""
-  return TEXT_KEYS.get(model.get("text_encoder", BYTE_TEXT), PRETRAINED_TEXT_KEYS)
+  """('text_tokens' | 'text_embeddings', 'text_mask') for `config.model` (`TEXT_KEYS`)."""
+  name = model.get("text_encoder", BYTE_TEXT)
+  if name not in TEXT_KEYS:
+    raise ValueError(f"unknown text_encoder {name!r}; expected one of {tuple(TEXT_KEYS)}")
+  return TEXT_KEYS[name]
 
 
 def audio_key(model: Mapping[str, Any]) -> str:
