@@ -19,16 +19,15 @@ frozen-encoder features, keyed by the autoencoder's identity); sampling, `gcm-ge
 """
 import dataclasses
 import functools
-import hashlib
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from gcm_jax.models import autoencoder as ae
 from gcm_jax.models import trained_autoencoder
+from gcm_jax.runs import export
 
 
 NONE = "none"
@@ -57,13 +56,6 @@ class Autoencoder:
                              method=ae.AutoencoderKL.decode)
 
 
-def _digest(tree: Any) -> str:
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(tree):
-    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-  return digest.hexdigest()[:16]
-
-
 def _random(spec: ml_collections.ConfigDict) -> tuple[ae.AutoencoderConfig, Any, str]:
   if spec.config not in ae.CONFIGS:
     raise ValueError(f"unknown config.latent.config {spec.config!r}; expected one of "
@@ -75,7 +67,7 @@ def _random(spec: ml_collections.ConfigDict) -> tuple[ae.AutoencoderConfig, Any,
 
 def _diffusers(spec: ml_collections.ConfigDict) -> tuple[ae.AutoencoderConfig, Any, str]:
   config, params = ae.load_diffusers(spec.path)
-  return config, params, f"diffusers:{_digest(params)}"
+  return config, params, f"diffusers:{export.params_digest(params)[:16]}"
 
 
 def _workdir(spec: ml_collections.ConfigDict) -> tuple[ae.AutoencoderConfig, Any, str]:
