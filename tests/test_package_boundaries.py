@@ -196,3 +196,34 @@ def test_importing_the_lower_layers_loads_nothing_above_them():
   loaded = ast.literal_eval(result.stdout.strip().splitlines()[-1])
   assert "gcm_jax.models.pretrained.whisper" in loaded and "gcm_jax.runs.checkpoint" in loaded
   assert [m for m in loaded if layer_of(m) is not None and layer_of(m) > 2] == []
+
+
+def readme_rows() -> list[tuple[int, str, str]]:
+  """(layer, folder, modules cell) of each row of the README's Architecture table."""
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    section = f.read().split("## Architecture", 1)[1].split("\n## ", 1)[0]
+  rows = []
+  for line in section.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 3 and cells[0].isdigit():
+      rows.append((int(cells[0]), cells[1].strip("`"), cells[2]))
+  return rows
+
+
+def test_the_readme_lists_every_module_in_its_layer():
+  """Each module file is named in the README's Architecture row of its folder and layer (a
+  `__main__`, an entry point, in its package's row), so a newcomer finds every module there
+  and a new one cannot be added silently."""
+  rows = readme_rows()
+  missing = []
+  for module, path in modules(REPO).items():
+    name = os.path.basename(path)
+    if name == "__init__.py":
+      continue
+    folder = os.path.relpath(os.path.dirname(path), os.path.join(REPO, "gcm_jax"))
+    folder = "gcm_jax/" if folder == "." else folder.replace(os.sep, "/") + "/"
+    if not any(folder == f and f"`{name}`" in cell
+               and (layer == layer_of(module) or name == "__main__.py")
+               for layer, f, cell in rows):
+      missing.append(f"{folder}{name} (layer {layer_of(module)})")
+  assert not missing, f"not in the README's Architecture table: {missing}"

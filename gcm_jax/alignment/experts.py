@@ -92,7 +92,6 @@ class LipSyncExpert:
 
 
 def _load_project(config: ml_collections.ConfigDict) -> Expert:
-  # Imported here: train_syncnet imports config_validation, which imports the train step.
   return trained_syncnet.load_matching_syncnet(config.lipsync.syncnet_workdir, config.data)
 
 
