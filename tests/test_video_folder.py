@@ -176,10 +176,28 @@ def test_tracks_cut_at_lost_faces_second_faces_and_scene_cuts():
   dets[85] = dets[85] + [_det(150, 50, 35)]                  # A single false detection.
   tracks, ends = faces.track(dets, cuts)
   assert [(t.start, t.end) for t in tracks] == [(0, 21), (35, 41), (55, 56), (60, 96)]
-  assert ends == {"face_lost": 1, "second_face": 1, "scene_cut": 1}
+  assert ends == {"face_lost": 1, "second_face": 1, "scene_cut": 1, "spurious": 0}
   np.testing.assert_allclose(tracks[-1].boxes[-1], [89.5, 50, 40], atol=0.1)
   region = faces.mouth_region(np.array([[0.0, 0.5, 1.0, 1.0]]), 4)
   assert region.tolist() == [[[False] * 4] * 2 + [[True] * 4] * 2]
+
+
+def test_two_people_throughout_are_counted_as_a_second_face(tmp_path):
+  """Two faces in every detection: a second-face stretch is counted even where it leaves no
+  track, one-detection false positives are 'spurious' (not lost faces), and a video with
+  two people is rejected as such."""
+  two = {f: [_det(100, 100, 40), _det(300, 100, 40)] for f in range(0, 50, 5)}
+  quiet = {f: [] for f in range(50, 100, 5)}
+  quiet[70] = [_det(200, 150, 30)]                           # A single false detection.
+  tracks, ends = faces.track({**two, **quiet}, np.zeros(100, bool))
+  assert tracks == []
+  assert ends == {"face_lost": 0, "second_face": 1, "scene_cut": 0, "spurious": 1}
+  spec = vf.Spec("two/people", duration=1.6, size=(384, 192), marker=None, second_face=True)
+  item = captions.Item("two/people.mp4", vf.write(spec, str(tmp_path)), captions.Transcript())
+  with pytest.raises(decode.RejectError) as error:
+    builder.process_video(item, SETTINGS, builder.tools_for(SETTINGS), lambda record: None)
+  assert error.value.reason == "second_face" and "second person" in error.value.detail
+  assert "'second_face': 1" in error.value.detail and "second_face" in builder.REJECT_REASONS
 
 
 def test_detectors_registry():

@@ -49,6 +49,7 @@ class Spec:
   marker: Optional[float] = 1.2      # Flash + click time (s).
   truncate: bool = False             # Keep only the first half of the file's bytes.
   transcript: Optional[str] = None   # Sidecar transcript: 'srt' (timed words) or 'txt'.
+  second_face: bool = False          # Two people side by side, each in one half of the frame.
 
   @property
   def path_suffix(self) -> str:
@@ -96,6 +97,11 @@ def _photo(spec: Spec, t: float) -> np.ndarray:
 
 def render(spec: Spec, t: float, mouth_open: float) -> np.ndarray:
   """uint8 [H, W, 3] frame at time `t` with the mouth `mouth_open` (0..1) open."""
+  if spec.second_face:  # Each half a frame of its own; the right one mirrored, out of phase.
+    half = dataclasses.replace(spec, size=(spec.size[0] // 2, spec.size[1]), second_face=False)
+    return np.concatenate([render(half, t, mouth_open),
+                           render(half, t + spec.duration / 2, 1 - mouth_open)[:, ::-1]],
+                          axis=1)
   photo = _photo(spec, t).copy()
   if spec.face:
     mx, my = MOUTH_CENTER.astype(int)

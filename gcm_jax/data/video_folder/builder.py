@@ -4,8 +4,9 @@ Per video (`process_video`): decode at 25 fps and detect faces on small frames (
 track one face and cut tracks into clips, decode the 16 kHz audio, decode again and crop the
 clips (pass 2); in batches of SYNC_BATCH finished clips, optionally measure and correct their
 A/V offset with a SyncNet, caption them from the transcript and stream them into the video's
-staged array_record file (so memory does not grow with the video's length); then one line in `ledger.jsonl` marks the video done (a rejected video also gets a line in
-`rejects.jsonl` with the reason). A rerun skips the videos in the ledger, so a killed build
+staged array_record file (so memory does not grow with the video's length); then one line
+in `ledger.jsonl` marks the video done (a rejected video also gets a line in `rejects.jsonl`
+with the reason). A rerun skips the videos in the ledger, so a killed build
 resumes and every staged file written before the kill stays readable. At the end the staged
 clips are gathered, by split, into the TFDS folder
 `output_dir/video_folder/r{R}_t{T}/1.0.0/` (`as_data_source`, `pipeline.make_dataset`).
@@ -48,6 +49,8 @@ REJECT_REASONS = {
     "unsupported_codec": "FFmpeg (PyAV) has no decoder for a stream",
     "too_short": "shorter than one clip",
     "no_face": "the detector found no face in any frame",
+    "second_face": "a second person: another face is in view wherever a face is tracked, so "
+                   "no stretch of one face lasts a clip",
     "no_usable_segment": "no stretch of one tracked face (no scene cut, no second face) lasts "
                          "a clip",
     "low_sync": "the SyncNet pass dropped every clip (offset or confidence out of bounds)",
@@ -260,6 +263,11 @@ def process_video(item: captions_lib.Item, settings: Settings, tools: Tools,
   tracks, ends = faces.track(detections, cuts, scale, settings.track_config)
   plans = _plans(tracks, settings)
   if not plans:
+    if ends["second_face"] and ends["second_face"] >= max(ends["face_lost"], ends["scene_cut"]):
+      raise decode.RejectError(
+          "second_face", f"a second person is in view: another face at least "
+          f"{settings.second_face_ratio:g} as large as the tracked one cut or prevented every "
+          f"track (stretches with two faces: {ends['second_face']}; track ends: {ends})")
     raise decode.RejectError("no_usable_segment", f"track ends: {ends}")
   since = time.perf_counter()
   pad = settings.sync_max_offset * spf if tools.expert else 0  # Room to shift the audio.

@@ -180,15 +180,20 @@ def track(detections: dict[int, list[Detection]], cuts: np.ndarray,
   Returns:
     the tracks (each spans its first to last detection), and counts of what ended tracks:
     'face_lost', 'second_face' (another face at least `second_face_ratio` as large, away
-    from the tracked one, in `second_face_hits` consecutive detections), 'scene_cut'.
+    from the tracked one, in `second_face_hits` consecutive detections: counted once per
+    such stretch, also where it leaves no track, e.g. two people in view throughout),
+    'scene_cut'; and 'spurious': faces found in one detection and never again (false
+    detections), which make no track.
   """
-  tracks, ends = [], {"face_lost": 0, "second_face": 0, "scene_cut": 0}
+  tracks, ends = [], {"face_lost": 0, "second_face": 0, "scene_cut": 0, "spurious": 0}
   run: list[tuple[int, Detection]] = []
   missed = second = 0
 
   def close(reason: Optional[str]):
     nonlocal run, missed
-    if run:
+    if reason == "face_lost" and len(run) == 1:
+      ends["spurious"] += 1
+    elif run:
       tracks.append(_make_track(run, run[-1][0] + 1, scale, config))
       if reason:
         ends[reason] += 1
@@ -210,8 +215,10 @@ def track(detections: dict[int, list[Detection]], cuts: np.ndarray,
     chosen = max(candidates, key=lambda d: d.size)
     second = second + 1 if _second_face(chosen, faces, config) else 0
     if second >= config.second_face_hits:  # Not a passing false detection: cut before it.
-      del run[len(run) - (config.second_face_hits - 1):]
-      close("second_face")
+      if second == config.second_face_hits:  # Counted once per stretch with a second face.
+        del run[len(run) - (config.second_face_hits - 1):]
+        ends["second_face"] += 1
+      close(None)
       continue
     run.append((f, chosen))
     missed = 0
