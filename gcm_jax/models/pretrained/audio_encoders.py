@@ -22,8 +22,10 @@ not listed here. Adding an encoder: one module in this folder and one line below
 """
 from types import ModuleType
 
+from gcm_jax.models.pretrained import wav2vec2
 from gcm_jax.models.pretrained import whisper
 
 ENCODERS: dict[str, ModuleType] = {
     "whisper": whisper,
+    "wav2vec2": wav2vec2,
 }
