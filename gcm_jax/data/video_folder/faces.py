@@ -16,7 +16,8 @@ available ones (`make_detector(name, model_path)`):
 
 `track` follows one face through the detections of a video and returns `Track`s: runs of
 frames with one consistent face and smoothed boxes, cut where the face is lost, a second
-large face appears or the scene cuts.
+large face appears or the scene cuts. Overlapping detections of one face (a cascade finds
+it at two scales) are first merged into one box (`merge_overlapping`).
 """
 import dataclasses
 from typing import Callable, Optional, Sequence
@@ -32,6 +33,7 @@ class Detection:
   and left mouth corner (YuNet's order)."""
   box: np.ndarray
   landmarks: Optional[np.ndarray] = None
+  score: float = 1.0  # The detector's confidence where it gives one (YuNet), else 1.
 
   @property
   def center(self) -> np.ndarray:
@@ -90,7 +92,7 @@ def _yunet(model_path: Optional[str], min_face: float) -> Detector:
       x, y, bw, bh = row[:4]
       if min(bw, bh) >= min_face * min(h, w):
         out.append(Detection(np.array([x, y, x + bw, y + bh], np.float32),
-                             np.asarray(row[4:14], np.float32).reshape(5, 2)))
+                             np.asarray(row[4:14], np.float32).reshape(5, 2), float(row[14])))
     return out
   return detect
 
@@ -111,6 +113,7 @@ def make_detector(name: str, model_path: Optional[str] = None, min_face: float =
 @dataclasses.dataclass(frozen=True)
 class TrackConfig:
   """How detections become tracks (sizes are in face-box sizes, times in 25 fps frames)."""
+  merge_iou: float = 0.4           # detections overlapping this much are one face (> 1: off)
   max_missed: int = 1              # consecutive detection frames without the face bridged
   max_jump: float = 0.5            # largest centre move between two detections
   max_scale_change: float = 1.4    # largest size ratio between two detections
@@ -127,6 +130,36 @@ class Track:
   end: int
   boxes: np.ndarray
   landmarks: Optional[np.ndarray] = None
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+  """Intersection over union of two boxes (x0, y0, x1, y1)."""
+  w = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
+  h = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
+  union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - w * h
+  return w * h / union if union > 0 else 0.0
+
+
+def merge_overlapping(detections: Sequence[Detection], min_iou: float) -> list[Detection]:
+  """One detection per face: the detections overlapping the most confident remaining one by
+  IoU >= `min_iou` (one face found at two scales or offsets, which cascades do) become their
+  score-weighted mean box (and landmarks, where all have them), scored by the best."""
+  left = sorted(detections, key=lambda d: (d.score, d.size), reverse=True)
+  merged = []
+  while left:
+    group = [left[0]] + [d for d in left[1:] if iou(left[0].box, d.box) >= min_iou]
+    left = [d for d in left[1:] if not any(d is g for g in group)]
+    if len(group) == 1:
+      merged.append(group[0])
+      continue
+    weights = np.array([max(d.score, 1e-6) for d in group])
+    weights /= weights.sum()
+    box = np.einsum("n,nc->c", weights, np.stack([d.box for d in group]))
+    landmarks = None
+    if all(d.landmarks is not None for d in group):
+      landmarks = np.einsum("n,nkc->kc", weights, np.stack([d.landmarks for d in group]))
+    merged.append(Detection(box.astype(np.float32), landmarks, group[0].score))
+  return merged
 
 
 def _matches(a: Detection, b: Detection, config: TrackConfig) -> bool:
@@ -202,7 +235,7 @@ def track(detections: dict[int, list[Detection]], cuts: np.ndarray,
   for f in sorted(detections):
     if run and cuts[run[-1][0] + 1:f + 1].any():
       close("scene_cut")
-    faces = detections[f]
+    faces = merge_overlapping(detections[f], config.merge_iou)
     if run:
       candidates = [d for d in faces if _matches(run[-1][1], d, config)]
     else:
