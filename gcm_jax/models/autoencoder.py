@@ -24,7 +24,11 @@ interface: it compresses T too and reports it through `latent_shape`.
 
 Weights: `load_diffusers` reads a diffusers-format AutoencoderKL (a safetensors file, or a folder
 with diffusion_pytorch_model.safetensors + config.json) through `gcm_jax.weights` with the
-explicit `name_map`; nothing is downloaded.
+explicit `name_map`; nothing is downloaded. Every number comes from config.json (the widths and
+depth checked against the tensors' shapes; the group count, latent scale and shift, which no
+shape shows, from the file alone, so a `config=` passed beside a config.json must agree with
+it), and a config.json asking for what this port does not compute (another class, block type
+or activation, per-channel latent statistics) is refused with the field and value named.
 """
 import dataclasses
 import json
@@ -87,28 +91,47 @@ _DIFFUSERS_FIELDS = {
     "shift_factor": None, "mid_block_add_attention": True, "use_quant_conv": True,
     "use_post_quant_conv": True,
 }
-# config.json values this port supports only at diffusers' defaults.
-_DIFFUSERS_FIXED = {"act_fn": "silu", "latents_mean": None, "latents_std": None}
+# config.json values this port supports only at diffusers' defaults (`_class_name`: other
+# diffusers autoencoders, e.g. AutoencoderKLTemporalDecoder, compute something else).
+_DIFFUSERS_FIXED = {"_class_name": "AutoencoderKL", "act_fn": "silu", "latents_mean": None,
+                    "latents_std": None}
+# Names diffusers maps to the same activation (`get_activation`: both nn.SiLU).
+_ACT_ALIASES = {"swish": "silu"}
+# Block types (and diffusers' defaults, one level each) this port computes.
 _BLOCK_TYPES = {"down_block_types": "DownEncoderBlock2D", "up_block_types": "UpDecoderBlock2D"}
 
 
 def config_from_diffusers(hf: MappingType[str, Any]) -> AutoencoderConfig:
-  """AutoencoderConfig from a diffusers AutoencoderKL config.json dict.
+  """AutoencoderConfig from a diffusers AutoencoderKL config.json dict (missing fields take
+  diffusers' defaults).
 
   Raises:
-    ValueError: a block type, activation or per-channel latent statistics this port lacks.
+    weights.WeightImportError: a class, block type, block count, activation, per-channel
+      latent statistics or group count this port does not compute; every such field named
+      with its value.
   """
+  values = dict(hf)
+  if "act_fn" in values:
+    values["act_fn"] = _ACT_ALIASES.get(values["act_fn"], values["act_fn"])
   problems = [f"{k}={hf[k]!r} (supported: {v!r})" for k, v in _DIFFUSERS_FIXED.items()
-              if hf.get(k, v) != v]
+              if values.get(k, v) != v]
+  levels = len(hf.get("block_out_channels", _DIFFUSERS_FIELDS["block_out_channels"]))
   for key, block in _BLOCK_TYPES.items():
-    if any(b != block for b in hf.get(key, ())):
+    types = hf.get(key, (block,))
+    if any(b != block for b in types):
       problems.append(f"{key}={hf[key]!r} (supported: all {block!r})")
-  if problems:
-    raise ValueError("unsupported AutoencoderKL config: " + "; ".join(problems))
+    elif len(types) != levels:
+      problems.append(f"{key} has {len(types)} entries but block_out_channels {levels} (one "
+                      "block per level)")
   fields = {k: hf.get(k, default) for k, default in _DIFFUSERS_FIELDS.items()}
   fields["block_out_channels"] = tuple(fields["block_out_channels"])
   fields["shift_factor"] = fields["shift_factor"] or 0.0
-  return AutoencoderConfig(**fields)
+  if not problems:
+    try:
+      return AutoencoderConfig(**fields)
+    except ValueError as e:  # e.g. widths norm_num_groups does not divide.
+      problems.append(str(e))
+  raise weights.WeightImportError("unsupported AutoencoderKL config: " + "; ".join(problems))
 
 
 # --- layers --------------------------------------------------------------------------------------
@@ -425,13 +448,37 @@ def expected_params(config: AutoencoderConfig) -> Any:
                                  jnp.zeros((1, 1, f, f, config.in_channels)))
 
 
+def _config_path(path: str) -> str:
+  """The config.json beside the weights: in the folder `path`, or in the file's folder."""
+  return os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
+
+
 def _read_config(path: str) -> Optional[AutoencoderConfig]:
-  folder = path if os.path.isdir(path) else os.path.dirname(path)
-  config_path = os.path.join(folder, "config.json")
+  """The AutoencoderConfig of the config.json beside the weights, None if there is none."""
+  config_path = _config_path(path)
   if not os.path.exists(config_path):
     return None
   with open(config_path) as f:
-    return config_from_diffusers(json.load(f))
+    hf = json.load(f)
+  try:
+    return config_from_diffusers(hf)
+  except weights.WeightImportError as e:  # Name the file whose field is refused.
+    raise weights.WeightImportError(f"{config_path}: {e}") from None
+
+
+def _check_against_file(config: AutoencoderConfig, path: str) -> None:
+  """Refuses a `config` that differs from the config.json beside the weights (if any): the
+  file holds numbers the tensors do not show (groups, latent scale and shift)."""
+  stored = _read_config(path)
+  if stored is None or stored == config:
+    return
+  wrong = [f"  {f.name}: config.json {getattr(stored, f.name)!r}, config= "
+           f"{getattr(config, f.name)!r}" for f in dataclasses.fields(AutoencoderConfig)
+           if getattr(stored, f.name) != getattr(config, f.name)]
+  raise weights.WeightImportError(
+      f"{path}: the config= passed differs from {_config_path(path)}:\n" + "\n".join(wrong)
+      + "\n(leave config=None to use the file's; change scale / shift after loading with "
+      "dataclasses.replace)")
 
 
 def load_diffusers(path: str, config: Optional[AutoencoderConfig] = None
@@ -442,15 +489,16 @@ def load_diffusers(path: str, config: Optional[AutoencoderConfig] = None
     path: a `.safetensors` file, or a folder with `diffusion_pytorch_model.safetensors` (e.g. a
       downloaded stabilityai/sd-vae-ft-mse).
     config: the architecture; None reads `config.json` beside the weights (in the folder, or
-      the file's folder).
+      the file's folder). When both are there they must agree.
 
   Returns:
     (config, params) for `AutoencoderKL(config).apply({"params": params}, ...)`.
 
   Raises:
     WeightImportError: the checkpoint does not fit (every missing, unexpected and mis-shaped key
-      named), or there is neither a config nor a config.json.
-    ValueError: config.json describes an architecture this port lacks.
+      named), there is neither a config nor a config.json, config.json describes an
+      architecture this port lacks (the field and value named), or `config` differs from
+      config.json (every differing field named).
   """
   if config is None:
     config = _read_config(path)
@@ -458,6 +506,8 @@ def load_diffusers(path: str, config: Optional[AutoencoderConfig] = None
       raise weights.WeightImportError(
           f"{path}: no config.json beside the weights; pass config= (e.g. "
           f"autoencoder.CONFIGS['sd-vae'])")
+  else:
+    _check_against_file(config, path)
   state_dict = weights.load_state_dict(path)
   params = weights.import_params(state_dict, name_map(config, detect_attention_keys(state_dict)),
                                  expected_params(config), source=path)

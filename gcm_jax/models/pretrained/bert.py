@@ -43,12 +43,26 @@ _DEFAULTS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
              "hidden_act": "gelu"}
 
 
+# config.json fields that change BertModel's computation and are fixed here: absolute
+# positions (transformers 4's relative_key variants add distance embeddings), bidirectional
+# self-attention (is_decoder makes it causal), no cross-attention layers.
+_FIXED = {"position_embedding_type": "absolute", "is_decoder": False,
+          "add_cross_attention": False}
+
+
 def config_from_hf(hf: MappingType[str, Any]) -> BertConfig:
-  """BertConfig from a HF config.json dict; only absolute position embeddings are ported."""
-  kind = hf.get("position_embedding_type", "absolute")
-  if kind != "absolute":
-    raise ValueError(f"BERT position_embedding_type {kind!r} is not supported (only 'absolute')")
-  return text_common.from_hf(BertConfig, _DEFAULTS, hf, _FIELDS)
+  """BertConfig from a HF config.json dict.
+
+  Raises:
+    weights.WeightImportError: a config this port does not compute (another position
+      embedding type, a decoder, an unknown hidden_act, ...), every such field named.
+  """
+  config = text_common.from_hf(BertConfig, _DEFAULTS, hf, _FIELDS)
+  text_common.refuse("BERT encoder", text_common.fixed_problems(hf, _FIXED)
+                     + text_common.activation_problems("hidden_act", config.hidden_act)
+                     + text_common.heads_problems("hidden_size", config.hidden_size,
+                                                  "num_attention_heads", config.num_heads))
+  return config
 
 
 class BertLayer(nn.Module):

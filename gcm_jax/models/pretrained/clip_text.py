@@ -52,9 +52,16 @@ def text_config(hf: MappingType[str, Any]) -> MappingType[str, Any]:
 
 
 def config_from_hf(hf: MappingType[str, Any]) -> CLIPTextConfig:
-  """CLIPTextConfig from a HF config.json dict (CLIPTextModel or full CLIPModel)."""
+  """CLIPTextConfig from a HF config.json dict (CLIPTextModel or full CLIPModel).
+
+  Raises:
+    weights.WeightImportError: an unknown hidden_act, or heads that do not split the width.
+  """
   config = text_common.from_hf(CLIPTextConfig, _DEFAULTS, text_config(hf), _FIELDS)
-  text_common.activation(config.hidden_act)
+  text_common.refuse("CLIP text encoder",
+                     text_common.activation_problems("hidden_act", config.hidden_act)
+                     + text_common.heads_problems("hidden_size", config.hidden_size,
+                                                  "num_attention_heads", config.num_heads))
   return config
 
 

@@ -4,8 +4,10 @@ ids [B, L] -> shared embedding -> num_layers x [x += attn(RMSNorm(x)) + T5 relat
 bias; x += FF(RMSNorm(x))] -> final RMSNorm -> last hidden state [B, L, D]
 
 No biases anywhere, unscaled q.k, one relative-position-bias table (layer 0's) shared by every
-layer. FF is `wo(relu(wi x))` for the original T5 (`feed_forward_proj="relu"`) and
-`wo(gelu_tanh(wi_0 x) * wi_1 x)` for T5 v1.1 / flan-t5 (`"gated-gelu"`).
+layer. FF is `wo(act(wi x))`, e.g. `relu` for the original T5 (`feed_forward_proj="relu"`),
+or gated `wo(act(wi_0 x) * wi_1 x)`, e.g. gelu_tanh for T5 v1.1 / flan-t5 / mT5
+(`"gated-gelu"`); `act` and the gating are transformers' `dense_act_fn` / `is_gated_act`,
+read from config.json when it stores them, else derived from `feed_forward_proj`.
 """
 import dataclasses
 import math
@@ -22,6 +24,12 @@ from gcm_jax.models.pretrained import text_common
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
+  """The encoder's architecture, from config.json.
+
+  `act` / `gated` are transformers' `dense_act_fn` / `is_gated_act`: derived from
+  `feed_forward_proj` ("gated-gelu" -> gelu_new, gated), unless config.json stores them
+  (transformers writes both), in which case the stored values win, as in transformers.
+  """
   vocab_size: int
   d_model: int
   d_kv: int
@@ -31,36 +39,69 @@ class T5Config:
   num_buckets: int
   max_distance: int
   layer_norm_eps: float
-  feed_forward_proj: str
-
-  @property
-  def gated(self) -> bool:
-    return self.feed_forward_proj.startswith("gated-")
-
-  @property
-  def act(self) -> str:
-    """transformers' name of the FF activation ("gated-gelu" historically means gelu_new)."""
-    if self.feed_forward_proj == "gated-gelu":
-      return "gelu_new"
-    return self.feed_forward_proj.split("-")[-1]
+  act: str
+  gated: bool
 
 
+# HF config.json key of each numeric field.
 _FIELDS = {"vocab_size": "vocab_size", "d_model": "d_model", "d_kv": "d_kv", "d_ff": "d_ff",
            "num_layers": "num_layers", "num_heads": "num_heads",
            "num_buckets": "relative_attention_num_buckets",
            "max_distance": "relative_attention_max_distance",
-           "layer_norm_eps": "layer_norm_epsilon", "feed_forward_proj": "feed_forward_proj"}
-_DEFAULTS = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6,
-             "num_heads": 8, "relative_attention_num_buckets": 32,
-             "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6,
-             "feed_forward_proj": "relu"}
+           "layer_norm_eps": "layer_norm_epsilon"}
+# transformers 5's T5Config and MT5Config defaults, by model_type (they differ).
+_DEFAULTS = {
+    "t5": {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6,
+           "num_heads": 8, "relative_attention_num_buckets": 32,
+           "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6,
+           "feed_forward_proj": "relu"},
+    "mt5": {"vocab_size": 250112, "d_model": 512, "d_kv": 64, "d_ff": 1024, "num_layers": 8,
+            "num_heads": 6, "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6,
+            "feed_forward_proj": "gated-gelu"},
+}
+
+
+def parse_feed_forward_proj(feed_forward_proj: str) -> tuple[bool, str]:
+  """(is_gated_act, dense_act_fn) of transformers' `feed_forward_proj` ("relu", "gated-silu",
+  ...; "gated-gelu" historically means gelu_new).
+
+  Raises:
+    weights.WeightImportError: not of the form "ACT" or "gated-ACT" (transformers refuses it).
+  """
+  parts = str(feed_forward_proj).split("-")
+  if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+    raise weights.WeightImportError(
+        f"config.json asks for a T5 encoder this port does not compute: feed_forward_proj = "
+        f"{feed_forward_proj!r} (expected 'ACT' or 'gated-ACT', e.g. 'relu', 'gated-gelu')")
+  if feed_forward_proj == "gated-gelu":
+    return True, "gelu_new"
+  return parts[0] == "gated", parts[-1]
 
 
 def config_from_hf(hf: MappingType[str, Any]) -> T5Config:
-  """T5Config from a HF config.json dict (T5EncoderModel or a full T5 model's)."""
-  config = text_common.from_hf(T5Config, _DEFAULTS, hf, _FIELDS)
-  text_common.activation(config.act)  # Unknown activations fail here, not at first call.
-  return config
+  """T5Config from a HF config.json dict (T5EncoderModel or a full T5 / mT5 model's).
+
+  Missing fields take the defaults of the config's model_type (t5 or mt5); a stored
+  `dense_act_fn` / `is_gated_act` overrides what `feed_forward_proj` implies, as in
+  transformers.
+
+  Raises:
+    weights.WeightImportError: a malformed feed_forward_proj, an unknown activation or a
+      non-boolean is_gated_act; every such field named.
+  """
+  defaults = _DEFAULTS["mt5" if hf.get("model_type") == "mt5" else "t5"]
+  gated, act = parse_feed_forward_proj(
+      hf.get("feed_forward_proj", defaults["feed_forward_proj"]))
+  act = hf.get("dense_act_fn", act)
+  gated = hf.get("is_gated_act", gated)
+  problems = text_common.activation_problems(
+      "dense_act_fn" if "dense_act_fn" in hf else "feed_forward_proj", act)
+  if not isinstance(gated, bool):
+    problems.append(f"is_gated_act = {gated!r} (expected true or false)")
+  text_common.refuse("T5 encoder", problems)
+  numbers = {field: hf.get(key, defaults[key]) for field, key in _FIELDS.items()}
+  return T5Config(**numbers, act=act, gated=gated)
 
 
 def relative_position_bucket(relative_position: np.ndarray, num_buckets: int,

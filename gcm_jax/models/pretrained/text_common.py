@@ -6,7 +6,7 @@ Flax module to build, the explicit torch -> Flax name map, which checkpoint keys
 """
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping as MappingType
+from typing import Any, Callable, Mapping as MappingType, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,37 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   if name not in ACTIVATIONS:
     raise ValueError(f"activation {name!r} is not supported (known: {sorted(ACTIVATIONS)})")
   return ACTIVATIONS[name]
+
+
+# --- refusing configs a port does not compute ------------------------------------------------
+
+def fixed_problems(hf: MappingType[str, Any], fixed: MappingType[str, Any]) -> list[str]:
+  """One "field = value (...)" line per config.json field of `fixed` (field -> the one value
+  the port computes) that `hf` sets to something else."""
+  return [f"{key} = {hf[key]!r} (this port computes {value!r})" for key, value in fixed.items()
+          if key in hf and hf[key] != value]
+
+
+def activation_problems(field: str, name: Any) -> list[str]:
+  """["field = name (...)"] if `name` is no activation of `ACTIVATIONS`, else []."""
+  if isinstance(name, str) and name in ACTIVATIONS:
+    return []
+  return [f"{field} = {name!r} (supported: {sorted(ACTIVATIONS)})"]
+
+
+def heads_problems(width_field: str, width: int, heads_field: str, heads: int) -> list[str]:
+  """["..."] if `width` does not split into `heads` equal heads, else []."""
+  if heads > 0 and width % heads == 0:
+    return []
+  return [f"{width_field} = {width} is not a multiple of {heads_field} = {heads}"]
+
+
+def refuse(what: str, problems: Sequence[str]) -> None:
+  """Raises `weights.WeightImportError` naming every problem (field and value) of a config
+  asking for a `what` the port does not compute; returns if there is none."""
+  if problems:
+    raise weights.WeightImportError(
+        f"config.json asks for a {what} this port does not compute: " + "; ".join(problems))
 
 
 def dense(features: int, name: str, use_bias: bool = True) -> nn.Dense:

@@ -163,7 +163,9 @@ def load_text_encoder(name: str, path: str | None = None) -> TextEncoderBundle:
   Raises:
     ValueError: unknown name, or a folder holding another architecture.
     FileNotFoundError: no folder given and no default, or a file missing from it.
-    weights.WeightImportError: the weights do not fit (every problem listed).
+    weights.WeightImportError: config.json asks for an architecture the family's port does
+      not compute (the field and its value named), or the weights do not fit (every problem
+      listed).
   """
   if name not in ENCODERS:
     raise ValueError(f"unknown text encoder {name!r} (known: {sorted(ENCODERS)})")
@@ -182,7 +184,10 @@ def load_text_encoder(name: str, path: str | None = None) -> TextEncoderBundle:
   if hf.get("model_type") not in family.model_types:
     raise ValueError(f"{path} holds a {hf.get('model_type')!r} model, but text encoder "
                      f"{name!r} reads model_type {' or '.join(family.model_types)}")
-  config = family.config_from_hf(hf)
+  try:
+    config = family.config_from_hf(hf)
+  except weights.WeightImportError as e:  # Name the file whose field is refused.
+    raise weights.WeightImportError(f"{os.path.join(path, 'config.json')}: {e}") from None
   module = family.module(config)
   state = _canonical_state_dict(weights.load_state_dict(path), family, path)
   expected = weights.expected_params(module, jnp.zeros((1, 1), jnp.int32),
