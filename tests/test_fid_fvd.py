@@ -120,6 +120,36 @@ def test_i3d_logits_and_features_match_pytorch_i3d(i3d_pair):
   assert_close(pooled, want_pooled[:1])
 
 
+def test_i3d_class_count_is_read_from_the_checkpoint(tmp_path):
+  """pytorch-i3d's `InceptionI3d(num_classes=157)` (its Charades `rgb_charades.pt` head): the
+  count comes from the `logits` weight, whose values land in the head unchanged (the head's
+  forward is the 400-class parity test's code; only shapes are traced here, to stay fast)."""
+  net = ref.InceptionI3d(num_classes=157)
+  path = str(tmp_path / "rgb_charades.pt")
+  torch.save(net.state_dict(), path)
+  module, variables = i3d.load_i3d(path)
+  assert module.num_classes == 157
+  w = net.logits.conv3d.weight.detach().numpy()[:, :, 0, 0, 0]
+  np.testing.assert_array_equal(variables["params"]["logits"]["kernel"], w.T)
+  np.testing.assert_array_equal(variables["params"]["logits"]["bias"],
+                                net.logits.conv3d.bias.detach().numpy())
+  clips = jax.ShapeDtypeStruct((1, 9, *I3D_SIZE, 3), np.float32)
+  assert jax.eval_shape(module.clone(size=I3D_SIZE).apply, variables, clips).shape == (1, 157)
+
+
+def test_fid_inception_refuses_another_classifier():
+  """torchvision's ImageNet Inception-v3 (aux_logits=False) has every key of the FID file,
+  only a 1000-way `fc`: unused by the features, but refused rather than silently loaded."""
+  state = {"fc.weight": np.zeros((1000, 2048), np.float32),
+           "fc.bias": np.zeros((1000,), np.float32)}
+  with pytest.raises(weights.WeightImportError,
+                     match=r"inception_v3.pth is not pytorch-fid's FID Inception.*:\n"
+                           r"  fc.weight: checkpoint \(1000, 2048\), the FID Inception's "
+                           r"\(1008, 2048\)\n  fc.bias"):
+    inception_fid.import_variables(state, inception_fid.InceptionFID(),
+                                   source="inception_v3.pth")
+
+
 def test_fvd_end_to_end(i3d_pair):
   want_logits, _, clips, path = i3d_pair
   module, variables = i3d.load_i3d(path)

@@ -10,6 +10,7 @@ LatentSync's window convention (its `Audio2Feature.get_sliced_feature`) worked o
 import dataclasses
 import json
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -213,6 +214,36 @@ def test_mlp_width_comes_from_the_checkpoint_not_from_4_x_d_model(tmp_path):
   with pytest.raises(weights.WeightImportError,
                      match=r"activation_function = 'relu' \(this encoder computes 'gelu'\)"):
     whisper.load_encoder(str(tmp_path / "hf"))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(encoder_attention_heads=5), "d_model = 64 is not a multiple of encoder_attention_heads"
+                                      " = 5"),
+    # transformers' WhisperConfig default (1536), not 4 x d_model (256, which would have fit).
+    (dict(encoder_ffn_dim=None), "n_audio_mlp: checkpoint 256, config 1536"),
+], ids=["heads", "missing-ffn-dim"])
+def test_config_json_the_encoder_cannot_express_is_refused(small, tmp_path, changes, message):
+  shutil.copytree(small["dir"] / "hf", tmp_path / "hf")
+  hf = json.loads((tmp_path / "hf" / "config.json").read_text())
+  hf = {k: v for k, v in {**hf, **changes}.items() if v is not None}
+  (tmp_path / "hf" / "config.json").write_text(json.dumps(hf))
+  with pytest.raises(weights.WeightImportError) as e:
+    whisper.load_encoder(str(tmp_path / "hf"))
+  assert message in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(n_audio_head=None), "(dims) asks for a Whisper encoder this port does not compute: "
+                              "n_audio_head missing"),
+    (dict(n_audio_head=3), "n_audio_state = 64 is not a multiple of n_audio_head = 3"),
+], ids=["missing-head-count", "heads"])
+def test_openai_dims_the_encoder_cannot_express_are_refused(small, tmp_path, changes, message):
+  obj = torch.load(small["dir"] / "small.pt", weights_only=True)
+  dims = {k: v for k, v in {**obj["dims"], **changes}.items() if v is not None}
+  torch.save(dict(obj, dims=dims), tmp_path / "small.pt")
+  with pytest.raises(weights.WeightImportError) as e:
+    whisper.load_encoder(str(tmp_path / "small.pt"))
+  assert message in str(e.value), str(e.value)
 
 
 def test_loader_errors_name_the_problem(small, tmp_path):

@@ -21,9 +21,10 @@ Forward pass, channels-last (`[N, T, H, W, 3]`; torch's `[N, 3, T, H, W]`), infe
    way (their inputs are >= 0, so this equals -inf padding);
 3. `AvgPool3d((2, 7, 7), stride 1)` -> `[N, T', 1, 1, 1024]` (T' = ceil(T / 8) - 1; 16 frames
    give T' = 1), then by `output`:
-   "logits": the 1x1x1 `logits` conv (with bias) -> `[N, T', 400]`, averaged over T' ->
-   `[N, 400]` (FVD's features: the TF-hub module's pre-softmax logits, averaged over time as
-   DeepMind's I3D does; StyleGAN-V's `return_features=True`);
+   "logits": the 1x1x1 `logits` conv (with bias) -> `[N, T', C]`, averaged over T' ->
+   `[N, C]` (FVD's features: the TF-hub module's pre-softmax logits, averaged over time as
+   DeepMind's I3D does; StyleGAN-V's `return_features=True`); C is the checkpoint's class
+   count, read from its `logits` weight (400 Kinetics classes in `rgb_imagenet.pt`);
    "features": the pooled `[N, T', 1024]` averaged over T' -> `[N, 1024]`.
    (Dropout before the logits is the identity at inference and is left out.)
 
@@ -150,12 +151,13 @@ class Output:
   unused: tuple[str, ...]
 
 
+_LOGITS_WEIGHT = "logits.conv3d.weight"
 OUTPUTS: dict[str, Output] = {
     # FVD's features: the 1x1x1 `logits` conv (with bias), as a Dense.
     "logits": Output(
         head=lambda x, num_classes: nn.Dense(num_classes, name="logits")(x),
         mappings=tuple(weights.in_collection("params", [
-            weights.Mapping("logits/kernel", "logits.conv3d.weight", _pointwise_conv),
+            weights.Mapping("logits/kernel", _LOGITS_WEIGHT, _pointwise_conv),
             weights.Mapping("logits/bias", "logits.conv3d.bias")])),
         unused=()),
     # `extract_features`: the pooled Mixed_5c itself.
@@ -165,7 +167,8 @@ OUTPUTS: dict[str, Output] = {
 
 class InceptionI3D(nn.Module):
   """`InceptionI3d`: clips `[N, T, H, W, 3]` in [-1, 1] (T >= 9) -> `[N, D]`, D by `output`
-  (400 for "logits", 1024 for "features"), each averaged over the T' pooled time steps."""
+  (num_classes for "logits", 1024 for "features"), each averaged over the T' pooled time
+  steps."""
   output: str = "logits"
   size: tuple[int, int] = INPUT_SIZE
   num_classes: int = NUM_CLASSES
@@ -241,11 +244,22 @@ def import_variables(state_dict: weights.StateDict, module: InceptionI3D,
                                source=source)
 
 
+def checkpoint_num_classes(state_dict: weights.StateDict) -> int:
+  """`InceptionI3d(num_classes)` of a state dict: the rows of its `logits` conv (400 for
+  `rgb_imagenet.pt`, 157 for pytorch-i3d's Charades `rgb_charades.pt`); `NUM_CLASSES` when
+  the key is absent or not a conv weight (the import then names what is wrong)."""
+  w = state_dict.get(_LOGITS_WEIGHT)
+  return int(w.shape[0]) if w is not None and np.ndim(w) == 5 else NUM_CLASSES
+
+
 def load_i3d(path: str, output: str = "logits") -> tuple[InceptionI3D, dict[str, Any]]:
   """Loads pytorch-i3d's `rgb_imagenet.pt` (or the same state dict as safetensors).
 
+  The class count is the checkpoint's (`checkpoint_num_classes`); every other width is fixed
+  by the architecture and checked against the tensors' shapes.
+
   Args:
-    output: "logits" (400-d, FVD's) or "features" (the 1024-d pooled Mixed_5c).
+    output: "logits" (`[N, num_classes]`, FVD's) or "features" (the 1024-d pooled Mixed_5c).
 
   Returns:
     (module, variables): `module.apply(variables, clips)` -> `[N, D]`.
@@ -253,5 +267,6 @@ def load_i3d(path: str, output: str = "logits") -> tuple[InceptionI3D, dict[str,
   Raises:
     WeightImportError: unreadable file, or a state dict that does not fit (all listed).
   """
-  module = InceptionI3D(output=output)
-  return module, import_variables(weights.load_state_dict(path), module, source=path)
+  state = weights.load_state_dict(path)
+  module = InceptionI3D(output=output, num_classes=checkpoint_num_classes(state))
+  return module, import_variables(state, module, source=path)

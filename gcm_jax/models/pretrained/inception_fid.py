@@ -38,6 +38,10 @@ FEATURE_DIM = 2048        # pool3.
 BN_EPS = 1e-3             # torchvision BasicConv2d.
 # Keys of the published file the FID features do not use (the 1008-way classifier).
 UNUSED_KEYS = (r"fc\.(weight|bias)",)
+# Their shapes in the published file, checked although unused: torchvision's ImageNet
+# Inception-v3 has the same layout and keys (without AuxLogits when built with
+# aux_logits=False) but another, 1000-way, classifier and other weights.
+UNUSED_SHAPES = {"fc.weight": (1008, FEATURE_DIM), "fc.bias": (1008,)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,8 +244,17 @@ def import_variables(state_dict: weights.StateDict, module: InceptionFID,
   """`{"params", "batch_stats"}` for `module` from an FID `Inception3` state dict.
 
   Raises:
-    WeightImportError: listing every missing, unexpected and mis-shaped tensor.
+    WeightImportError: a classifier (`fc`) of another shape than the published file's (another
+      Inception-v3), or listing every missing, unexpected and mis-shaped tensor.
   """
+  wrong = [f"{key}: checkpoint {tuple(np.shape(state_dict[key]))}, the FID Inception's {shape}"
+           for key, shape in UNUSED_SHAPES.items()
+           if key in state_dict and tuple(np.shape(state_dict[key])) != shape]
+  if wrong:
+    raise weights.WeightImportError(
+        f"{source} is not pytorch-fid's FID Inception (pt_inception-2015-12-05; its 1008-way "
+        "classifier, though unused, tells it from e.g. torchvision's ImageNet Inception-v3):\n"
+        + "\n".join(f"  {line}" for line in wrong))
   expected = weights.expected_variables(module, *example_inputs())
   return weights.import_params(state_dict, name_map(), expected,
                                ignore=weights.BATCH_NORM_IGNORE + UNUSED_KEYS, source=source)

@@ -13,6 +13,9 @@ brackets):
   `[N, 13, 20]` (torch `[N, 1, 13, 20]`) -> Conv2d/BN/ReLU/MaxPool2d stack down to
   `[N, 1, 1, 512]` -> the same head -> `[N, 1024]`.
 
+(1024 is `S(num_layers_in_fc_layers)` of `syncnet_v2.model`; the loader reads it from the
+checkpoint's head, every other width being fixed by the architecture and checked.)
+
 The embeddings are not normalized; LSE compares them by Euclidean distance.
 
 Weights: `load_syncnet_python("syncnet_v2.model")` (a pickled state dict of `S`, keys
@@ -35,6 +38,7 @@ NUM_MFCC = 13          # MFCCs per audio frame.
 MFCC_WINDOW = 20       # MFCC frames (100 Hz) per window: 5 video frames at 25 fps.
 HIDDEN = 512           # Width of the conv output and of the head's hidden layer.
 EMBED_DIM = 1024       # syncnet_v2.model's `num_layers_in_fc_layers`.
+_EMBED_WEIGHT = "netfcaud.3.weight"  # [embed_dim, 512]: the audio head's last Linear.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +182,19 @@ def import_variables(state_dict: weights.StateDict, module: SyncNetPython,
                                ignore=weights.BATCH_NORM_IGNORE, source=source)
 
 
+def checkpoint_embed_dim(state_dict: weights.StateDict) -> int:
+  """`S(num_layers_in_fc_layers)` of a state dict: the rows of the audio head's last Linear
+  (1024 in `syncnet_v2.model`); `EMBED_DIM` when the key is absent or not a Linear weight (the
+  import then names what is wrong). The lip head must agree: the import checks its shape."""
+  w = state_dict.get(_EMBED_WEIGHT)
+  return int(w.shape[0]) if w is not None and np.ndim(w) == 2 else EMBED_DIM
+
+
 def load_syncnet_python(path: str) -> tuple[SyncNetPython, dict[str, Any]]:
   """Loads syncnet_python's `syncnet_v2.model` (or the same state dict as `.pt`/safetensors).
+
+  The embedding width is the checkpoint's (`checkpoint_embed_dim`); every other width is
+  fixed by the architecture and checked against the tensors' shapes.
 
   Returns:
     (module, variables): `module.apply(variables, frames, method="embed_video")`, ...
@@ -187,5 +202,6 @@ def load_syncnet_python(path: str) -> tuple[SyncNetPython, dict[str, Any]]:
   Raises:
     WeightImportError: unreadable file, or a state dict that does not fit (all listed).
   """
-  module = SyncNetPython()
-  return module, import_variables(weights.load_state_dict(path), module, source=path)
+  state = weights.load_state_dict(path)
+  module = SyncNetPython(embed_dim=checkpoint_embed_dim(state))
+  return module, import_variables(state, module, source=path)

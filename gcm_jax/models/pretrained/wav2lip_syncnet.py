@@ -23,6 +23,9 @@ statistics; this port defaults to the running statistics (`use_running_average=T
 Weights: `load_wav2lip_syncnet("lipsync_expert.pth")` (Wav2Lip's checkpoint `{"state_dict",
 "optimizer", "global_step", "global_epoch"}`; the loader unwraps "state_dict" and a
 DataParallel `module.` prefix) returns the module and `{"params", "batch_stats"}`.
+`SyncNet_color()` takes no arguments, so there is no config to read: every width is fixed by
+the architecture and checked against the tensors' shapes (each missing, unexpected and
+mis-shaped tensor named).
 """
 from typing import Any
 

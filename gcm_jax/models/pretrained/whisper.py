@@ -11,10 +11,11 @@ Weights: `load_encoder` reads an openai-whisper `.pt` (`{"dims", "model_state_di
 keys `encoder.blocks.N.attn.query.weight`, ...) or an HF `openai/whisper-*` safetensors
 file / folder (keys `model.encoder.layers.N.self_attn.q_proj.weight`, ..., with or without
 `model.`) through `gcm_jax.weights`; decoder keys are ignored. Every dimension comes from the
-checkpoint (its `dims` or `config.json`, checked against the tensors' shapes); a
-`config.json` asking for what this encoder does not compute (another activation) is refused
-with the field named. Nothing is downloaded: users
-fetch e.g. openai-whisper's `tiny.pt` or the HF `openai/whisper-tiny` folder themselves.
+checkpoint (its `dims` or `config.json`: mel bins, positions, width, heads, layers and MLP
+width, checked against the tensors' shapes); metadata asking for what this encoder does not
+compute (another activation, heads that do not split the width, dims lacking a field) is
+refused with the field named. Nothing is downloaded: users fetch e.g. openai-whisper's
+`tiny.pt` or the HF `openai/whisper-tiny` folder themselves.
 
 Frame features (`frame_features`), LatentSync's convention
 (`latentsync/whisper/audio2feature.py`): the audio is encoded in consecutive 30 s windows
@@ -205,8 +206,28 @@ def _checkpoint_dims(state: weights.StateDict, fmt: _Format, prefix: str) -> dic
               n_audio_mlp=n_mlp)
 
 
+def _refuse(source: str, problems: list[str]) -> None:
+  """Raises a WeightImportError naming every problem of `source`'s metadata, if any."""
+  if problems:
+    raise weights.WeightImportError(
+        f"{source} asks for a Whisper encoder this port does not compute: "
+        + "; ".join(problems))
+
+
+def _heads_problems(width_field: str, width: int, heads_field: str, heads: int) -> list[str]:
+  """["..."] if `width` does not split into `heads` equal heads, else []."""
+  if heads > 0 and width % heads == 0:
+    return []
+  return [f"{width_field} = {width} is not a multiple of {heads_field} = {heads}"]
+
+
 def _openai_metadata(path: str) -> Optional[WhisperConfig]:
-  """The encoder dims stored in an openai-whisper `.pt` (`{"dims": ...}`), if any."""
+  """The encoder dims stored in an openai-whisper `.pt` (`{"dims": ...}`), if any.
+
+  Raises:
+    weights.WeightImportError: dims lacking an encoder field, or heads that do not split
+      n_audio_state; every such field named.
+  """
   if os.path.isdir(path) or path.endswith(".safetensors"):
     return None
   import torch  # pylint: disable=import-outside-toplevel  (load_state_dict needed it too)
@@ -214,31 +235,50 @@ def _openai_metadata(path: str) -> Optional[WhisperConfig]:
   dims = obj.get("dims") if isinstance(obj, dict) else None
   if not isinstance(dims, dict):
     return None
-  return WhisperConfig(**{f.name: int(dims[f.name]) for f in dataclasses.fields(WhisperConfig)
-                          if f.name in dims})
+  # n_audio_mlp is no ModelDimensions field: openai-whisper's MLP is 4 x n_audio_state.
+  required = [f.name for f in dataclasses.fields(WhisperConfig) if f.name != "n_audio_mlp"]
+  _refuse(f"{path} (dims)", [f"{name} missing" for name in required if name not in dims])
+  config = WhisperConfig(**{f.name: int(dims[f.name]) for f in dataclasses.fields(WhisperConfig)
+                            if f.name in dims})
+  _refuse(f"{path} (dims)", _heads_problems("n_audio_state", config.n_audio_state,
+                                            "n_audio_head", config.n_audio_head))
+  return config
 
 
+# transformers' WhisperConfig field (and its default) of each encoder dim; the other fields
+# either do not touch the encoder (decoder sizes, scale_embedding: the encoder never scales)
+# or only act in training (dropouts, layerdrop, SpecAugment). LayerNorm eps is not
+# configurable (torch's 1e-5), nor are the convolutions' GELUs.
+_TRANSFORMERS_FIELDS = {
+    "n_mels": ("num_mel_bins", 80), "n_audio_ctx": ("max_source_positions", 1500),
+    "n_audio_state": ("d_model", 384), "n_audio_head": ("encoder_attention_heads", 6),
+    "n_audio_layer": ("encoder_layers", 4), "n_audio_mlp": ("encoder_ffn_dim", 1536)}
 # transformers' WhisperConfig fields that change the encoder's computation and are fixed here.
 _TRANSFORMERS_FIXED = {"activation_function": "gelu"}
 
 
 def _transformers_metadata(path: str) -> Optional[WhisperConfig]:
-  """The encoder dims of an HF `config.json` in `path` (a folder) or next to it (a file)."""
+  """The encoder dims of an HF `config.json` in `path` (a folder) or next to it (a file);
+  missing fields take transformers' WhisperConfig defaults.
+
+  Raises:
+    weights.WeightImportError: an activation this port does not compute, or heads that do not
+      split d_model; every such field named.
+  """
   config_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path),
                              "config.json")
   if not os.path.exists(config_path):
     return None
   with open(config_path) as f:
     hf = json.load(f)
-  unsupported = [f"{key} = {hf[key]!r} (this encoder computes {value!r})"
-                 for key, value in _TRANSFORMERS_FIXED.items() if key in hf and hf[key] != value]
-  if unsupported:
-    raise weights.WeightImportError(
-        f"{config_path} asks for a Whisper encoder this port does not compute: "
-        + "; ".join(unsupported))
-  return WhisperConfig(hf["num_mel_bins"], hf["max_source_positions"], hf["d_model"],
-                       hf["encoder_attention_heads"], hf["encoder_layers"],
-                       hf.get("encoder_ffn_dim", 4 * hf["d_model"]))
+  config = WhisperConfig(**{field: hf.get(key, default)
+                            for field, (key, default) in _TRANSFORMERS_FIELDS.items()})
+  _refuse(config_path, [f"{key} = {hf[key]!r} (this encoder computes {value!r})"
+                        for key, value in _TRANSFORMERS_FIXED.items()
+                        if key in hf and hf[key] != value]
+          + _heads_problems("d_model", config.n_audio_state,
+                            "encoder_attention_heads", config.n_audio_head))
+  return config
 
 
 _METADATA: dict[str, Callable[[str], Optional[WhisperConfig]]] = {
