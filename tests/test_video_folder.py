@@ -80,6 +80,25 @@ def test_clips_rejects_and_summary(built):
   assert "clips: train 16, validation 8, test 16" in str(summary)
 
 
+def test_unreadable_files_say_what_is_wrong(videos, tmp_path):
+  """An empty file, a text file named .mp4 and a truncated mp4: each rejected with what is
+  wrong with it (not FFmpeg's bare 'Invalid data'), and none stops the build."""
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  (inputs / "empty.mp4").write_bytes(b"")
+  (inputs / "notes.mp4").write_text("my notes for the shoot\n")
+  os.symlink(os.path.join(videos, "bad", "truncated.mp4"), inputs / "truncated.mp4")
+  summary = builder.build(str(inputs), str(tmp_path / "out"), SETTINGS, progress=False)
+  assert summary.videos == 3 and summary.rejects == {"unreadable": 3}
+  details = {k: r["detail"] for k, r in _ledger(str(tmp_path / "out"), "rejects.jsonl").items()}
+  assert details["empty.mp4"] == "empty file (0 bytes): empty.mp4"
+  assert details["notes.mp4"].startswith(
+      "not a video container PyAV can read: notes.mp4 (23 bytes, a text file starting 'my notes")
+  assert details["truncated.mp4"].startswith(
+      "a damaged or truncated MP4/QuickTime file that PyAV cannot read: truncated.mp4")
+  assert not any("Errno" in d for d in details.values()), details
+
+
 def test_splits_hold_identities_apart(built):
   records = _records(built[0])
   identities = {s: {r["identity"].decode() for r in recs} for s, recs in records.items()}

@@ -43,7 +43,8 @@ NAME = "video_folder"
 VERSION = "1.0.0"
 # Why a video gave no clips (the `reason` of rejects.jsonl).
 REJECT_REASONS = {
-    "unreadable": "the container or its streams cannot be read (corrupt or truncated file)",
+    "unreadable": "empty, not a video, or a container or stream that cannot be read (corrupt "
+                  "or truncated file); `detail` says which",
     "no_video_stream": "the file has no video stream",
     "no_audio_stream": "the file has no audio stream",
     "unsupported_codec": "FFmpeg (PyAV) has no decoder for a stream",

@@ -10,6 +10,7 @@ dropped and missing sound is silence. Sample `640 t` is then the first sample of
 (the alignment convention of docs/data.md).
 """
 import dataclasses
+import os
 from typing import Callable, Iterator, Optional
 
 import av
@@ -39,10 +40,49 @@ class StreamInfo:
   audio_channels: int
 
 
+# (offset, leading bytes, container) of the containers a video folder holds, to tell a
+# damaged video from a file that is no video at all.
+_SIGNATURES = ((4, b"ftyp", "MP4/QuickTime"), (4, b"moov", "MP4/QuickTime"),
+               (4, b"mdat", "MP4/QuickTime"), (4, b"free", "MP4/QuickTime"),
+               (4, b"wide", "MP4/QuickTime"), (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"),
+               (0, b"RIFF", "RIFF (AVI)"), (0, b"OggS", "Ogg"), (0, b"FLV", "FLV"))
+
+
+def unreadable_detail(path: str, error: Exception) -> str:
+  """What is wrong with a file FFmpeg cannot open, for the reject's `detail`: empty, text or
+  other non-video bytes, or a damaged container of a known kind (with FFmpeg's message)."""
+  name = os.path.basename(path)
+  why = getattr(error, "strerror", None) or str(error)
+  try:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+      head = f.read(64)
+  except OSError as e:
+    return f"cannot read {name}: {e.strerror or e}"
+  if size == 0:
+    return f"empty file (0 bytes): {name}"
+  kind = next((k for at, magic, k in _SIGNATURES if head[at:at + len(magic)] == magic), None)
+  if kind:
+    return (f"a damaged or truncated {kind} file that PyAV cannot read: {name} ({size} bytes; "
+            f"FFmpeg: {why})")
+  try:
+    text = head.decode("utf-8")
+  except UnicodeDecodeError as e:  # Text whose 64th byte cuts a character is still text.
+    text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 else None
+  if text is not None and all(c.isprintable() or c.isspace() for c in text):
+    start = f"a text file starting {text[:32]!r}"
+  else:
+    start = f"starts with bytes {head[:8].hex(' ')}"
+  return (f"not a video container PyAV can read: {name} ({size} bytes, {start}; FFmpeg: "
+          f"{why})")
+
+
 def _open(path: str) -> av.container.InputContainer:
   try:
     return av.open(path, metadata_errors="ignore")
-  except (av.error.FFmpegError, UnicodeDecodeError, OSError) as e:
+  except (av.error.FFmpegError, OSError) as e:
+    raise RejectError("unreadable", unreadable_detail(path, e)) from e
+  except UnicodeDecodeError as e:
     raise RejectError("unreadable", f"{type(e).__name__}: {e}") from e
 
 
