@@ -99,6 +99,26 @@ def test_unreadable_files_say_what_is_wrong(videos, tmp_path):
   assert not any("Errno" in d for d in details.values()), details
 
 
+def test_a_flat_folder_warns_that_each_file_is_its_own_identity(tmp_path, caplog):
+  flat, folders = tmp_path / "flat", tmp_path / "folders"
+  for name in ("flat/a_1.mp4", "flat/a_2.mp4", "folders/ann/1.mp4", "folders/ann/2.mp4"):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b"")  # Rejected at once: only the identities matter here.
+  with caplog.at_level("WARNING"):
+    builder.build(str(folders), str(tmp_path / "out1"), SETTINGS, progress=False)
+  assert "its own identity" not in caplog.text
+  with caplog.at_level("WARNING"):
+    builder.build(str(flat), str(tmp_path / "out2"), SETTINGS, progress=False)
+  assert "Every one of the 2 videos is its own identity (e.g. 'a_1.mp4' -> 'a_1'" in caplog.text
+  assert "manifest with an 'identity' column" in caplog.text
+  assert splits.identity_of("a_1.mp4", "parent") == "a_1"  # The documented flat default.
+  caplog.clear()
+  stem_prefix = builder.Settings(resolution=R, num_frames=T, identity="stem_prefix")
+  with caplog.at_level("WARNING"):
+    builder.build(str(flat), str(tmp_path / "out3"), stem_prefix, progress=False)
+  assert "its own identity" not in caplog.text
+
+
 def test_splits_hold_identities_apart(built):
   records = _records(built[0])
   identities = {s: {r["identity"].decode() for r in recs} for s, recs in records.items()}

@@ -26,6 +26,7 @@ import shutil
 import time
 from typing import Any, Callable, Iterator, Optional
 
+from absl import logging
 from array_record.python import array_record_module
 import numpy as np
 import tensorflow_datasets as tfds
@@ -483,6 +484,22 @@ def _dataset_counts(path: str) -> Optional[dict[str, int]]:
   return {name: split.num_examples for name, split in info.splits.items()}
 
 
+def _warn_one_file_per_identity(items: list[captions_lib.Item], rule: str) -> None:
+  """Logs a warning where every identity has exactly one video (a flat folder under the
+  default rule: each file its own identity, so one person can straddle train and test)."""
+  identities = collections.Counter(item.identity or splits.identity_of(item.key, rule)
+                                   for item in items)
+  if len(items) < 2 or max(identities.values()) > 1:
+    return
+  example = items[0]
+  logging.warning(
+      "Every one of the %d videos is its own identity (e.g. %r -> %r with --identity=%s), so "
+      "one person's videos can land in both train and test. Name each video's person: a "
+      "manifest with an 'identity' column, one subfolder per person (--identity=parent), or "
+      "--identity=stem_prefix for names like person_000.mp4 (docs/data.md, 'Layouts').",
+      len(items), example.key, example.identity or splits.identity_of(example.key, rule), rule)
+
+
 def build(source: str, output_dir: str, settings: Settings = Settings(), workers: int = 1,
           shard_records: int = 1000, progress: bool = True) -> Summary:
   """Builds (or resumes) the dataset of the videos in `source` (folder or manifest).
@@ -491,6 +508,7 @@ def build(source: str, output_dir: str, settings: Settings = Settings(), workers
   does not hold the ledger's clips of the listed videos.
   """
   items = captions_lib.list_inputs(source)
+  _warn_one_file_per_identity(items, settings.identity)
   root = os.path.join(output_dir, NAME, config_name(settings.resolution, settings.num_frames))
   staging = os.path.join(root, "staging")
   os.makedirs(os.path.join(staging, "clips"), exist_ok=True)
