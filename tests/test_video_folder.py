@@ -388,6 +388,25 @@ def test_pipeline_reads_real_clips_without_synthetic_features(built):
     pipeline.data_source(missing, "train")
 
 
+def test_the_pipeline_example_of_docs_data_md_runs_on_the_built_clips(built):
+  """docs/data.md's `make_dataset` example ("## Pipeline"), run as written on the built
+  clips (only the data_dir, resolution and clip length of this build put in)."""
+  with open(os.path.join(REPO, "docs", "data.md"), encoding="utf-8") as f:
+    doc = f.read()
+  example = doc.split("## Pipeline", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+  assert 'name="video_folder"' in example
+  for text, here in (('"/tmp/real/data"', repr(built[0])), ("resolution=128", f"resolution={R}"),
+                     ("num_frames=16", f"num_frames={T}")):
+    assert example.count(text) == 1, text
+    example = example.replace(text, here)
+  scope = {}
+  exec(compile(example, "docs/data.md", "exec"), scope)  # pylint: disable=exec-used
+  batch = scope["batch"]
+  assert batch["video"].shape == (8, T, R, R, 3) and batch["mouth_region"].shape == (8, T, R, R)
+  assert "control_maps" not in batch and "keypoints" not in batch
+  assert scope["evals"].num_batches == 1  # The 8 validation clips, one finite batch.
+
+
 def test_config_rules_for_real_data():
   from gcm_jax import config_validation  # pylint: disable=g-import-not-at-top
   from tests import train_utils  # pylint: disable=g-import-not-at-top
