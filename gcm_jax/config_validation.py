@@ -92,6 +92,8 @@ RULES: tuple[Rule, ...] = (
     one_of("model.attention_impl", attention.IMPLEMENTATIONS),
     boolean("model.scan_blocks"),
     boolean("model.final_conv"),
+    integer("model.reference_frames", 0),
+    boolean("model.masked_source"),
     one_of("model.text_encoder", conditioning.TEXT_KEYS),
     one_of("model.audio_encoder", conditioning.AUDIO_KEYS),
     # Latent diffusion (gcm_jax.latents).
@@ -125,6 +127,8 @@ RULES: tuple[Rule, ...] = (
     probability("diffusion.p_motion_frames"),
     integer("diffusion.max_motion_frames", 0),
     positive("diffusion.mouth_loss_weight"),
+    probability("diffusion.p_drop_reference"),
+    positive("diffusion.masked_loss_weight"),
     # Lip-sync loss.
     non_negative("lipsync.weight"),
     one_of("lipsync.expert", experts.EXPERTS),
@@ -151,6 +155,7 @@ RULES: tuple[Rule, ...] = (
     non_negative("sampling.s_tmax"),
     non_negative("sampling.s_noise"),
     non_negative("sampling.text_scale"),
+    non_negative("sampling.reference_scale"),
     non_negative("sampling.audio_scale"),
     # Optimization.
     *state_lib.optimizer_rules(),
@@ -231,7 +236,7 @@ def _cross_field_problems(c: ml_collections.ConfigDict) -> list[str]:
          f"{field} = {path!r} does not exist ({expert.weights_help})"),
     ]
   found = ([message for ok, message in checks if not ok] + _pretrained_problems(c)
-           + _dataset_problems(c) + _latent_problems(c))
+           + _dataset_problems(c) + _latent_problems(c) + _identity_problems(c))
   if control.enabled(c):
     found += _control_problems(c)
   for what, build in (("config.sampling", lambda: sampling.sampler_config(c)),
@@ -312,7 +317,31 @@ def _dataset_problems(c: ml_collections.ConfigDict) -> list[str]:
   elif control.enabled(c) and c.control.channels != dataset.control_channels:
     found.append(f"config.control.channels = {c.control.channels}: config.data.name = "
                  f"{c.data.name!r} makes control maps of {dataset.control_channels} channels")
+  if c.model.get("reference_frames", 0) and dataset.reference is None:
+    found.append(f"config.model.reference_frames = {c.model.reference_frames} needs reference "
+                 f"frames, which config.data.name = {c.data.name!r} does not give (its "
+                 f"registry entry has no `reference`)")
+  if c.model.get("masked_source", False) and "source_mask" not in dataset.derived:
+    found.append(f"config.model.masked_source needs a dubbing mask, which config.data.name = "
+                 f"{c.data.name!r} does not make (its registry entry has no 'source_mask')")
   return found
+
+
+def _identity_problems(c: ml_collections.ConfigDict) -> list[str]:
+  """What identity conditioning (`model.reference_frames`, `model.masked_source`) needs."""
+  m = c.model
+  if not (m.get("reference_frames", 0) or m.get("masked_source", False)):
+    return []
+  checks = [
+      (m.frame_conditioning or not m.get("reference_frames", 0),
+       "config.model.reference_frames > 0 needs config.model.frame_conditioning (reference "
+       "frames enter as known frames)"),
+      (not latents.enabled(c), "config.model.reference_frames / masked_source: identity "
+       "conditioning runs in pixel space so far; set config.latent.source = 'none'"),
+      (not control.enabled(c), "config.model.reference_frames / masked_source: a ControlNet "
+       "run's branch does not take the person's conditions; train without config.control"),
+  ]
+  return [message for ok, message in checks if not ok]
 
 
 def _control_problems(c: ml_collections.ConfigDict) -> list[str]:

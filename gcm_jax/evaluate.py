@@ -106,10 +106,11 @@ def truth_of(config: ml_collections.ConfigDict) -> Optional[contract.GroundTruth
 
 
 def eval_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The clip features evaluation reads: frames, mel, text, the ground truth the dataset has
-  and the run's control maps."""
+  """The clip features evaluation reads: frames, mel, text, the ground truth the dataset has,
+  the run's control maps and person conditions."""
   truth = truth_of(config)
-  return EVAL_KEYS + (truth.keys if truth else ()) + control.batch_keys(config)
+  return (EVAL_KEYS + (truth.keys if truth else ()) + control.batch_keys(config)
+          + conditioning.identity_keys(config.model))
 
 
 def mouth_correlation(truth: contract.GroundTruth, videos: np.ndarray,
@@ -128,16 +129,28 @@ _lse_metrics = jax.jit(sync_offsets.lse_metrics, static_argnames=("syncnet", "au
 
 
 def cond_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The clip features a run generates from: caption, audio (and control maps)."""
-  return conditioning.cond_keys(config.model) + control.batch_keys(config)
+  """The clip features a run generates from: caption, audio (and control maps, the person's
+  reference frames, the dubbing mask)."""
+  return (conditioning.cond_keys(config.model) + control.batch_keys(config)
+          + conditioning.identity_keys(config.model))
+
+
+def clip_cond(config: ml_collections.ConfigDict, clips: Mapping[str, np.ndarray],
+              rows: slice = slice(None)) -> dict[str, jax.Array]:
+  """The model's conditions for `clips[rows]` (`cond_keys`); a dubbing run re-voices the
+  clips' own frames (`conditioning.identity_cond`; pixel runs)."""
+  cond = {k: jnp.asarray(clips[k][rows]) for k in cond_keys(config)}
+  cond.update(conditioning.identity_cond(config.model, cond, jnp.asarray(clips["video"][rows])))
+  return cond
 
 
 def generate_for_clips(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
                        key: jax.Array, batch_size: int = 16,
                        wrap_denoiser: Callable[[Any], Any] = lambda denoise: denoise
                        ) -> np.ndarray:
-  """Videos `[N, T, R, R, 3]` for the clips' captions and audio (and control maps; long-video
-  extension). `wrap_denoiser` wraps the guided x0-denoiser the sampler calls (diagnostics)."""
+  """Videos `[N, T, R, R, 3]` for the clips' captions and audio (and control maps, reference
+  frames, the clip itself masked for dubbing; long-video extension). `wrap_denoiser` wraps
+  the guided x0-denoiser the sampler calls (diagnostics)."""
   config = trained.config
   cfg = sampling.sampler_config(config)
   denoise = wrap_denoiser(sampling.guided_denoiser(trained.apply_fn, trained.params, config))
@@ -148,7 +161,7 @@ def generate_for_clips(trained: diffusion_model.TrainedModel, clips: dict[str, n
   @jax.jit
   def run(k, cond):
     b = cond["text_mask"].shape[0]
-    cond = dict(cond, drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
+    cond = {**cond, **sampling.keep_all(config, b)}
     return extension.generate_long_video(denoise, k, cond, cfg,
                                          latents.diffusion_shape(config, b, t), window,
                                          config.diffusion.max_motion_frames,
@@ -156,7 +169,7 @@ def generate_for_clips(trained: diffusion_model.TrainedModel, clips: dict[str, n
 
   videos = []
   for start in range(0, n, batch_size):
-    cond = {k: jnp.asarray(clips[k][start:start + batch_size]) for k in cond_keys(config)}
+    cond = clip_cond(config, clips, slice(start, start + batch_size))
     videos.append(np.asarray(to_pixels(run(jax.random.fold_in(key, start), cond))))
   return np.concatenate(videos)
 
@@ -184,8 +197,8 @@ def condition_usage(trained: diffusion_model.TrainedModel, clips: dict[str, np.n
   shuffled = np.roll(np.arange(b), 1)
   audio = conditioning.audio_key(config.model)
   mouth = np.asarray(clips[truth.mouth_track_key])
-  cond = {k: jnp.asarray(clips[k]) for k in cond_keys(config)}
-  cond.update(drop_text=jnp.zeros((b,), bool), drop_audio=jnp.zeros((b,), bool))
+  cond = clip_cond(config, clips)
+  cond.update(sampling.keep_all(config, b))
   variants = {"full": cond, "no_text": dict(cond, drop_text=jnp.ones((b,), bool)),
               "shuffled_audio": dict(cond, **{audio: cond[audio][shuffled]})}
   eps = jax.random.normal(key, x0.shape)
@@ -280,7 +293,8 @@ def test_clips(config: ml_collections.ConfigDict, num_clips: int, num_frames: in
   clips = pipeline.load_clips(
       d, "test", num_clips, num_frames, seed,
       tuple(dict.fromkeys(tuple(keys) + ("caption", "audio"))),
-      config.model.text_max_len if byte_text else _UNUSED_BYTE_LENGTH, d.mel_window)
+      config.model.text_max_len if byte_text else _UNUSED_BYTE_LENGTH, d.mel_window,
+      config.model.get("reference_frames", 0))
   encoders = frozen_encoders.FrozenEncoders(config)
   clips.update(encoders.encode_captions(list(clips["caption"])))
   if encoders.audio:

@@ -128,8 +128,7 @@ def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarr
   check_control_maps(config, control_maps, num_frames)
   mel = audio_lib.frame_windows(audio_lib.melspectrogram(wav), total, config.data.mel_window,
                                 config.data.mel_alignment)
-  cond = {"mel": jnp.asarray(mel)[None],
-          "drop_text": jnp.zeros((1,), bool), "drop_audio": jnp.zeros((1,), bool)}
+  cond = {"mel": jnp.asarray(mel)[None], **sampling.keep_all(config, 1)}
   encoders = frozen_encoders.FrozenEncoders(config)  # Pretrained text / Whisper features.
   if encoders.text is None:
     tokens = tokenizer.encode(text, config.model.text_max_len)

@@ -41,8 +41,18 @@ def sampler_config(config: ml_collections.ConfigDict) -> samplers.SamplerConfig:
 
 
 def time_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The per-frame conditions `[B, T, ...]` of a run, cut per window in long videos."""
-  return (conditioning.audio_key(config.model),) + control.batch_keys(config)
+  """The per-frame conditions `[B, T, ...]` of a run, cut per window in long videos (the
+  reference frames are not per frame: every window sees all of them)."""
+  source = ("source", "source_mask") if config.model.get("masked_source", False) else ()
+  return (conditioning.audio_key(config.model),) + control.batch_keys(config) + source
+
+
+def keep_all(config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.Array]:
+  """The run's condition-drop flags, all False `[B]` (guidance sets its own): text, audio
+  and, with `model.reference_frames`, the reference."""
+  names = ("drop_text", "drop_audio") + (
+      ("drop_reference",) if config.model.get("reference_frames", 0) else ())
+  return {name: jnp.zeros((batch,), bool) for name in names}
 
 
 def denoiser(apply_fn: diffusion_model.ApplyFn, params: Any, config: ml_collections.ConfigDict
@@ -57,9 +67,15 @@ def denoiser(apply_fn: diffusion_model.ApplyFn, params: Any, config: ml_collecti
 
 def guided_denoiser(apply_fn: diffusion_model.ApplyFn, params: Any,
                     config: ml_collections.ConfigDict) -> parameterization.DenoiseFn:
-  """x0-denoiser `(x_t, t, cond) -> x0` with text/audio classifier-free guidance."""
-  return guidance.text_audio_guidance(denoiser(apply_fn, params, config),
-                                      config.sampling.text_scale, config.sampling.audio_scale)
+  """x0-denoiser `(x_t, t, cond) -> x0` with classifier-free guidance: nested over reference
+  (`model.reference_frames` > 0 and `sampling.reference_scale` != 1), audio, text
+  (`guidance.nested_guidance`)."""
+  fn = denoiser(apply_fn, params, config)
+  s = config.sampling
+  if config.model.get("reference_frames", 0) and s.get("reference_scale", 1.0) != 1.0:
+    return guidance.nested_guidance(fn, ("drop_reference", "drop_audio", "drop_text"),
+                                    (s.reference_scale, s.audio_scale, s.text_scale))
+  return guidance.text_audio_guidance(fn, s.text_scale, s.audio_scale)
 
 
 def sample_videos(apply_fn: diffusion_model.ApplyFn, params: Any, cond: Mapping[str, jax.Array],
@@ -74,9 +90,7 @@ def sample_videos(apply_fn: diffusion_model.ApplyFn, params: Any, cond: Mapping[
   function, so the autoencoder's params stay an argument).
   """
   b, t = cond[conditioning.audio_key(config.model)].shape[:2]
-  cond = dict(cond)
-  cond.setdefault("drop_text", jnp.zeros((b,), bool))
-  cond.setdefault("drop_audio", jnp.zeros((b,), bool))
+  cond = {**keep_all(config, b), **cond}
   cfg = sampler_config(config)
   k_init, k_sample = jax.random.split(key)
   x_T = samplers.initial_noise(k_init, jnp.zeros(latents.diffusion_shape(config, b, t)), cfg)

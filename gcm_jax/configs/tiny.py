@@ -65,6 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
       audio_encoder="mel",      # mel (own, trained) | whisper | wav2vec2 (frozen, pretrained)
       final_conv=False,         # U-ViT's 3x3 conv on the unpatchified output: smooths the
                                 # patch grid of pixel-space runs (docs/results.md)
+      reference_frames=0,       # identity: K clean frames of the person (another time of the
+                                # clip's video, or a photo) as context frames (0 = off)
+      masked_source=False,      # dubbing: the source frames with the mouth area masked, and
+                                # the mask, as extra input channels (docs/models.md, "Identity")
   ))
 
   config.data = dict(
@@ -106,6 +110,8 @@ def get_config() -> ml_collections.ConfigDict:
       p_motion_frames=0.5,      # train with the first frames given as context
       max_motion_frames=2,
       mouth_loss_weight=1.0,    # loss weight of mouth-region pixels (1 = plain mean)
+      p_drop_reference=0.1,     # reference-frame dropout for CFG (model.reference_frames > 0)
+      masked_loss_weight=1.0,   # loss weight inside the dubbing mask (model.masked_source)
   )
 
   # Lip-sync loss of a frozen sync expert on the model's x0 estimate
@@ -177,6 +183,7 @@ def get_config() -> ml_collections.ConfigDict:
       s_noise=1.0,              # churn noise scale
       text_scale=3.0,
       audio_scale=2.0,
+      reference_scale=1.0,      # CFG scale of the reference frames (model.reference_frames > 0)
   )
 
   config.train = dict(

@@ -44,6 +44,14 @@ def cut_record(record: Record, num_frames: int) -> dict[str, Any]:
   return out
 
 
+def lower_half(record: Record, resolution: int) -> np.ndarray:
+  """bool `[T, R, R]`: the lower half of every frame, the dubbing mask of face crops without
+  keypoints (Wav2Lip's and LatentSync's convention)."""
+  mask = np.zeros((len(record["video"]), resolution, resolution), bool)
+  mask[:, resolution // 2:] = True
+  return mask
+
+
 @dataclasses.dataclass(frozen=True)
 class GroundTruth:
   """Metrics only a dataset that knows how its clips were made can compute (`evaluate`).
@@ -94,8 +102,13 @@ class Dataset:
     features: ground truth its records carry that the model inputs keep: {name: dtype}.
     derived: per-record features made from what the record has, only when a run asks for
       them: {name: (record, R) -> array}; 'mouth_region' bool `[T, R, R]` (the mouth-weighted
-      loss) and 'control_maps' float32 `[T, R, R, control_channels]` (ControlNet runs).
+      loss), 'source_mask' bool `[T, R, R]` (the area dubbing regenerates: from face
+      keypoints, or `lower_half`) and 'control_maps' float32 `[T, R, R, control_channels]`
+      (ControlNet runs).
     control_channels: the channels of its 'control_maps' (0: it has none).
+    reference: (record, K, R) -> uint8 `[K, R, R, 3]`: K frames of the record's person from
+      other times of its video, never the record's own frames (identity conditioning,
+      `model.reference_frames`); None: the dataset has none.
     truth: its ground-truth metric hooks, or None (those metrics are then skipped, with why).
   """
   description: str
@@ -106,6 +119,7 @@ class Dataset:
   derived: Mapping[str, Callable[[Record, int], np.ndarray]] = dataclasses.field(
       default_factory=dict)
   control_channels: int = 0
+  reference: Optional[Callable[[Record, int, int], np.ndarray]] = None
   truth: Optional[GroundTruth] = None
 
   def clip_records(self, data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,

@@ -59,8 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 def preprocess(features: dict[str, Any], mel_window: int = 16,
                mel_alignment: audio.Alignment = "center", text_max_len: int = 128,
-               dataset: Optional[contract.Dataset] = None, derived: Sequence[str] = ()
-               ) -> dict[str, np.ndarray]:
+               dataset: Optional[contract.Dataset] = None, derived: Sequence[str] = (),
+               reference_frames: int = 0) -> dict[str, np.ndarray]:
   """One record (`contract`: a TFDS record, `Example.features()`) -> model inputs (numpy, no
   batch axis).
 
@@ -70,8 +70,10 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
     example); the `dataset`'s ground-truth `features` the record has (talking faces:
     'visemes' int32 [T], 'mouth_open' float32 [T], 'keypoints' float32 [T, K, 2],
     'face_color', 'background_color', 'motion' int32 []); the `derived` features the dataset
-    makes ('mouth_region' bool [T, R, R], 'control_maps' float32 [T, R, R, C]); and the
-    frozen-encoder features cached with the record (`feature_cache`).
+    makes ('mouth_region' / 'source_mask' bool [T, R, R], 'control_maps' float32
+    [T, R, R, C]); with `reference_frames` K > 0, 'reference' float32 [K, R, R, 3] in
+    [-1, 1] (`contract.Dataset.reference`); and the frozen-encoder features cached with the
+    record (`feature_cache`).
   """
   caption = features["caption"]
   if isinstance(caption, bytes):
@@ -93,6 +95,13 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
   missing = [name for name in derived if name not in makers]
   if missing:
     raise ValueError(f"this dataset cannot make {missing}; it makes {sorted(makers)}")
+  reference = {}
+  if reference_frames:
+    if dataset is None or dataset.reference is None:
+      raise ValueError("reference frames asked for, but this dataset has no `reference` "
+                       "(gcm_jax.data.contract.Dataset)")
+    frames = dataset.reference(features, reference_frames, video.shape[1])
+    reference["reference"] = np.asarray(frames, np.float32) / 127.5 - 1.0
   return {
       "video": video.astype(np.float32) / 127.5 - 1.0,
       "mel": mel,
@@ -104,6 +113,7 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
          if k in features},
       "mask": np.bool_(True),
       **{name: makers[name](features, video.shape[1]) for name in derived},
+      **reference,
       # Frozen-encoder features cached for the record (`feature_cache`); a pretrained text
       # encoder's 'text_mask' (its tokens) replaces the byte tokens' one.
       **{k: np.asarray(features[k]) for k in frozen_encoders.ALL_KEYS if k in features},
@@ -112,21 +122,23 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
 
 def load_clips(data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,
                num_frames: int, seed: int, keys: Sequence[str], text_max_len: int,
-               mel_window: int = 16) -> dict[str, np.ndarray]:
+               mel_window: int = 16, reference_frames: int = 0) -> dict[str, np.ndarray]:
   """Clips of `config.data.name`'s split for evaluation and SyncNet training
   (`contract.Dataset.clip_records`), preprocessed as the training batches are (`preprocess`).
 
   Returns:
     the `keys` a clip has, stacked (`[N, ...]`, N <= num_clips: a built split may have
-    fewer); 'caption' is the clips' captions as str `[N]`.
+    fewer); 'caption' is the clips' captions as str `[N]`; 'reference' `[N, K, R, R, 3]`
+    if `keys` has it (K = `reference_frames`).
   """
   dataset = datasets.get(data_cfg.name)
   records = dataset.clip_records(data_cfg, split, num_clips, num_frames, seed)
   if not records:
     raise ValueError(f"the {data_cfg.name} {split} split has no clips")
   derived = [k for k in keys if k in dataset.derived]
-  examples = [preprocess(r, mel_window, data_cfg.mel_alignment, text_max_len, dataset, derived)
-              for r in records]
+  references = reference_frames if "reference" in keys else 0
+  examples = [preprocess(r, mel_window, data_cfg.mel_alignment, text_max_len, dataset, derived,
+                         references) for r in records]
   out = {k: np.stack([e[k] for e in examples]) for k in keys if k in examples[0]}
   if "caption" in keys:
     out["caption"] = np.array([c.decode("utf-8") if isinstance(c, bytes) else str(c)
@@ -139,10 +151,11 @@ class _Preprocess(grain.transforms.Map):
   its entry is looked up where the transform runs, so it pickles into grain's workers)."""
 
   def __init__(self, dataset_name: str, mel_window: int, mel_alignment: audio.Alignment,
-               text_max_len: int, derived: Sequence[str]):
+               text_max_len: int, derived: Sequence[str], reference_frames: int = 0):
     self._dataset_name = dataset_name
     self._kwargs = dict(mel_window=mel_window, mel_alignment=mel_alignment,
-                        text_max_len=text_max_len, derived=tuple(derived))
+                        text_max_len=text_max_len, derived=tuple(derived),
+                        reference_frames=reference_frames)
 
   def map(self, element):
     return preprocess(element, dataset=datasets.get(self._dataset_name), **self._kwargs)
@@ -386,10 +399,11 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, mesh: Mesh,
     shuffle = split == "train" and data_cfg.shuffle
   shard = GlobalOrderShard(source, batch_size, process_index, process_count, seed, shuffle,
                            num_epochs)
+  wanted = lambda key: device_keys is None or key in device_keys
   preprocess_op = _Preprocess(
       data_cfg.name, data_cfg.mel_window, data_cfg.mel_alignment, data_cfg.text_max_len,
-      [k for k in datasets.get(data_cfg.name).derived
-       if device_keys is None or k in device_keys])
+      [k for k in datasets.get(data_cfg.name).derived if wanted(k)],
+      config.get("model", {}).get("reference_frames", 0) if wanted("reference") else 0)
   loader = None
   if len(shard):  # A host can have no rows of a small finite split.
     loader = grain.DataLoader(

@@ -45,6 +45,28 @@ def audio_key(model: Mapping[str, Any]) -> str:
   return AUDIO_KEYS[name]
 
 
+def identity_keys(model: Mapping[str, Any]) -> tuple[str, ...]:
+  """The batch features of the person's conditions: 'reference' (`reference_frames` > 0)
+  and 'source_mask' (`masked_source`)."""
+  return ((("reference",) if model.get("reference_frames", 0) else ())
+          + (("source_mask",) if model.get("masked_source", False) else ()))
+
+
+def identity_cond(model: Mapping[str, Any], batch: Mapping[str, Any], source: Any
+                  ) -> dict[str, Any]:
+  """The model's person conditions from a batch: 'reference' `[B, K, H, W, C]` as the batch
+  has it and, for dubbing, 'source' = `source` `[B, T, H, W, C]` (the frames to re-voice)
+  with 'source_mask' `[B, T, H, W, 1]` float from the batch's bool `[B, T, H, W]` (the model
+  zeroes the source inside it). Empty for a model without them."""
+  out = {}
+  if model.get("reference_frames", 0):
+    out["reference"] = batch["reference"]
+  if model.get("masked_source", False):
+    out["source"] = source
+    out["source_mask"] = batch["source_mask"].astype(source.dtype)[..., None]
+  return out
+
+
 def cond_keys(model: Mapping[str, Any]) -> tuple[str, ...]:
   """The batch features the model's `cond` takes from a batch (text, mask, audio)."""
   return text_keys(model) + (audio_key(model),)

@@ -69,6 +69,13 @@ def example_inputs(config: ml_collections.ConfigDict, batch_size: int) -> dict[s
                   for k in control.batch_keys(config)}
   pretrained = {k: jnp.zeros((b,) + shape, bool if k.endswith("mask") else jnp.float32)
                 for k, shape in frozen_encoders.FrozenEncoders(config).feature_shapes(t).items()}
+  identity = {}
+  if m.get("reference_frames", 0):
+    identity.update(reference=jnp.zeros((b, m.reference_frames) + x_shape[2:], jnp.float32),
+                    drop_reference=jnp.zeros((b,), bool))
+  if m.get("masked_source", False):
+    identity.update(source=jnp.zeros(x_shape, jnp.float32),
+                    source_mask=jnp.zeros(x_shape[:4] + (1,), jnp.float32))
   return {
       "x": jnp.zeros(x_shape, jnp.float32),
       "t": jnp.zeros((b,), jnp.float32),
@@ -82,6 +89,7 @@ def example_inputs(config: ml_collections.ConfigDict, batch_size: int) -> dict[s
           "frame_mask": jnp.zeros((b, t), bool),
           **control_maps,
           **pretrained,
+          **identity,
       },
   }
 

@@ -216,6 +216,23 @@ def _check_inputs(x: Array, t: Array, cond: Mapping[str, Array], in_channels: in
     raise ValueError(f"conditioning frames {cond['frames'].shape} must match video {x.shape}")
 
 
+def _check_identity_inputs(x: Array, cond: Mapping[str, Array], reference_frames: int,
+                           masked_source: bool) -> None:
+  """Raises ValueError naming the missing or misshapen reference / source input."""
+  b, t_frames, h, w, ch = x.shape
+  if reference_frames:
+    want = (b, reference_frames, h, w, ch)
+    if "reference" not in cond or cond["reference"].shape != want:
+      got = cond["reference"].shape if "reference" in cond else "none"
+      raise ValueError(f"cond['reference'] must be {list(want)} (reference_frames="
+                       f"{reference_frames}), got {got}")
+  if masked_source:
+    for key, want in (("source", x.shape), ("source_mask", (b, t_frames, h, w, 1))):
+      if key not in cond or cond[key].shape != want:
+        got = cond[key].shape if key in cond else "none"
+        raise ValueError(f"cond[{key!r}] must be {list(want)} (masked_source), got {got}")
+
+
 def _identity_conv_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
   """Conv kernel `[kh, kw, C, C]` that copies its input: the identity at the centre tap."""
   del key
@@ -237,7 +254,16 @@ class STDiT(nn.Module):
     optional 'frames' `[B, T, H, W, C]` and 'frame_mask' bool `[B, T]`: clean frames
       given as context (motion frames for long-video extension, infilling),
     optional 'control' list of K <= `depth` residuals `[B, T, N, D]` from a ControlNet
-      branch, added after blocks 0 ... K-1.
+      branch, added after blocks 0 ... K-1,
+    with `reference_frames` = R > 0: 'reference' `[B, R, H, W, C]`, clean frames of the
+      person to draw (another time of the same video, or a photo) and 'drop_reference' bool
+      `[B]`; they are embedded as known frames (like motion frames) plus a learned reference
+      embedding and put in front of the video along time, so temporal attention at every
+      patch position and spatial attention within them read the person; their tokens are
+      dropped after the last block. A dropped reference is all zeros and unknown,
+    with `masked_source`: 'source' `[B, T, H, W, C]` (the frames to re-voice, zero where
+      'source_mask' `[B, T, H, W, 1]` is 1: the mouth area to generate) and 'source_mask',
+      concatenated to the input channels (dubbing, as LatentSync's masked-frame channels).
   `t` is a float `[B]` noise level, embedded after multiplying by `time_scale`.
   `scan_blocks=True` runs the blocks under `nn.scan` (params 'blocks' `[depth, ...]`)
   instead of a Python loop (params 'block_i'); the outputs are the same.
@@ -264,6 +290,8 @@ class STDiT(nn.Module):
   attention_impl: Optional[str] = None
   scan_blocks: bool = False
   final_conv: bool = False
+  reference_frames: int = 0
+  masked_source: bool = False
 
   def _encode_conditions(self, cond: Mapping[str, Array], batch: int, dtype):
     """Returns text `[B, L, D]`, text_mask `[B, L]`, pooled text `[B, D]`, audio `[B, T, W, D]`."""
@@ -294,6 +322,9 @@ class STDiT(nn.Module):
     text_mask = jnp.where(drop_text, jnp.arange(text.shape[1]) == 0, text_mask)
     drop_audio = cond.get("drop_audio", jnp.zeros((batch,), bool)).reshape(batch, 1, 1, 1)
     audio = jnp.where(drop_audio, null_audio[None, None], audio)
+    if self.reference_frames:  # Reference frames hear the null audio.
+      audio = jnp.concatenate([jnp.broadcast_to(null_audio[None, None], (
+          batch, self.reference_frames) + null_audio.shape).astype(audio.dtype), audio], axis=1)
     weights = text_mask.astype(dtype)[..., None]
     pooled = (text * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
     return text, text_mask, pooled, audio
@@ -305,20 +336,52 @@ class STDiT(nn.Module):
   def _check_inputs(self, x: Array, t: Array, cond: Mapping[str, Array]) -> None:
     _check_inputs(x, t, cond, self.in_channels, self.patch_size,
                   conditioning.cond_keys(self._fields()))
+    _check_identity_inputs(x, cond, self.reference_frames, self.masked_source)
 
-  def _embed_video(self, x: Array, cond: Mapping[str, Array], dtype) -> Array:
-    """Video `[B, T, H, W, C]` (+ context frames) -> tokens `[B, T, N, D]` with positions."""
+  def _input_channels(self, x: Array, cond: Mapping[str, Array]) -> Array:
+    """The patch embedding's input `[B, T, H, W, C']`: x, then the known frames and their
+    mask (`frame_conditioning`), then the masked source and its mask (`masked_source`)."""
     b, t_frames, h, w, _ = x.shape
+    parts = [x]
     if self.frame_conditioning:
       frame_mask = cond.get("frame_mask", jnp.zeros((b, t_frames), bool))
       frame_mask = frame_mask.astype(x.dtype)[:, :, None, None, None]
-      frames = cond.get("frames", jnp.zeros_like(x)) * frame_mask
-      x = jnp.concatenate(
-          [x, frames, jnp.broadcast_to(frame_mask, (b, t_frames, h, w, 1))], axis=-1)
+      parts += [cond.get("frames", jnp.zeros_like(x)) * frame_mask,
+                jnp.broadcast_to(frame_mask, (b, t_frames, h, w, 1))]
+    if self.masked_source:
+      mask = cond["source_mask"].astype(x.dtype)
+      parts += [cond["source"].astype(x.dtype) * (1 - mask), mask]
+    return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else x
+
+  def _reference_inputs(self, x: Array, cond: Mapping[str, Array]) -> Array:
+    """The reference frames as known frames `[B, R, H, W, C']` (x zero, the frame given, its
+    mask 1; no masked source): all zeros where 'drop_reference' is set."""
+    reference = cond["reference"].astype(x.dtype)
+    b, r, h, w, _ = reference.shape
+    keep = ~cond.get("drop_reference", jnp.zeros((b,), bool))
+    keep = keep.astype(x.dtype)[:, None, None, None, None]
+    parts = [jnp.zeros_like(reference), reference * keep,
+             jnp.broadcast_to(keep, (b, r, h, w, 1))]
+    if self.masked_source:
+      parts += [jnp.zeros_like(reference), jnp.zeros((b, r, h, w, 1), x.dtype)]
+    return jnp.concatenate(parts, axis=-1)
+
+  def _embed_video(self, x: Array, cond: Mapping[str, Array], dtype) -> Array:
+    """Video `[B, T, H, W, C]` (+ context frames) -> tokens `[B, R + T, N, D]` with positions
+    (R = `reference_frames` reference frames first)."""
+    _, _, h, w, _ = x.shape
+    inputs = self._input_channels(x, cond)
+    if self.reference_frames:
+      inputs = jnp.concatenate([self._reference_inputs(x, cond), inputs], axis=1)
     tokens = layers.dense(self.width, ("patch", "embed"), "patch_embed", dtype)(
-        patchify(x, self.patch_size).astype(dtype))
+        patchify(inputs, self.patch_size).astype(dtype))
     p = self.patch_size
     tokens = tokens + layers.sincos_2d_positions(h // p, w // p, self.width).astype(dtype)
+    if self.reference_frames:
+      init = layers.partitioned(nn.initializers.normal(0.02), ("embed",))
+      marker = self.param("reference_embedding", init, (self.width,)).astype(dtype)
+      is_reference = jnp.arange(tokens.shape[1]) < self.reference_frames
+      tokens = tokens + jnp.where(is_reference[None, :, None, None], marker, 0)
     return nn.with_logical_constraint(tokens, TOKENS)
 
   def _conditioning(self, t: Array, cond: Mapping[str, Array], dtype):
@@ -329,7 +392,7 @@ class STDiT(nn.Module):
     temb = layers.dense(self.width, ("embed", "embed_out"), "time_fc2", dtype)(nn.silu(temb))
     c = temb + layers.dense(self.width, ("embed", "embed_out"), "text_pool_proj", dtype)(pooled)
     audio_pooled = layers.dense(self.width, ("embed", "embed_out"), "audio_pool_proj", dtype)(
-        audio.mean(axis=2))
+        audio.mean(axis=2))  # [B, R + T, D]: the reference frames' is the null audio's.
     return c[:, None, :] + audio_pooled, text, text_mask, audio
 
   def _remat(self, block_cls: type[DiTBlock], **kwargs) -> type[DiTBlock]:
@@ -366,6 +429,9 @@ class STDiT(nn.Module):
     control = cond.get("control", ())
     if len(control) > self.depth:
       raise ValueError(f"got {len(control)} control residuals for a depth-{self.depth} model")
+    if self.reference_frames:  # The reference frames take no control residual.
+      control = [jnp.pad(r, [(0, 0), (self.reference_frames, 0)] + [(0, 0)] * (r.ndim - 2))
+                 for r in control]
     if self.scan_blocks:
       residuals = None
       if control:  # [K, B, T, N, D], zero-padded to [depth, B, T, N, D].
@@ -379,6 +445,7 @@ class STDiT(nn.Module):
         if i < len(control):
           tokens = tokens + control[i].astype(dtype)
 
+    tokens, c = tokens[:, self.reference_frames:], c[:, self.reference_frames:]
     shift, scale = jnp.split(layers.dense(2 * self.width, ("embed", "modulation"),
                                           "final_modulation", dtype, zero_init=True)(
                                               nn.silu(c)), 2, axis=-1)

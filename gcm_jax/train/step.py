@@ -73,10 +73,12 @@ def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
                       ) -> dict[str, jax.Array]:
   """The model's `cond` dict for a training batch, with random dropout and motion frames
   (clean frames of `batch[target]`); the text and audio features are the ones
-  `model_config`'s encoders read (`conditioning`)."""
+  `model_config`'s encoders read (`conditioning`); a model of a person takes the batch's
+  reference frames (dropped with probability `p_drop_reference`) and, for dubbing, the clip
+  itself as the masked source (`conditioning.identity_cond`)."""
   video = batch[target]
   b, t = video.shape[:2]
-  k_drop, k_motion = jax.random.split(key)
+  k_drop, k_motion, k_reference = jax.random.split(key, 3)
   drop_text, drop_audio = guidance.drop_conditions(
       k_drop, b, diffusion_config["p_drop_text"], diffusion_config["p_drop_audio"],
       diffusion_config["p_drop_both"])
@@ -84,32 +86,42 @@ def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
   return {
       **passthrough,
       **{k: batch[k] for k in conditioning.cond_keys(model_config)},
+      **conditioning.identity_cond(model_config, batch, video),
+      **({"drop_reference": jax.random.bernoulli(
+          k_reference, diffusion_config["p_drop_reference"], (b,))}
+         if model_config.get("reference_frames", 0) else {}),
       "drop_text": drop_text, "drop_audio": drop_audio, "frames": video,
       "frame_mask": motion_frame_mask(k_motion, b, t, diffusion_config["p_motion_frames"],
                                       diffusion_config["max_motion_frames"]),
   }
 
 
+
 def loss_weights(batch: Mapping[str, jax.Array], frame_mask: jax.Array,
-                 mouth_loss_weight: float, size: Optional[int] = None) -> jax.Array:
-  """Per-pixel loss weights `[B, T, H, W]` (or `[B, T, 1, 1]` without mouth weighting).
+                 mouth_loss_weight: float, size: Optional[int] = None,
+                 masked_loss_weight: float = 1.0) -> jax.Array:
+  """Per-pixel loss weights `[B, T, H, W]` (or `[B, T, 1, 1]` without region weighting).
 
   0 on the given context frames (`frame_mask` `[B, T]`), else 1, times `mouth_loss_weight`
-  inside `batch['mouth_region']` (bool `[B, T, H, W]`, made by the input pipeline). With
-  `size` (the latent grid of a latent run) the region is pooled to `[B, T, size, size]`: a
-  latent cell is in the mouth if any of its pixels is.
+  inside `batch['mouth_region']` and `masked_loss_weight` inside `batch['source_mask']`
+  (bool `[B, T, H, W]`, made by the input pipeline). With `size` (the latent grid of a
+  latent run) a region is pooled to `[B, T, size, size]`: a latent cell is in it if any of
+  its pixels is.
   """
   weights = (~frame_mask).astype(jnp.float32)[:, :, None, None]
-  if mouth_loss_weight == 1.0:
-    return weights
-  if "mouth_region" not in batch:
-    raise ValueError("config.diffusion.mouth_loss_weight != 1 needs the batch feature "
-                     "'mouth_region' (bool [B, T, H, W], gcm_jax.data.pipeline.preprocess)")
-  region = batch["mouth_region"]
-  if size is not None and region.shape[2] != size:
-    b, t, h, w = region.shape
-    region = region.reshape(b, t, size, h // size, size, w // size).any(axis=(3, 5))
-  return weights * jnp.where(region, mouth_loss_weight, 1.0)
+  for key, weight, field in (("mouth_region", mouth_loss_weight, "mouth_loss_weight"),
+                             ("source_mask", masked_loss_weight, "masked_loss_weight")):
+    if weight == 1.0:
+      continue
+    if key not in batch:
+      raise ValueError(f"config.diffusion.{field} != 1 needs the batch feature {key!r} "
+                       f"(bool [B, T, H, W], gcm_jax.data.pipeline.preprocess)")
+    region = batch[key]
+    if size is not None and region.shape[2] != size:
+      b, t, h, w = region.shape
+      region = region.reshape(b, t, size, h // size, size, w // size).any(axis=(3, 5))
+    weights = weights * jnp.where(region, weight, 1.0)
+  return weights
 
 
 def lipsync_term(expert: experts.Expert, key: jax.Array, x0_hat: jax.Array, logsnr: jax.Array,
@@ -176,7 +188,7 @@ def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     keys += ("video",)  # The decoded pixel loss's reference frames.
   if config.diffusion.mouth_loss_weight != 1.0:
     keys += ("mouth_region",)
-  return keys + control.batch_keys(config)
+  return keys + conditioning.identity_keys(config.model) + control.batch_keys(config)
 
 
 def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
@@ -212,7 +224,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   loss_cfg = make_loss_config(config.diffusion)
   example_weight = batch["mask"].astype(jnp.float32)
   pixel_weights = loss_weights(batch, cond["frame_mask"], config.diffusion.mouth_loss_weight,
-                               target.shape[2])
+                               target.shape[2],
+                               config.diffusion.get("masked_loss_weight", 1.0))
 
   pixel_weight = pixel_loss_weight(config)
 

@@ -16,6 +16,7 @@ from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import corpus
 from gcm_jax.data.talking_faces import example as example_lib
 from gcm_jax.data.talking_faces import ground_truth
+from gcm_jax.data.talking_faces import identity
 from gcm_jax.data.talking_faces import keypoint_maps
 from gcm_jax.data.talking_faces import renderer
 from gcm_jax.data.talking_faces import talking_faces
@@ -89,8 +90,10 @@ DATASET = contract.Dataset(
             np.asarray(record["keypoints"], np.float32), r),
         "control_maps": lambda record, r: keypoint_maps.control_maps(
             np.asarray(record["keypoints"], np.float32), r),
+        "source_mask": identity.source_mask,
     },
     control_channels=keypoint_maps.NUM_CONTROL_CHANNELS,
+    reference=identity.reference_frames,
     truth=contract.GroundTruth(
         keys=("mouth_open", "keypoints", "face_color", "background_color"),
         caption_metric="color_accuracy",

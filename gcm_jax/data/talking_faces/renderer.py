@@ -74,15 +74,31 @@ def render(attributes: captions.Attributes, track: visemes.MouthTrack, resolutio
   if resolution not in RESOLUTIONS:
     raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution}")
   num_frames = len(track.openness)
+  scale = rng.uniform(0.9, 1.05)
+  return draw(attributes, head_centers(attributes.motion, num_frames), scale, track,
+              blink_track(num_frames, rng), resolution)
+
+
+def head_geometry(keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The head centre `[T, 2]` and scale `[T]` that `draw` drew `keypoints` `[T, K, 2]` with
+  (from the nose and the chin: nose_y = cy + 0.12 hry, chin_y = cy + hry, hry = 0.35 scale)."""
+  nose, chin = keypoints[:, KEYPOINT_NAMES.index("nose")], keypoints[:, -1]
+  hry = (chin[:, 1] - nose[:, 1]) / 0.88
+  return np.stack([nose[:, 0], chin[:, 1] - hry], -1), hry / 0.35
+
+
+def draw(attributes: captions.Attributes, center: np.ndarray, scale: float,
+         track: visemes.MouthTrack, eye_open: np.ndarray, resolution: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+  """Draws the face with head centres `center` `[T, 2]`, head `scale`, mouth `track` and eye
+  openness `eye_open` `[T]` in [0, 1]; returns video uint8 `[T, R, R, 3]` and keypoints
+  float32 `[T, NUM_KEYPOINTS, 2]`."""
+  num_frames = len(track.openness)
   pixel = 1.0 / resolution
   coords = (np.arange(resolution, dtype=np.float32) + 0.5) * pixel
   y, x = coords[None, :, None], coords[None, None, :]
-
-  scale = rng.uniform(0.9, 1.05)
-  center = head_centers(attributes.motion, num_frames)
   cx, cy = center[:, 0], center[:, 1]
   hrx, hry = 0.27 * scale, 0.35 * scale
-  eye_open = blink_track(num_frames, rng)
   ex, ey = 0.16 * hrx, 0.13 * hry * eye_open
   eye_l, eye_r, eye_y = cx - 0.38 * hrx, cx + 0.38 * hrx, cy - 0.25 * hry
   nose_y = cy + 0.12 * hry

@@ -34,5 +34,6 @@ DATASET = contract.Dataset(
     description="clips of real videos (python -m gcm_jax.data.video_folder)",
     source=source,
     derived={"mouth_region": lambda record, r: faces.mouth_region(
-        np.asarray(record["mouth_box"], np.float32), r)},
+        np.asarray(record["mouth_box"], np.float32), r),
+             "source_mask": contract.lower_half},
 )
