@@ -75,6 +75,7 @@ import numpy as np
 
 from gcm_jax import weights
 from gcm_jax.models import attention
+from gcm_jax.models.pretrained import named_configs
 
 
 SAMPLE_RATE = 16000
@@ -473,45 +474,6 @@ def _transformers_metadata(path: str) -> Optional[Wav2Vec2Config]:
     raise weights.WeightImportError(f"{config_path}: {e}") from None
 
 
-def _named(config: Wav2Vec2Config) -> str:
-  names = [name for name, c in CONFIGS.items() if c == config]
-  return f" ({names[0]})" if names else ""
-
-
-def _resolve_config(found: dict[str, Any], size: Union[None, str, Wav2Vec2Config],
-                    metadata: Optional[Wav2Vec2Config], source: str) -> Wav2Vec2Config:
-  """The config: `size` if given, else the checkpoint's `config.json`, else the registry entry
-  with the tensors' dims; checked against the tensors' dims."""
-  shown = ", ".join(f"{k}={v}" for k, v in found.items() if v is not None)
-  if isinstance(size, str):
-    if size not in CONFIGS:
-      raise ValueError(f"unknown wav2vec2 size {size!r}; expected one of {sorted(CONFIGS)} "
-                       "or a Wav2Vec2Config")
-    config = CONFIGS[size]
-  elif size is not None:
-    config = size
-  elif metadata is not None:
-    config = metadata
-  else:
-    matches = [c for c in CONFIGS.values()
-               if all(v is None or getattr(c, k) == v for k, v in found.items())]
-    if not matches:
-      raise weights.WeightImportError(
-          f"{source}: a wav2vec2 encoder with {shown} matches no named config "
-          f"({sorted(CONFIGS)}) and there is no config.json for the rest (heads, strides, "
-          "pre-/post-LN); pass size=Wav2Vec2Config(...)")
-    config = matches[0]
-  wrong = [f"{k}: checkpoint {v}, config {getattr(config, k)}" for k, v in found.items()
-           if v is not None and getattr(config, k) != v]
-  if metadata is not None and metadata != config:
-    wrong.append(f"the checkpoint's own config.json {metadata}")
-  if wrong:
-    raise weights.WeightImportError(
-        f"{source}: the checkpoint holds a wav2vec2 encoder with {shown}, which does not fit "
-        f"{config}{_named(config)}:\n" + "\n".join(f"  {line}" for line in wrong))
-  return config
-
-
 def load_encoder(path: str, size: Union[None, str, Wav2Vec2Config] = None,
                  implementation: Optional[str] = None
                  ) -> tuple[Wav2Vec2Encoder, dict[str, Any]]:
@@ -537,8 +499,10 @@ def load_encoder(path: str, size: Union[None, str, Wav2Vec2Config] = None,
   """
   state = _read_state(path)
   prefix = _detect(state, path)
-  config = _resolve_config(_checkpoint_dims(state, prefix), size, _transformers_metadata(path),
-                           path)
+  config = named_configs.resolve(
+      "wav2vec2", CONFIGS, _checkpoint_dims(state, prefix), size, _transformers_metadata(path),
+      path, "there is no config.json for the rest (heads, strides, pre-/post-LN); pass "
+      "size=Wav2Vec2Config(...)", "config.json")
   module = Wav2Vec2Encoder(config, implementation)
   expected = weights.expected_params(module, np.zeros((1, receptive_field(config)), np.float32))
   ignore = [re.escape(prefix) + "masked_spec_embed"]  # SpecAugment's mask vector (training).

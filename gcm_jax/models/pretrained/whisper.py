@@ -41,6 +41,7 @@ import numpy as np
 
 from gcm_jax import weights
 from gcm_jax.models import attention
+from gcm_jax.models.pretrained import named_configs
 from gcm_jax.models.pretrained import whisper_mel
 
 
@@ -285,48 +286,8 @@ _METADATA: dict[str, Callable[[str], Optional[WhisperConfig]]] = {
     "openai-whisper": _openai_metadata, "transformers": _transformers_metadata}
 
 
-def _named(config: WhisperConfig) -> str:
-  names = [name for name, c in CONFIGS.items() if c == config]
-  return f" ({names[0]})" if names else ""
-
-
-def _resolve_config(found: dict[str, int], size: Union[None, str, WhisperConfig],
-                    metadata: Optional[WhisperConfig], source: str) -> WhisperConfig:
-  """The config: `size` if given, else the checkpoint's metadata, else the registry entry
-  with the tensors' dims; checked against the tensors' dims."""
-  shown = ", ".join(f"{k}={v}" for k, v in found.items() if v is not None)
-  if isinstance(size, str):
-    if size not in CONFIGS:
-      raise ValueError(f"unknown Whisper size {size!r}; expected one of {sorted(CONFIGS)} "
-                       "or a WhisperConfig")
-    config = CONFIGS[size]
-  elif size is not None:
-    config = size
-  elif metadata is not None:
-    config = metadata
-  else:
-    matches = [c for c in CONFIGS.values()
-               if all(v is None or getattr(c, k) == v for k, v in found.items())]
-    if not matches:
-      raise weights.WeightImportError(
-          f"{source}: a Whisper encoder with {shown} matches no named config "
-          f"({sorted(CONFIGS)}) and the checkpoint names no head count; pass "
-          "size=WhisperConfig(...)")
-    config = matches[0]
-  wrong = [f"{k}: checkpoint {v}, config {getattr(config, k)}" for k, v in found.items()
-           if v is not None and getattr(config, k) != v]
-  if metadata is not None and metadata != config:
-    wrong.append(f"the checkpoint's own dims {metadata}")
-  if wrong:
-    raise weights.WeightImportError(
-        f"{source}: the checkpoint holds a Whisper encoder with {shown}, which does not fit "
-        f"{config}{_named(config)}:\n" + "\n".join(f"  {line}" for line in wrong))
-  return config
-
-
 def load_encoder(path: str, size: Union[None, str, WhisperConfig] = None,
-                         implementation: Optional[str] = None
-                         ) -> tuple[WhisperEncoder, dict[str, Any]]:
+                 implementation: Optional[str] = None) -> tuple[WhisperEncoder, dict[str, Any]]:
   """Loads a Whisper encoder from an openai-whisper `.pt` or an HF safetensors file/folder.
 
   Args:
@@ -348,7 +309,9 @@ def load_encoder(path: str, size: Union[None, str, WhisperConfig] = None,
   format_name, prefix = _detect(state, path)
   fmt = FORMATS[format_name]
   found = _checkpoint_dims(state, fmt, prefix)
-  config = _resolve_config(found, size, _METADATA[format_name](path), path)
+  config = named_configs.resolve(
+      "Whisper", CONFIGS, found, size, _METADATA[format_name](path), path,
+      "the checkpoint names no head count; pass size=WhisperConfig(...)", "dims")
   module = WhisperEncoder(config, implementation)
   expected = weights.expected_params(
       module, np.zeros((1, 2 * config.n_audio_ctx, config.n_mels), np.float32))
