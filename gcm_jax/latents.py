@@ -72,7 +72,7 @@ def _diffusers(spec: ml_collections.ConfigDict) -> tuple[ae.AutoencoderConfig, A
 
 def _workdir(spec: ml_collections.ConfigDict) -> tuple[ae.AutoencoderConfig, Any, str]:
   config, params = trained_autoencoder.load_trained_autoencoder(spec.path)
-  return config, params, trained_autoencoder.autoencoder_identity(spec.path)
+  return config, params, trained_autoencoder.autoencoder_identity(spec.path, params)
 
 
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict], tuple[ae.AutoencoderConfig, Any, str]]]

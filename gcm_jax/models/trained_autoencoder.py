@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -89,11 +89,14 @@ def load_trained_autoencoder(workdir: str) -> tuple[ae.AutoencoderConfig, dict[s
   return config, jax.tree.map(jnp.asarray, params)
 
 
-def autoencoder_identity(workdir: str) -> str:
+def autoencoder_identity(workdir: str, params: Optional[Any] = None) -> str:
   """"own:<sha256>" of the trained autoencoder's saved config (with scale / shift) and param
-  values; any change of either changes it (key for cached latents)."""
+  values; any change of either changes it (key for cached latents). `params`: the workdir's
+  params if already loaded (`load_trained_autoencoder`), else they are read here."""
   saved = _read_autoencoder_json(workdir)
   digest = hashlib.sha256(json.dumps(dict(saved, params_file=None), sort_keys=True)
                           .encode("utf-8"))
-  digest.update(export.params_digest(load_trained_autoencoder(workdir)[1]).encode("utf-8"))
+  if params is None:
+    params = load_trained_autoencoder(workdir)[1]
+  digest.update(export.params_digest(params).encode("utf-8"))
   return f"own:{digest.hexdigest()}"
