@@ -1,8 +1,10 @@
 """The video_folder builder on generated videos (tests/video_fixtures.py): clips, crops,
-A/V alignment, captions, splits, rejects, resume after a kill, the SyncNet pass, and
-training + evaluation on the result."""
+A/V alignment, captions, splits, rejects, reference frames, resume after a kill, the SyncNet
+pass, and training + evaluation (with reference frames) on the result."""
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +80,93 @@ def test_clips_rejects_and_summary(built):
   starts = [r["start_time"] for r in records["test"] if r["source"] == b"alice/talk.mp4"]
   np.testing.assert_allclose(np.diff(starts), T / 25, atol=1e-5)
   assert "clips: train 16, validation 8, test 16" in str(summary)
+
+
+def _frame_in(frame: np.ndarray, video: np.ndarray) -> bool:
+  return any(np.array_equal(frame, f) for f in video)
+
+
+def test_reference_frames_are_frames_of_other_clips_of_the_video(built, tmp_path):
+  """Each clip stores K frames of its person from other clips of its video (bob/cut's two
+  shots, two tracks, take each other's), never one of its own frames; the ledger and the
+  summary count where they come from; the registry's hook gives the first K or says why
+  not; a dataset of the previous builder version is still read."""
+  out, summary = built
+  k = SETTINGS.reference_frames
+  records = sum(_records(out).values(), [])
+  for record in records:
+    assert record["reference"].shape == (k, R, R, 3) and record["reference"].dtype == np.uint8
+    assert record["reference_from"] == b"other_clip"
+    others = [r for r in records if r["source"] == record["source"] and
+              r["start_time"] != record["start_time"]]
+    for frame in record["reference"]:
+      assert not _frame_in(frame, record["video"])
+      starts = [r["start_time"] for r in others if _frame_in(frame, r["video"])]
+      assert starts, (record["source"], record["start_time"])  # A frame of another clip.
+      if record["source"] == b"bob/cut.mp4":  # The other shot (the cut is at 1.6 s).
+        assert all((s >= 1.6) != (record["start_time"] >= 1.6) for s in starts)
+  assert summary.references == {"other_clip": 40}
+  assert "reference frames from: other_clip 40" in str(summary)
+  ledger = _ledger(out)
+  assert {key: (r["references"], r["reference_pool"]) for key, r in ledger.items()
+          if r["status"] == "ok"} == {key: ({"other_clip": 8}, 16) for key in (
+              "alice/talk.mp4", "alice/late_audio.mp4", "bob/vfr.mp4", "carol/webm.webm",
+              "bob/cut.mp4")}
+  hook = datasets.DATASETS["video_folder"].reference
+  np.testing.assert_array_equal(hook(records[0], 2, R), records[0]["reference"][:2])
+  with pytest.raises(ValueError, match=f"stores {k} reference frames per clip; lower it, or "
+                                       f"build again with .* --reference_frames={k + 1}"):
+    hook(records[0], k + 1, R)
+  older = {key: v for key, v in records[0].items() if not key.startswith("reference")}
+  with pytest.raises(ValueError, match=f"built by a builder older than {builder.VERSION}"):
+    hook(older, 1, R)
+  older_build = tmp_path / "video_folder" / f"r{R}_t{T}" / "1.0.0"
+  shutil.copytree(builder.dataset_path(out, R, T), older_build)
+  assert builder.readable_path(str(tmp_path), R, T) == str(older_build)
+  assert builder.readable_path(out, R, T) == builder.dataset_path(out, R, T)
+
+
+def test_one_clip_videos_take_references_from_their_track_or_their_identity(videos, tmp_path,
+                                                                              caplog):
+  """A video of one clip takes its track's frames outside the clip (the tracks are frames
+  0-70: at T = 70, frame 70), else (T = 71: the clip is the whole track) frames of another
+  video of its identity in its split (a manifest makes talk and webm one person's), else
+  none: zeros, counted, warned about, and refused by the hook with what to do."""
+  settings = dataclasses.replace(SETTINGS, num_frames=70)
+  item = captions.Item("alice/talk.mp4", os.path.join(videos, "alice", "talk.mp4"),
+                       captions.Transcript())
+  records, pools = [], []
+  row = builder.process_video(item, settings, builder.tools_for(settings), records.append,
+                              pools.append)
+  (record,), (pool,) = records, pools
+  assert row["references"] == {"same_track_outside_clip": 1} and row["reference_pool"] == 16
+  assert pool.times[pool.choices[0]].tolist() == [70] * SETTINGS.reference_frames
+  assert not any(_frame_in(f, record["video"]) for f in pool.frames[pool.choices[0]])
+  # alice/late_audio's pictures are alice/talk's: pair talk with carol's (VP9) instead.
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  for name in ("alice/talk.mp4", "carol/webm.webm", "bob/vfr.mp4"):
+    os.symlink(os.path.join(videos, name), inputs / os.path.basename(name))
+  (inputs / "people.csv").write_text("path,identity\ntalk.mp4,ann\nwebm.webm,ann\nvfr.mp4,bo\n")
+  whole = builder.Settings(resolution=R, num_frames=71, validation_fraction=0.0,
+                           test_fraction=0.0)
+  with caplog.at_level("WARNING"):
+    summary = builder.build(str(inputs / "people.csv"), str(tmp_path / "out"), whole,
+                            progress=False)
+  assert summary.clips == {"train": 3}
+  assert summary.references == {"same_identity": 2, "none": 1}
+  assert "1 clip(s) have no reference frames" in caplog.text
+  data = tfds.builder_from_directory(builder.dataset_path(str(tmp_path / "out"), R, 71))
+  clips = {r["source"].decode(): r for r in data.as_data_source("train")}
+  for name, other in (("talk.mp4", "webm.webm"), ("webm.webm", "talk.mp4")):
+    assert clips[name]["reference_from"] == b"same_identity"
+    for frame in clips[name]["reference"]:
+      assert _frame_in(frame, clips[other]["video"])
+      assert not _frame_in(frame, clips[name]["video"])
+  alone = clips["vfr.mp4"]
+  assert alone["reference_from"] == b"none" and not alone["reference"].any()
+  with pytest.raises(ValueError, match="no other video of identity 'bo' in its split"):
+    datasets.DATASETS["video_folder"].reference(alone, 1, R)
 
 
 def test_unreadable_files_say_what_is_wrong(videos, tmp_path):
@@ -295,7 +384,7 @@ def test_resume_after_a_kill_gives_the_complete_dataset(videos, built, tmp_path)
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert ledger.read_text().count("\n") < 5  # Killed part way.
-  assert not (out / "video_folder" / f"r{R}_t{T}" / "1.0.0").exists()
+  assert not (out / "video_folder" / f"r{R}_t{T}" / builder.VERSION).exists()
   result = subprocess.run(command + ["--workers=2"], cwd=REPO, capture_output=True, text=True,
                           check=True)
   assert "5 videos (" in result.stdout and "rejected 0" in result.stdout
@@ -306,13 +395,22 @@ def test_resume_after_a_kill_gives_the_complete_dataset(videos, built, tmp_path)
         (r["source"], r["start_time"]) for r in records]
     for a, b in zip(resumed[split], records):
       np.testing.assert_array_equal(a["video"], b["video"])
-  dataset = out / "video_folder" / f"r{R}_t{T}" / "1.0.0" / "dataset_info.json"
+      np.testing.assert_array_equal(a["reference"], b["reference"])  # Whatever the workers.
+  dataset = out / "video_folder" / f"r{R}_t{T}" / builder.VERSION / "dataset_info.json"
   written = dataset.stat().st_mtime_ns
   rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
   assert "(0 processed in this run)" in rerun.stdout
   assert dataset.stat().st_mtime_ns == written  # Nothing new: the dataset is left as it is.
   changed = subprocess.run(command + ["--margin=0.5"], cwd=REPO, capture_output=True, text=True)
   assert changed.returncode != 0 and "other settings" in changed.stderr
+  # Staged by the builder before reference frames (no builder_version): refused, not mixed.
+  settings_file = ledger.parent / "settings.json"
+  saved = json.loads(settings_file.read_text())
+  del saved["builder_version"], saved["reference_frames"]
+  settings_file.write_text(json.dumps(saved))
+  older = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+  assert older.returncode != 0 and "staged by the video_folder builder 1.0.0" in older.stderr
+  assert "delete " + str(ledger.parent.parent) in older.stderr
 
 
 def test_syncnet_pass_moves_the_audio_and_drops_unsure_clips(videos):
@@ -417,19 +515,25 @@ def test_config_rules_for_real_data():
   config.data.name = "talking_faces"
   assert any("expected one of (32, 64, 128)" in p for p in config_validation.problems(config))
   config.data.update(name="video_folder", resolution=32)
+  config.model.update(reference_frames=2, masked_source=True)  # Stored reference frames.
+  assert config_validation.problems(config) == []
+  config.model.update(reference_frames=0, masked_source=False)
   config.control.update(enabled=True, base_workdir="/x")
   wanted = "needs control maps, which config.data.name = 'video_folder' does not make"
   assert any(wanted in p for p in config_validation.problems(config))
 
 
 def test_train_and_evaluate_on_the_built_clips(built, tmp_path):
+  """Two training steps with the clips' reference frames and the masked source (identity
+  conditioning, docs/models.md "Identity"), then evaluation generates with them."""
   out = built[0]
   workdir = tmp_path / "run"
   result = subprocess.run(
       [sys.executable, "run_train.py", "--config=tests/train_utils.py",
        f"--workdir={workdir}", "--config.data.name=video_folder",
        f"--config.data.data_dir={out}", f"--config.data.num_frames={T}",
-       "--config.train.num_steps=2", "--config.diffusion.mouth_loss_weight=2.0"],
+       "--config.train.num_steps=2", "--config.diffusion.mouth_loss_weight=2.0",
+       "--config.model.reference_frames=1", "--config.model.masked_source=True"],
       cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(workdir / "logs" / "metrics.jsonl", encoding="utf-8") as f:

@@ -19,6 +19,8 @@ from gcm_jax.data.video_folder import builder
 _DEFAULTS = builder.Settings()
 _HELP = {
     "clip_stride": "frames between clip starts (0: num_frames, no overlap)",
+    "reference_frames": "frames of the person at other times of the video stored per clip "
+                        "(identity conditioning: config.model.reference_frames <= this; 0: none)",
     "detector": "face detector: lbp (default, offline), haar (OpenCV 4.x), yunet (needs "
                 "--detector_model=face_detection_yunet.onnx)",
     "detector_model": "weights file of the detector (yunet ONNX, another cascade XML)",
