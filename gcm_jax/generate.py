@@ -4,6 +4,13 @@ CLI (installed as `gcm-generate`):
   gcm-generate --workdir=/tmp/gcm_tiny --text="a green face on a purple background, moving
     left, says: hello there" --audio=voice.wav --output=out.mp4
 
+A run of a given person (`config.model.reference_frames` > 0) animates a photo: it is
+face-detected and cropped as the real-video ingest crops frames
+(`data/video_folder/photo.face_crop`; a clear error for no face, several faces, a tiny
+face), or taken as it is with `--reference_is_crop` (a square crop, e.g. a frame of a
+talking-faces clip); its crop fills every reference frame the model takes:
+  gcm-generate --workdir=RUN --reference=photo.png --audio=voice.wav --text="..."
+
 A ControlNet run (`config.control.enabled`) also needs control maps, a float `.npy`
 array `[N, R, R, Cc]` (keypoint heatmaps + head layout, one frame per video frame; make
 them from a test clip with `python -m gcm_jax.data.talking_faces.control_maps`):
@@ -30,6 +37,8 @@ Python API:
   samples, rate = wav_io.read_wav("voice.wav")
   video, wav = generate(model, text, samples, rate, key)   # [N, H, W, 3] in [-1, 1]
   video, wav = generate(model, text, samples, rate, key, control_maps=np.load("maps.npy"))
+  video, wav = generate(model, text, samples, rate, key,
+                        reference=load_reference("photo.png", model.config))
 """
 import logging
 import os
@@ -52,6 +61,7 @@ from gcm_jax import sampling
 from gcm_jax import video_io
 from gcm_jax import wav_io
 from gcm_jax.data import audio as audio_lib
+from gcm_jax.data.video_folder import photo
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import samplers
 from gcm_jax.models import conditioning
@@ -109,9 +119,12 @@ def check_control_maps(config: ml_collections.ConfigDict, maps: Optional[np.ndar
 
 def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarray,
              sample_rate: int, key: jax.Array, motion_frames: Optional[int] = None,
-             progress: bool = True, control_maps: Optional[np.ndarray] = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+             progress: bool = True, control_maps: Optional[np.ndarray] = None,
+             reference: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
   """Generates a video for `text` and the voice `samples` (`[S]` or `[S, channels]`).
+
+  A run of a given person needs `reference`, uint8 frames `[N, R, R, 3]` of them (e.g.
+  `load_reference`; `reference_cond`).
 
   A ControlNet run needs `control_maps` `[N, R, R, Cc]` with N >= the video's frames (see
   `check_control_maps`); each window sees its frames' maps, as it sees its frames' audio.
@@ -128,7 +141,8 @@ def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarr
   check_control_maps(config, control_maps, num_frames)
   mel = audio_lib.frame_windows(audio_lib.melspectrogram(wav), total, config.data.mel_window,
                                 config.data.mel_alignment)
-  cond = {"mel": jnp.asarray(mel)[None], **sampling.keep_all(config, 1)}
+  cond = {"mel": jnp.asarray(mel)[None], **sampling.keep_all(config, 1),
+          **reference_cond(config, reference)}
   encoders = frozen_encoders.FrozenEncoders(config)  # Pretrained text / Whisper features.
   if encoders.text is None:
     tokens = tokenizer.encode(text, config.model.text_max_len)
@@ -183,6 +197,54 @@ def check_output_path(path: str) -> None:
     raise ValueError(f"--output {path}: cannot write in {folder} ({e.strerror})") from e
 
 
+def reference_cond(config: ml_collections.ConfigDict, reference: Optional[np.ndarray]
+                   ) -> dict[str, jax.Array]:
+  """cond['reference'] `[1, K, R, R, 3]` in [-1, 1] from frames uint8 `[N, R, R, 3]` of the
+  person (repeated in turn to the run's K = `model.reference_frames`); {} for a run without
+  reference frames. ValueError when a run needs a reference and none is given or the
+  other way round, or the frames are not the run's resolution."""
+  if config.model.get("masked_source", False):
+    raise ValueError("this run dubs a source video (config.model.masked_source): it re-voices "
+                     "given frames, which gcm-generate does not take yet; use "
+                     "gcm_jax.evaluate's dubbing of test clips")
+  k = config.model.get("reference_frames", 0)
+  if not k:
+    if reference is not None:
+      raise ValueError("this run takes no reference frames (config.model.reference_frames "
+                       "= 0): it draws the person from the caption; drop --reference")
+    return {}
+  if reference is None:
+    raise ValueError(f"this run draws a given person (config.model.reference_frames = {k}): "
+                     f"pass --reference=photo.png")
+  frames = np.asarray(reference)
+  r = config.data.resolution
+  if frames.ndim != 4 or frames.shape[1:] != (r, r, 3) or frames.dtype != np.uint8:
+    raise ValueError(f"reference frames must be uint8 [N, {r}, {r}, 3] (the run's "
+                     f"resolution), got {frames.dtype} {list(frames.shape)}")
+  frames = frames[np.arange(k) % len(frames)].astype(np.float32) / 127.5 - 1.0
+  return {"reference": jnp.asarray(frames)[None]}
+
+
+def load_reference(path: str, config: ml_collections.ConfigDict, is_crop: bool = False
+                   ) -> np.ndarray:
+  """uint8 `[1, R, R, 3]`: the face crop of the photo at `path` at the run's resolution
+  (`photo.face_crop`, as the ingest crops video frames), or with `is_crop` the image itself
+  (square; resized to R). Errors name `--reference`."""
+  r = config.data.resolution
+  try:
+    image = photo.read_image(path)
+    if not is_crop:
+      return photo.face_crop(image, r)[0][None]
+  except ValueError as e:
+    raise ValueError(f"--reference {path}: {e}") from e
+  h, w = image.shape[:2]
+  if h != w:
+    raise ValueError(f"--reference {path}: --reference_is_crop needs a square image, got "
+                     f"{w}x{h}")
+  return np.asarray(jax.image.resize(image.astype(np.float32), (r, r, 3), "linear")
+                    ).round().clip(0, 255).astype(np.uint8)[None]
+
+
 def load_control_maps(path: str) -> np.ndarray:
   """The array of a `.npy` file; ValueError (naming `--control`) if it holds none."""
   try:
@@ -192,13 +254,14 @@ def load_control_maps(path: str) -> np.ndarray:
 
 
 def check_inputs(workdir: str, text: str, audio: str, output: str,
-                 num_steps: Optional[int] = None, control_path: Optional[str] = None
-                 ) -> tuple[np.ndarray, int, Optional[np.ndarray]]:
+                 num_steps: Optional[int] = None, control_path: Optional[str] = None,
+                 reference_path: Optional[str] = None, reference_is_crop: bool = False
+                 ) -> tuple[np.ndarray, int, Optional[np.ndarray], Optional[np.ndarray]]:
   """Checks every CLI input without touching the model.
 
   Returns:
-    `wav_io.read_wav(audio)` (samples, rate) and the control maps of `control_path` (None
-    without).
+    `wav_io.read_wav(audio)` (samples, rate), the control maps of `control_path` (None
+    without) and the reference frames of `reference_path` (`load_reference`; None without).
   Raises:
     ValueError, OSError (FileNotFoundError, ...): one-line messages naming the bad input.
   """
@@ -218,19 +281,25 @@ def check_inputs(workdir: str, text: str, audio: str, output: str,
   except ValueError as e:
     raise ValueError(f"--control{'' if control_path is None else ' ' + control_path}: {e}"
                      ) from e
-  return samples, rate, maps
+  reference = (None if reference_path is None
+               else load_reference(reference_path, config, reference_is_crop))
+  reference_cond(config, reference)
+  return samples, rate, maps, reference
 
 
 def generate_file(workdir: str, text: str, audio: str, output: str, seed: int = 0,
                   num_steps: Optional[int] = None, progress: bool = True,
-                  control_path: Optional[str] = None) -> str:
+                  control_path: Optional[str] = None, reference_path: Optional[str] = None,
+                  reference_is_crop: bool = False) -> str:
   """gcm-generate: checks the inputs, then samples and writes `output`; returns a summary."""
-  samples, rate, maps = check_inputs(workdir, text, audio, output, num_steps, control_path)
+  samples, rate, maps, reference = check_inputs(workdir, text, audio, output, num_steps,
+                                                control_path, reference_path,
+                                                reference_is_crop)
   trained = diffusion_model.load_trained(workdir)
   if num_steps is not None:
     trained.config.sampling.num_steps = num_steps
   video, wav = generate(trained, text, samples, rate, jax.random.PRNGKey(seed),
-                        progress=progress, control_maps=maps)
+                        progress=progress, control_maps=maps, reference=reference)
   path = video_io.write_mp4(output, video, wav)
   return (f"wrote {path}: {video.shape[0]} frames ({video.shape[0] / 25:.2f} s) at "
           f"{video.shape[1]}x{video.shape[2]}")
@@ -249,7 +318,8 @@ def _main(argv) -> None:
     sys.exit(f"gcm-generate: unexpected arguments {argv[1:]}; quote the --text value")
   try:
     print(generate_file(f.workdir, f.text, f.audio, f.output, f.seed, f.num_steps,
-                        control_path=f.control))
+                        control_path=f.control, reference_path=f.reference,
+                        reference_is_crop=f.reference_is_crop))
   except (ValueError, OSError, checkpoint_lib.CheckpointError) as e:
     if f.verbose:
       raise
@@ -266,6 +336,10 @@ def main() -> None:
   flags.DEFINE_integer("num_steps", None, "Sampler steps (default: the config's).")
   flags.DEFINE_string("control", None, "ControlNet runs: control maps, a float .npy "
                       "[N, R, R, Cc] with N >= the video's frames.")
+  flags.DEFINE_string("reference", None, "Runs of a given person: a photo of them (the face "
+                      "is detected and cropped as the ingest crops videos).")
+  flags.DEFINE_bool("reference_is_crop", False, "--reference is already a square face crop "
+                    "(e.g. a frame of a talking-faces clip): no face detection.")
   flags.DEFINE_bool("verbose", False, "Show absl/Orbax INFO logs and input-error tracebacks.")
   flags.mark_flags_as_required(["workdir", "text", "audio"])
   app.run(_main, argv=sys.argv)

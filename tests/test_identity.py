@@ -1,14 +1,19 @@
 """Identity conditioning: reference frames and the masked source (dubbing) in the model, the
 data, guidance and a run end to end (docs/models.md, "Identity")."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from gcm_jax import config_validation
 from gcm_jax import evaluate
+from gcm_jax import generate
 from gcm_jax import sampling
 from gcm_jax.data import contract
+from gcm_jax.data import datasets
 from gcm_jax.data import pipeline
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import example
@@ -180,11 +185,14 @@ def test_lower_half_is_the_default_mask_of_face_crops():
   assert mask[:, 4:].all() and not mask[:, :4].any()
 
 
-def test_config_checks_name_what_identity_needs():
+def test_config_checks_name_what_identity_needs(monkeypatch):
   config = train_utils.micro_config()
   config.model.update(reference_frames=2, masked_source=True)
   assert config_validation.problems(config) == []
   config.data.update(name="video_folder", resolution=32)
+  assert config_validation.problems(config) == []  # Built clips store reference frames.
+  monkeypatch.setitem(datasets.DATASETS, "video_folder", dataclasses.replace(
+      datasets.DATASETS["video_folder"], reference=None))
   assert any("config.model.reference_frames = 2 needs reference frames, which "
              "config.data.name = 'video_folder' does not give" in p
              for p in config_validation.problems(config))
@@ -222,3 +230,42 @@ def test_a_dubbing_run_trains_and_evaluates(tmp_path):
   report = evaluate.evaluate(workdir, num_clips=4, clip_frames=8, noise_levels=(0.5,))
   assert report["color_accuracy"]["ground_truth"]["face"] == 1.0
   assert np.isfinite(report["fidelity"]["generated"]["hf_ratio"])
+
+
+def test_animate_a_photo_with_the_python_api(tmp_path, record):
+  """A run of a given person generates from one photo: a square crop given as it is
+  (`reference_is_crop`) fills the K reference frames; the errors name what is wrong."""
+  config = train_utils.micro_config()
+  config.model.update(reference_frames=2)
+  config.sampling.update(num_steps=2)
+  inputs = diffusion_model.example_inputs(config, 1)
+  model = diffusion_model.make_model(config)
+  params = _perturbed(model.init(jax.random.PRNGKey(0), inputs["x"], inputs["t"],
+                                 inputs["cond"])["params"])
+  trained = diffusion_model.TrainedModel(config, diffusion_model.model_apply_fn(model), params)
+  path = str(tmp_path / "face.png")
+  Image.fromarray(record["video"][3]).save(path)
+  reference = generate.load_reference(path, config, is_crop=True)
+  np.testing.assert_array_equal(reference, record["video"][3:4])
+  cond = generate.reference_cond(config, reference)["reference"]
+  assert cond.shape == (1, 2, 32, 32, 3)
+  np.testing.assert_array_equal(cond[0, 0], cond[0, 1])
+  audio = record["audio"][:8 * 640]
+  video, _ = generate.generate(trained, "a red face says: hi", audio, 16000,
+                               jax.random.PRNGKey(0), progress=False, reference=reference)
+  other, _ = generate.generate(trained, "a red face says: hi", audio, 16000,
+                               jax.random.PRNGKey(0), progress=False,
+                               reference=255 - reference)
+  assert video.shape == (8, 32, 32, 3) and np.abs(video - other).max() > 1e-3
+  with pytest.raises(ValueError, match="draws a given person .* pass --reference"):
+    generate.reference_cond(config, None)
+  with pytest.raises(ValueError, match=r"must be uint8 \[N, 32, 32, 3\]"):
+    generate.reference_cond(config, np.zeros((1, 16, 16, 3), np.uint8))
+  plain = train_utils.micro_config()
+  with pytest.raises(ValueError, match="takes no reference frames"):
+    generate.reference_cond(plain, reference)
+  Image.fromarray(np.full((200, 300, 3), 128, np.uint8)).save(tmp_path / "wall.png")
+  with pytest.raises(ValueError, match=r"--reference .*wall.png: no face found"):
+    generate.load_reference(str(tmp_path / "wall.png"), config)
+  with pytest.raises(ValueError, match="needs a square image, got 300x200"):
+    generate.load_reference(str(tmp_path / "wall.png"), config, is_crop=True)
