@@ -175,3 +175,14 @@ def test_a_third_dataset_trains_samples_evaluates_and_trains_syncnet(tmp_path):
   sync_report = train_syncnet.train_and_evaluate(sync, str(tmp_path / "syncnet"))
   assert sync_report is not None
   assert all(math.isfinite(v) for v in sync_report.values() if isinstance(v, float))
+
+
+def test_cut_record_cuts_per_frame_features_only():
+  record = squares_record(3, 8, 32)
+  record["reference"] = np.zeros((8, 32, 32, 3), np.uint8)  # K = T reference frames.
+  cut = contract.cut_record(record, 5)
+  assert cut["video"].shape[0] == 5 and cut["side"].shape == (5,)
+  assert cut["audio"].shape == (5 * SAMPLES_PER_FRAME,)
+  assert cut["reference"].shape[0] == 8 and cut["color"] == record["color"]
+  with pytest.raises(ValueError, match="asked for clips of 9 frames from records of 8"):
+    contract.cut_record(record, 9)

@@ -26,9 +26,15 @@ Source = Callable[[ml_collections.ConfigDict, str], Sequence[Record]]
 ClipMaker = Callable[[ml_collections.ConfigDict, str, int, int, int], list[Record]]
 
 
+# Record features with a frame axis that is not the clip's time ('reference': K frames of the
+# person from other times), never cut with the clip.
+NOT_PER_FRAME = ("reference",)
+
+
 def cut_record(record: Record, num_frames: int) -> dict[str, Any]:
   """`record`'s first `num_frames` frames: 'audio' to `num_frames * 640` samples and every
-  array whose leading axis is the clip's frame count (per-frame features) to `num_frames`."""
+  array whose leading axis is the clip's frame count (per-frame features, not
+  `NOT_PER_FRAME`) to `num_frames`."""
   frames = len(record["video"])
   if num_frames > frames:
     raise ValueError(f"asked for clips of {num_frames} frames from records of {frames}")
@@ -37,7 +43,8 @@ def cut_record(record: Record, num_frames: int) -> dict[str, Any]:
   for key, value in record.items():
     if key == "audio":
       out[key] = np.asarray(value)[:num_frames * samples]
-    elif isinstance(value, np.ndarray) and value.ndim and value.shape[0] == frames:
+    elif (key not in NOT_PER_FRAME and isinstance(value, np.ndarray) and value.ndim
+          and value.shape[0] == frames):
       out[key] = value[:num_frames]
     else:
       out[key] = value
