@@ -24,6 +24,7 @@ from tests import train_utils
 
 COLORS = ("red", "green", "blue")
 SAMPLES_PER_FRAME = 640  # 16 kHz audio under 25 fps video.
+SPLIT_SEEDS = {"train": 0, "validation": 10**6, "test": 2 * 10**6}  # Disjoint record seeds.
 
 
 def _sides(rng: np.random.Generator, num_frames: int) -> np.ndarray:
@@ -58,7 +59,7 @@ class SquaresSplit:
     self._split, self._frames, self._resolution = split, data_cfg.num_frames, data_cfg.resolution
     self._size = {"train": data_cfg.num_train, "validation": data_cfg.num_validation,
                   "test": data_cfg.num_test}[split]
-    self._offset = {"train": 0, "validation": 10**6, "test": 2 * 10**6}[split]
+    self._offset = SPLIT_SEEDS[split]
 
   def __len__(self) -> int:
     return self._size
@@ -72,7 +73,7 @@ class SquaresSplit:
 
 def squares_clips(data_cfg, split, num_clips, num_frames, seed):
   """Fresh clips of any length (as the talking faces draw them), from `seed`."""
-  offset = {"train": 0, "validation": 10**6, "test": 2 * 10**6}[split] + 10**5 * seed
+  offset = SPLIT_SEEDS[split] + 10**5 * seed
   return [squares_record(offset + i, num_frames, data_cfg.resolution) for i in range(num_clips)]
 
 

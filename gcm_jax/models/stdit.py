@@ -354,17 +354,17 @@ class STDiT(nn.Module):
     return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else x
 
   def _reference_inputs(self, x: Array, cond: Mapping[str, Array]) -> Array:
-    """The reference frames as known frames `[B, R, H, W, C']` (x zero, the frame given, its
-    mask 1; no masked source): all zeros where 'drop_reference' is set."""
+    """The reference frames as known frames `[B, R, H, W, C']` in `_input_channels`' layout
+    (x zero, the frame given, its mask 1; nothing to re-voice): all zeros where
+    'drop_reference' is set."""
     reference = cond["reference"].astype(x.dtype)
-    b, r, h, w, _ = reference.shape
+    b, r = reference.shape[:2]
     keep = ~cond.get("drop_reference", jnp.zeros((b,), bool))
-    keep = keep.astype(x.dtype)[:, None, None, None, None]
-    parts = [jnp.zeros_like(reference), reference * keep,
-             jnp.broadcast_to(keep, (b, r, h, w, 1))]
+    known = {"frames": reference, "frame_mask": jnp.broadcast_to(keep[:, None], (b, r))}
     if self.masked_source:
-      parts += [jnp.zeros_like(reference), jnp.zeros((b, r, h, w, 1), x.dtype)]
-    return jnp.concatenate(parts, axis=-1)
+      known.update(source=jnp.zeros_like(reference),
+                   source_mask=jnp.zeros(reference.shape[:4] + (1,), x.dtype))
+    return self._input_channels(jnp.zeros_like(reference), known)
 
   def _embed_video(self, x: Array, cond: Mapping[str, Array], dtype) -> Array:
     """Video `[B, T, H, W, C]` (+ context frames) -> tokens `[B, R + T, N, D]` with positions

@@ -96,7 +96,6 @@ def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
   }
 
 
-
 def loss_weights(batch: Mapping[str, jax.Array], frame_mask: jax.Array,
                  mouth_loss_weight: float, size: Optional[int] = None,
                  masked_loss_weight: float = 1.0) -> jax.Array:

@@ -46,8 +46,9 @@ def reference_frames(record: contract.Record, num_frames: int, resolution: int) 
   """
   keypoints = np.asarray(record["keypoints"], np.float32)
   length = len(keypoints)
+  attributes = _attributes(record)
   center, scale = renderer.head_geometry(keypoints)
-  path = renderer.head_centers(_attributes(record).motion, 3 * length)
+  path = renderer.head_centers(attributes.motion, 3 * length)
   path += center.mean(0) - path[length:2 * length].mean(0)  # The clip's own segment.
   rng = np.random.default_rng(_record_seed(record))
   outside = np.concatenate([np.arange(length), np.arange(2 * length, 3 * length)])
@@ -55,7 +56,7 @@ def reference_frames(record: contract.Record, num_frames: int, resolution: int) 
   track = visemes.MouthTrack(np.zeros(num_frames, np.int32),
                              rng.uniform(0, 0.7, num_frames).astype(np.float32),
                              rng.uniform(-0.3, 0.3, num_frames).astype(np.float32))
-  video, _ = renderer.draw(_attributes(record), path[times], float(scale.mean()), track,
+  video, _ = renderer.draw(attributes, path[times], float(scale.mean()), track,
                            np.ones(num_frames, np.float32), resolution)
   return video
 
