@@ -40,6 +40,8 @@ Python API:
   video, wav = generate(model, text, samples, rate, key,
                         reference=load_reference("photo.png", model.config))
 """
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -61,6 +63,11 @@ from gcm_jax import sampling
 from gcm_jax import video_io
 from gcm_jax import wav_io
 from gcm_jax.data import audio as audio_lib
+from gcm_jax.data import contract
+from gcm_jax.data import datasets
+from gcm_jax.data.video_folder import builder
+from gcm_jax.data.video_folder import dubbing
+from gcm_jax.data.video_folder import paste
 from gcm_jax.data.video_folder import photo
 from gcm_jax.diffusion import extension
 from gcm_jax.diffusion import samplers
@@ -120,11 +127,16 @@ def check_control_maps(config: ml_collections.ConfigDict, maps: Optional[np.ndar
 def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarray,
              sample_rate: int, key: jax.Array, motion_frames: Optional[int] = None,
              progress: bool = True, control_maps: Optional[np.ndarray] = None,
-             reference: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+             reference: Optional[np.ndarray] = None, source: Optional[np.ndarray] = None,
+             source_mask: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
   """Generates a video for `text` and the voice `samples` (`[S]` or `[S, channels]`).
 
   A run of a given person needs `reference`, uint8 frames `[N, R, R, 3]` of them (e.g.
   `load_reference`; `reference_cond`).
+
+  A dubbing run (`model.masked_source`) needs `source`, the face crops to re-voice, uint8
+  `[N, R, R, 3]` with N >= the video's frames, and takes `source_mask` bool `[N, R, R]` (the
+  area to regenerate; default `crop_mask`); `source_cond`. `dub` does this for a video file.
 
   A ControlNet run needs `control_maps` `[N, R, R, Cc]` with N >= the video's frames (see
   `check_control_maps`); each window sees its frames' maps, as it sees its frames' audio.
@@ -139,10 +151,13 @@ def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarr
   wav, num_frames = prepare_audio(samples, sample_rate, min_frames=window)
   total = wav.size // audio_lib.SAMPLES_PER_VIDEO_FRAME
   check_control_maps(config, control_maps, num_frames)
+  if source is not None and len(source) < num_frames:
+    raise ValueError(f"the source covers {len(source)} frames but the audio needs "
+                     f"{num_frames} video frames")
   mel = audio_lib.frame_windows(audio_lib.melspectrogram(wav), total, config.data.mel_window,
                                 config.data.mel_alignment)
   cond = {"mel": jnp.asarray(mel)[None], **sampling.keep_all(config, 1),
-          **reference_cond(config, reference)}
+          **reference_cond(config, reference), **source_cond(config, source, source_mask, total)}
   encoders = frozen_encoders.FrozenEncoders(config)  # Pretrained text / Whisper features.
   if encoders.text is None:
     tokens = tokenizer.encode(text, config.model.text_max_len)
@@ -203,10 +218,6 @@ def reference_cond(config: ml_collections.ConfigDict, reference: Optional[np.nda
   person (repeated in turn to the run's K = `model.reference_frames`); {} for a run without
   reference frames. ValueError when a run needs a reference and none is given or the
   other way round, or the frames are not the run's resolution."""
-  if config.model.get("masked_source", False):
-    raise ValueError("this run dubs a source video (config.model.masked_source): it re-voices "
-                     "given frames, which gcm-generate does not take yet; use "
-                     "gcm_jax.evaluate's dubbing of test clips")
   k = config.model.get("reference_frames", 0)
   if not k:
     if reference is not None:
@@ -223,6 +234,169 @@ def reference_cond(config: ml_collections.ConfigDict, reference: Optional[np.nda
                      f"resolution), got {frames.dtype} {list(frames.shape)}")
   frames = frames[np.arange(k) % len(frames)].astype(np.float32) / 127.5 - 1.0
   return {"reference": jnp.asarray(frames)[None]}
+
+
+def dubs(config: ml_collections.ConfigDict, source_given: bool) -> bool:
+  """Whether the run dubs a source video (`model.masked_source`); ValueError when a source is
+  given to a run that does not dub, or none to one that does."""
+  if config.model.get("masked_source", False):
+    if not source_given:
+      raise ValueError("this run dubs a source video (config.model.masked_source): pass "
+                       "--source_video=VIDEO (from Python: generate.dub)")
+    return True
+  if source_given:
+    raise ValueError("this run does not dub (config.model.masked_source is False): it draws "
+                     "whole frames from the caption and voice; drop --source_video")
+  return False
+
+
+def crop_mask(config: ml_collections.ConfigDict, crops: np.ndarray) -> tuple[np.ndarray, str]:
+  """The area a dubbing run regenerates in face crops uint8 `[N, R, R, 3]`: bool `[N, R, R]`,
+  and a line saying which mask it is.
+
+  The run's dataset's 'source_mask' maker (the mask it was trained with; video_folder:
+  `contract.lower_half`) applied to the crops; where that maker reads clip features a video's
+  crops do not have (talking_faces: the keypoints of its drawn faces), `contract.lower_half`.
+  """
+  name, record = config.data.name, {"video": crops}
+  try:
+    return (datasets.get(name).derived["source_mask"](record, config.data.resolution),
+            f"the {name} dataset's dubbing mask")
+  except KeyError as e:
+    return (contract.lower_half(record, config.data.resolution),
+            f"the lower half of each crop (the {name} dataset makes its dubbing mask from "
+            f"{e.args[0]!r}, which a video's crops do not have)")
+
+
+def source_cond(config: ml_collections.ConfigDict, source: Optional[np.ndarray],
+                mask: Optional[np.ndarray], total: int) -> dict[str, jax.Array]:
+  """cond['source'] `[1, total, R, R, 3]` in [-1, 1] and cond['source_mask'] `[1, total, R, R,
+  1]` from face crops uint8 `[N, R, R, 3]` and their mask bool `[N, R, R]` (default
+  `crop_mask`), cut or padded with their last frame to `total` frames; {} for a run that does
+  not dub. ValueError as `dubs`, or for crops or a mask of another shape."""
+  if not dubs(config, source is not None):
+    return {}
+  r = config.data.resolution
+  frames = np.asarray(source)
+  if frames.ndim != 4 or frames.shape[1:] != (r, r, 3) or frames.dtype != np.uint8:
+    raise ValueError(f"source frames must be uint8 [N, {r}, {r}, 3] (the run's resolution), "
+                     f"got {frames.dtype} {list(frames.shape)}")
+  mask = crop_mask(config, frames)[0] if mask is None else np.asarray(mask)
+  if mask.shape != frames.shape[:3] or mask.dtype != bool:
+    raise ValueError(f"the source mask must be bool {list(frames.shape[:3])}, got {mask.dtype} "
+                     f"{list(mask.shape)}")
+  pad = [(0, max(0, total - len(frames)))]
+  frames = np.pad(frames[:total], pad + [(0, 0)] * 3, mode="edge")
+  mask = np.pad(mask[:total], pad + [(0, 0)] * 2, mode="edge")
+  return {"source": jnp.asarray(frames.astype(np.float32) / 127.5 - 1.0)[None],
+          "source_mask": jnp.asarray(mask, jnp.float32)[None, ..., None]}
+
+
+def source_settings(config: ml_collections.ConfigDict) -> builder.Settings:
+  """How a dubbing run's source video is tracked and cropped: the settings of the run's
+  video_folder build (its staging/settings.json, so the crops are framed like its training
+  clips) where there is one, else the builder's defaults; at the run's resolution."""
+  d = config.data
+  path = os.path.join(d.get("data_dir", ""), builder.NAME,
+                      builder.config_name(d.resolution, d.num_frames), "staging",
+                      "settings.json")
+  saved = {}
+  if d.name == builder.NAME and os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  fields = {f.name for f in dataclasses.fields(builder.Settings)}
+  return builder.Settings(**{**{k: v for k, v in saved.items() if k in fields},
+                             "resolution": d.resolution, "num_frames": d.num_frames})
+
+
+def open_source(path: str, config: ml_collections.ConfigDict) -> dubbing.SourceVideo:
+  """The video at `path` tracked for the run (`dubbing.track_source` with `source_settings`);
+  errors name `--source_video`."""
+  try:
+    return dubbing.track_source(path, source_settings(config))
+  except ValueError as e:
+    raise ValueError(f"--source_video {path}: {e}") from e
+
+
+@dataclasses.dataclass
+class Dubbed:
+  """A dubbed video (`dub`).
+
+  Attributes:
+    frames: uint8 `[F, H, W, 3]`: the source's F frames at its size.
+    times: float `[F]`: their presentation times, s after the first (the source's).
+    pasted: bool `[F]`: the frames with a generated crop pasted in; the others are the
+      source's frames unchanged.
+    audio: float32 `[N * 640]`: the voice, 16 kHz mono, cut or padded with silence to the
+      video's N 25 fps frames.
+    notes: one line each: what was dubbed, the mask, the audio's length against the video's.
+  """
+  frames: np.ndarray
+  times: np.ndarray
+  pasted: np.ndarray
+  audio: np.ndarray
+  notes: list[str]
+
+
+def dub_crops(trained: diffusion_model.TrainedModel, source: dubbing.SourceVideo,
+              samples: np.ndarray, sample_rate: int, key: jax.Array, text: str,
+              progress: bool = True
+              ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
+  """The model part of dubbing `source` with the voice `samples` (`[S]` or `[S, channels]`).
+
+  Each segment (face track) is generated on its own by `generate` (long videos in windows)
+  from its crops (`dubbing.segment_crops`) masked by `crop_mask`, with its slice of the voice
+  and, for a run with K = `model.reference_frames` > 0, K of its crops evenly spaced over the
+  segment as the reference (segment `i` samples with `fold_in(key, i)`).
+
+  Returns:
+    per segment the generated crops float `[L, R, R, 3]` in [-1, 1] and their paste weights
+    float32 `[L, R, R]` (`paste.feather_mask` of the mask), the voice float32 `[N * 640]`
+    (16 kHz, cut or padded with silence to the video's N frames) and the notes of `Dubbed`.
+  """
+  config = trained.config
+  dubs(config, True)
+  spf, n = audio_lib.SAMPLES_PER_VIDEO_FRAME, source.num_frames
+  wav, voice_frames = prepare_audio(samples, sample_rate, min_frames=n)
+  wav = wav[:n * spf]
+  voice, video_s = len(samples) / sample_rate, n / audio_lib.FPS
+  if voice_frames > n:
+    audio_note = (f"the voice ({voice:.2f} s) is longer than the video ({video_s:.2f} s): "
+                  f"cut to the video")
+  elif voice_frames < n:
+    audio_note = (f"the voice ({voice:.2f} s) is shorter than the video ({video_s:.2f} s): "
+                  f"padded with {video_s - voice:.2f} s of silence")
+  else:
+    audio_note = f"the voice ({voice:.2f} s) covers the video ({video_s:.2f} s)"
+  k = config.model.get("reference_frames", 0)
+  generated, weights, mask_note = [], [], ""
+  for i, (segment, crops) in enumerate(zip(source.segments, dubbing.segment_crops(source))):
+    mask, mask_note = crop_mask(config, crops)
+    reference = crops[np.linspace(0, len(crops) - 1, k).round().astype(int)] if k else None
+    video, _ = generate(trained, text, wav[segment.start * spf:segment.end * spf],
+                        audio_lib.SAMPLE_RATE, jax.random.fold_in(key, i), progress=progress,
+                        reference=reference, source=crops, source_mask=mask)
+    generated.append(video)
+    weights.append(np.stack([paste.feather_mask(config.data.resolution, m) for m in mask]))
+  ends = source.track_ends
+  notes = [f"dubbed {source.dubbed_frames} of {n} frames (25 fps) in {len(source.segments)} "
+           f"face segment(s) (scene cuts: {ends['scene_cut']}, stretches with a second face "
+           f"left as they are: {ends['second_face']}); frames without a tracked face are the "
+           f"source's",
+           f"regenerated area: {mask_note}", audio_note]
+  return generated, weights, wav, notes
+
+
+def dub(trained: diffusion_model.TrainedModel, source_video: str, samples: np.ndarray,
+        sample_rate: int, key: jax.Array, text: str, progress: bool = True) -> Dubbed:
+  """Dubs the video file `source_video` with the voice `samples` (`[S]` or `[S, channels]`)
+  at the source's size and frame timing (`dubbing`'s module docstring; `dub_crops`). Holds
+  every frame in memory; `generate_file` streams them to the output file instead."""
+  source = open_source(source_video, trained.config)
+  generated, weights, wav, notes = dub_crops(trained, source, samples, sample_rate, key, text,
+                                             progress)
+  times, frames, pasted = zip(*dubbing.paste_frames(source, generated, weights))
+  return Dubbed(np.stack(frames), np.array(times), np.array(pasted), wav, notes)
 
 
 def load_reference(path: str, config: ml_collections.ConfigDict, is_crop: bool = False
@@ -255,13 +429,16 @@ def load_control_maps(path: str) -> np.ndarray:
 
 def check_inputs(workdir: str, text: str, audio: str, output: str,
                  num_steps: Optional[int] = None, control_path: Optional[str] = None,
-                 reference_path: Optional[str] = None, reference_is_crop: bool = False
-                 ) -> tuple[np.ndarray, int, Optional[np.ndarray], Optional[np.ndarray]]:
+                 reference_path: Optional[str] = None, reference_is_crop: bool = False,
+                 source_path: Optional[str] = None
+                 ) -> tuple[np.ndarray, int, Optional[np.ndarray], Optional[np.ndarray],
+                            Optional[dubbing.SourceVideo]]:
   """Checks every CLI input without touching the model.
 
   Returns:
     `wav_io.read_wav(audio)` (samples, rate), the control maps of `control_path` (None
-    without) and the reference frames of `reference_path` (`load_reference`; None without).
+    without), the reference frames of `reference_path` (`load_reference`; None without) and
+    the tracked source video of `source_path` (`open_source`; None without).
   Raises:
     ValueError, OSError (FileNotFoundError, ...): one-line messages naming the bad input.
   """
@@ -273,6 +450,10 @@ def check_inputs(workdir: str, text: str, audio: str, output: str,
     frozen_encoders.FrozenEncoders(config).check_caption(text)
   if num_steps is not None and num_steps < 1:
     raise ValueError(f"--num_steps must be at least 1, got {num_steps}")
+  dubbing_run = dubs(config, source_path is not None)
+  if dubbing_run and reference_path is not None:
+    raise ValueError("--reference: a dubbing run takes its reference frames from "
+                     "--source_video (crops of its face track); drop --reference")
   samples, rate = wav_io.read_wav(audio)
   _, num_frames = prepare_audio(samples, rate, min_frames=config.data.num_frames)
   maps = None if control_path is None else load_control_maps(control_path)
@@ -281,25 +462,38 @@ def check_inputs(workdir: str, text: str, audio: str, output: str,
   except ValueError as e:
     raise ValueError(f"--control{'' if control_path is None else ' ' + control_path}: {e}"
                      ) from e
+  if dubbing_run:
+    return samples, rate, maps, None, open_source(source_path, config)
   reference = (None if reference_path is None
                else load_reference(reference_path, config, reference_is_crop))
   reference_cond(config, reference)
-  return samples, rate, maps, reference
+  return samples, rate, maps, reference, None
 
 
 def generate_file(workdir: str, text: str, audio: str, output: str, seed: int = 0,
                   num_steps: Optional[int] = None, progress: bool = True,
                   control_path: Optional[str] = None, reference_path: Optional[str] = None,
-                  reference_is_crop: bool = False) -> str:
-  """gcm-generate: checks the inputs, then samples and writes `output`; returns a summary."""
-  samples, rate, maps, reference = check_inputs(workdir, text, audio, output, num_steps,
-                                                control_path, reference_path,
-                                                reference_is_crop)
+                  reference_is_crop: bool = False, source_path: Optional[str] = None) -> str:
+  """gcm-generate: checks the inputs, then samples (or dubs `source_path`) and writes
+  `output`; returns a summary (a dub's: one line, then its notes, one line each)."""
+  samples, rate, maps, reference, source = check_inputs(
+      workdir, text, audio, output, num_steps, control_path, reference_path,
+      reference_is_crop, source_path)
   trained = diffusion_model.load_trained(workdir)
   if num_steps is not None:
     trained.config.sampling.num_steps = num_steps
-  video, wav = generate(trained, text, samples, rate, jax.random.PRNGKey(seed),
-                        progress=progress, control_maps=maps, reference=reference)
+  key = jax.random.PRNGKey(seed)
+  if source is not None:
+    generated, weights, wav, notes = dub_crops(trained, source, samples, rate, key, text,
+                                               progress)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    count = dubbing.write_video(output, dubbing.paste_frames(source, generated, weights),
+                                source.width, source.height, wav, source.frame_rate)
+    return "\n".join([f"wrote {output}: {count} frames ({source.num_frames / 25:.2f} s) at "
+                      f"{source.width}x{source.height}, the source's frame times (average "
+                      f"{source.frame_rate:.3g} fps)"] + [f"  note: {n}" for n in notes])
+  video, wav = generate(trained, text, samples, rate, key, progress=progress,
+                        control_maps=maps, reference=reference)
   path = video_io.write_mp4(output, video, wav)
   return (f"wrote {path}: {video.shape[0]} frames ({video.shape[0] / 25:.2f} s) at "
           f"{video.shape[1]}x{video.shape[2]}")
@@ -319,7 +513,7 @@ def _main(argv) -> None:
   try:
     print(generate_file(f.workdir, f.text, f.audio, f.output, f.seed, f.num_steps,
                         control_path=f.control, reference_path=f.reference,
-                        reference_is_crop=f.reference_is_crop))
+                        reference_is_crop=f.reference_is_crop, source_path=f.source_video))
   except (ValueError, OSError, checkpoint_lib.CheckpointError) as e:
     if f.verbose:
       raise
@@ -340,6 +534,8 @@ def main() -> None:
                       "is detected and cropped as the ingest crops videos).")
   flags.DEFINE_bool("reference_is_crop", False, "--reference is already a square face crop "
                     "(e.g. a frame of a talking-faces clip): no face detection.")
+  flags.DEFINE_string("source_video", None, "Dubbing runs (config.model.masked_source): the "
+                      "video to re-voice; the output keeps its size and frame times.")
   flags.DEFINE_bool("verbose", False, "Show absl/Orbax INFO logs and input-error tracebacks.")
   flags.mark_flags_as_required(["workdir", "text", "audio"])
   app.run(_main, argv=sys.argv)

@@ -230,11 +230,12 @@ def tools_for(settings: Settings) -> Tools:
   return _TOOLS[settings]
 
 
-def _detect_pass(path: str, info: decode.StreamInfo, settings: Settings,
-                 detector: faces.Detector, timer: _Timer
-                 ) -> tuple[int, float, dict[int, list[faces.Detection]], np.ndarray, float]:
+def detect_pass(path: str, info: decode.StreamInfo, settings: Settings,
+                detector: faces.Detector, timer: Optional[_Timer] = None
+                ) -> tuple[int, float, dict[int, list[faces.Detection]], np.ndarray, float]:
   """Pass 1: (frame count, origin, detections {frame: faces}, cuts bool [T], source px per
-  detector px)."""
+  detector px). Also what dubbing tracks a source video with (`dubbing.track_source`)."""
+  timer = timer or _Timer()
   scale = max(1.0, max(info.width, info.height) / settings.detect_size)
   width = max(2, int(round(info.width / scale / 2)) * 2)
   height = max(2, int(round(info.height / scale / 2)) * 2)
@@ -402,8 +403,8 @@ def process_video(item: captions_lib.Item, settings: Settings, tools: Tools,
   """
   timer = _Timer()
   info = decode.probe(item.path)
-  num, origin, detections, cuts, scale = _detect_pass(item.path, info, settings,
-                                                       tools.detector, timer)
+  num, origin, detections, cuts, scale = detect_pass(item.path, info, settings,
+                                                      tools.detector, timer)
   t_len, spf = settings.num_frames, decode.SAMPLES_PER_FRAME
   if not num:
     raise decode.RejectError("unreadable", "no video frame decodes")

@@ -38,6 +38,7 @@ class StreamInfo:
   audio_codec: str
   audio_rate: int
   audio_channels: int
+  frame_rate: float = 0.0  # the video stream's average frame rate (0: the header has none)
 
 
 # (offset, leading bytes, container) of the containers a video folder holds, to tell a
@@ -86,21 +87,25 @@ def _open(path: str) -> av.container.InputContainer:
     raise RejectError("unreadable", f"{type(e).__name__}: {e}") from e
 
 
-def probe(path: str) -> StreamInfo:
+def probe(path: str, require_audio: bool = True) -> StreamInfo:
   """Stream facts of `path`; raises RejectError (unreadable, no_video_stream, no_audio_stream,
-  unsupported_codec)."""
+  unsupported_codec). With `require_audio` False a file without an audio stream is fine (its
+  audio fields are '' and 0)."""
   with _open(path) as container:
     if not container.streams.video:
       raise RejectError("no_video_stream")
-    if not container.streams.audio:
+    if require_audio and not container.streams.audio:
       raise RejectError("no_audio_stream")
-    video, sound = container.streams.video[0], container.streams.audio[0]
-    for stream in (video, sound):
+    video = container.streams.video[0]
+    sound = container.streams.audio[0] if container.streams.audio else None
+    for stream in (video, sound) if sound else (video,):
       if stream.codec_context is None or not stream.codec_context.is_decoder:
         raise RejectError("unsupported_codec", f"no decoder for {stream.type} stream")
+    rate = float(video.average_rate or video.guessed_rate or 0.0)
     return StreamInfo(video.codec_context.width, video.codec_context.height,
-                      video.codec_context.name, sound.codec_context.name,
-                      sound.codec_context.sample_rate, sound.codec_context.channels)
+                      video.codec_context.name, sound.codec_context.name if sound else "",
+                      sound.codec_context.sample_rate if sound else 0,
+                      sound.codec_context.channels if sound else 0, rate)
 
 
 def _decoded_frames(path: str) -> Iterator[tuple[float, Optional[float], av.VideoFrame]]:
@@ -123,6 +128,14 @@ def _decoded_frames(path: str) -> Iterator[tuple[float, Optional[float], av.Vide
         yield time, duration, frame
     except av.error.FFmpegError:
       return
+
+
+def source_frames(path: str) -> Iterator[tuple[float, Optional[float], np.ndarray]]:
+  """Every frame of `path` at its own rate and size: (presentation time s, duration s or None,
+  uint8 [H, W, 3] RGB), in presentation order; the frames `frames_25fps` samples from (a
+  repeated timestamp adds no frame, a decoding error ends the stream)."""
+  for time, duration, frame in _decoded_frames(path):
+    yield time, duration, frame.to_ndarray(format="rgb24")
 
 
 class _Converted:
