@@ -1,6 +1,7 @@
 """Identity conditioning: reference frames and the masked source (dubbing) in the model, the
 data, guidance and a run end to end (docs/models.md, "Identity")."""
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -216,8 +217,10 @@ def test_step_batch_keys_and_masked_loss_weight():
 def test_a_dubbing_run_trains_and_evaluates(tmp_path):
   """Reference frames + masked source on the talking faces, end to end: the pipeline gives
   'reference' and 'source_mask', two train steps, then evaluation generates the test clips
-  re-voiced (each clip's own frames masked) and reads them with the ground truth."""
+  re-voiced (each clip's own frames masked) and reads them with the ground truth; the
+  trainer's end-of-run sample re-voices a training clip."""
   config = train_utils.micro_config()
+  config.log.num_samples = 1
   config.model.update(reference_frames=1, masked_source=True)
   config.diffusion.update(masked_loss_weight=3.0, p_drop_reference=0.5)
   config.train.num_steps = 2
@@ -227,6 +230,7 @@ def test_a_dubbing_run_trains_and_evaluates(tmp_path):
   assert clips["reference"].shape == (2, 1, 32, 32, 3) and clips["source_mask"].dtype == bool
   workdir = str(tmp_path / "dub")
   trainer.train(config, workdir)
+  assert os.listdir(os.path.join(workdir, "samples")) == ["step_0000002_0.mp4"]
   report = evaluate.evaluate(workdir, num_clips=4, clip_frames=8, noise_levels=(0.5,))
   assert report["color_accuracy"]["ground_truth"]["face"] == 1.0
   assert np.isfinite(report["fidelity"]["generated"]["hf_ratio"])

@@ -157,13 +157,18 @@ class SampleWriter:
   The first `n` rows of the global batch's conditions are gathered onto every host
   (replicated), so this works with batches that span hosts; the audio comes from process
   0's own rows, so `n` is at most its share, batch_size / process_count. The sampler is
-  compiled once, on the first call. A ControlNet run samples for the batch's control maps.
+  compiled once, on the first call. A ControlNet run samples for the batch's control maps,
+  a run of a given person for the batch's reference frames (a dubbing run re-voices the
+  batch's own clips, `conditioning.identity_cond`).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                workdir: str):
     self._config, self._mesh, self._workdir = config, mesh, workdir
-    self.cond_keys = conditioning.cond_keys(config.model) + control.batch_keys(config)
+    model = config.model
+    self.cond_keys = (conditioning.cond_keys(model) + control.batch_keys(config)
+                      + conditioning.identity_keys(model)
+                      + (("video",) if model.get("masked_source", False) else ()))
     self.num_samples = min(config.log.num_samples,
                            config.data.batch_size // jax.process_count())
     replicated = mesh_lib.replicated(mesh)
@@ -182,6 +187,7 @@ class SampleWriter:
     """
     with jax.set_mesh(self._mesh), nn.logical_axis_rules(self._config.mesh.logical_axis_rules):
       cond = self._first_rows({k: batch[k] for k in self.cond_keys})
+      cond.update(conditioning.identity_cond(self._config.model, cond, cond.pop("video", None)))
       videos = self._sample(state.ema_params, cond,
                             jax.random.PRNGKey(self._config.seed + step))
     if jax.process_index() != 0:
