@@ -1,7 +1,8 @@
 """Test videos made from scikit-image's astronaut photograph, encoded with PyAV.
 
 The face moves and scales over time on a known path (`face_position`), its mouth opens with
-the openness of espeak-ng speech (the talking-faces viseme track), and a flash + click
+the openness of espeak-ng speech (the talking-faces viseme track; the animation is the
+photo_faces set's, `gcm_jax.data.photo_faces.animate`), and a flash + click
 marker (a green square on the forehead for 0.1 s and a 10 ms 2 kHz burst) sits at a known
 time, so tests can check the crop position and the audio-video alignment of a built clip.
 `write_all(folder)` writes every fixture of `SPECS` (good and bad files) in a few seconds.
@@ -17,14 +18,20 @@ import numpy as np
 import skimage.data
 
 from gcm_jax.data import audio as audio_lib
+from gcm_jax.data.photo_faces import animate
+from gcm_jax.data.photo_faces import photos
 from gcm_jax.data.talking_faces import speech
 from gcm_jax.data.talking_faces import visemes
 
 
 # In the 512x512 photograph: the face centre (x, y), the centre of the box the default
-# detector finds around it, and the mouth centre.
-FACE_CENTER = np.array([222.0, 120.0])
-MOUTH_CENTER = np.array([224.0, 146.0])
+# detector finds around it, and the mouth centre (the photo_faces set's astronaut).
+PORTRAIT = photos.ASTRONAUT
+FACE_CENTER = np.array(PORTRAIT.face_center)
+MOUTH_CENTER = np.array(PORTRAIT.mouth_center)
+# The face grows from 0.5 to 0.62 photo pixels per frame pixel at a frame height of 192.
+PATH = animate.HeadPath(face_start=0.5 * PORTRAIT.face_size / 192,
+                        face_end=0.62 * PORTRAIT.face_size / 192)
 PHRASE = "Papa bought a map, and we sailed to the moon and back."
 MARKER_DURATION = 0.1
 CLICK_DURATION = 0.01
@@ -76,11 +83,10 @@ EXPECTED_REJECTS = {"bad/truncated": "unreadable", "bad/audio_only": "no_video_s
 
 def face_position(spec: Spec, t: float) -> tuple[np.ndarray, float]:
   """Face centre (x, y) in frame pixels and photo-to-frame scale at time `t` (s); the face
-  grows from 0.27 to 0.34 of the frame height."""
+  grows from 0.27 to 0.34 of the frame height (`PATH`)."""
   w, h = spec.size
-  phase = 2 * np.pi * t / spec.duration
-  center = np.array([w / 2 + 0.12 * w * np.sin(phase), h / 2 + 0.06 * h * np.sin(2 * phase)])
-  scale = (0.5 + 0.12 * t / spec.duration) * h / 192
+  center, face, _ = PATH.at(t, spec.duration, spec.size)
+  scale = face / PORTRAIT.face_size
   if spec.scene_cut is not None and t >= spec.scene_cut:  # The other shot: moved and larger.
     center, scale = center + np.array([0.08 * w, 0.05 * h]), scale * 1.15
   return center, scale
@@ -102,16 +108,11 @@ def render(spec: Spec, t: float, mouth_open: float) -> np.ndarray:
     return np.concatenate([render(half, t, mouth_open),
                            render(half, t + spec.duration / 2, 1 - mouth_open)[:, ::-1]],
                           axis=1)
-  photo = _photo(spec, t).copy()
+  photo = _photo(spec, t)
   if spec.face:
-    mx, my = MOUTH_CENTER.astype(int)
-    cv2.ellipse(photo, (mx, my), (15, int(2 + 9 * mouth_open)), 0, 0, 360, (70, 20, 30), -1,
-                cv2.LINE_AA)
+    photo = animate.draw_mouth(photo, PORTRAIT, mouth_open)
   center, scale = face_position(spec, t)
-  matrix = np.array([[scale, 0, center[0] - scale * FACE_CENTER[0]],
-                     [0, scale, center[1] - scale * FACE_CENTER[1]]])
-  frame = cv2.warpAffine(photo, matrix, spec.size, flags=cv2.INTER_AREA,
-                         borderMode=cv2.BORDER_REPLICATE)
+  frame = animate.place(photo, PORTRAIT, center, scale, spec.size)
   if spec.marker is not None and spec.marker <= t < spec.marker + MARKER_DURATION:
     x, y = (center + scale * np.array([0.0, -70.0])).astype(int)  # The forehead.
     half = max(5, spec.size[1] // 38)
@@ -125,19 +126,12 @@ def words(spec: Spec) -> list[tuple[str, float, float]]:
           for w in speech.synthesize(PHRASE, "en-us", 190).words if w.end <= spec.duration]
 
 
-def _srt_time(seconds: float) -> str:
-  ms = int(round(seconds * 1000))
-  return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
-
-
 def write_transcript(spec: Spec, video_path: str) -> None:
   """The sidecar transcript: one SRT cue per word (exact timings), or the plain text."""
   stem = os.path.splitext(video_path)[0]
   if spec.transcript == "srt":
-    cues = [f"{i + 1}\n{_srt_time(s)} --> {_srt_time(e)}\n{w}\n"
-            for i, (w, s, e) in enumerate(words(spec))]
     with open(stem + ".srt", "w", encoding="utf-8") as f:
-      f.write("\n".join(cues))
+      f.write(animate.srt(words(spec)))
   elif spec.transcript == "txt":
     with open(stem + ".txt", "w", encoding="utf-8") as f:
       f.write(PHRASE + "\n")
