@@ -2,7 +2,7 @@
 eval.md and eval_frames.png.
 
   python -m gcm_jax.evaluate --workdir=/tmp/recipe [--syncnet_workdir=/tmp/syncnet]
-      [--lse_weights=/path/syncnet_v2.model]
+      [--lse_weights=/path/syncnet_v2.model] [--arcface_weights=/path/backbone.pth]
 
 For `num_clips` clips of the test split (phrases and voices never seen in training),
 each `clip_frames` long, the model generates a video from the clip's caption and audio
@@ -31,7 +31,11 @@ flag a metric is listed under the report's `skipped` with the reason, never esti
     of the clip's 16 kHz audio), per clip, averaged over the clips as Wav2Lip's
     `calculate_scores_LRS.py`; for the generated and the ground-truth clips. On 32-px
     synthetic faces these are not comparable with published numbers on real faces
-    (docs/alignment.md "Evaluation").
+    (docs/alignment.md "Evaluation");
+  * `--arcface_weights` (arcface_torch's IResNet `backbone.pth`, `models/pretrained/arcface.py`,
+    its layout read from the checkpoint): CSIM, the cosine similarity of ArcFace embeddings
+    (frames resized to 112x112, bilinear, no landmark alignment), in the identity rows below
+    (only for runs of a given person: for another run it is neither computed nor listed).
 With a dataset whose registry entry has ground truth (`contract.GroundTruth`; the synthetic
 talking faces: color accuracy, the nearest palette color inside the head / on the border vs
 the caption's, `data/talking_faces/ground_truth.py`): the caption match, the mouth
@@ -44,6 +48,24 @@ ground truth these metrics are listed under `skipped` with why. A ControlNet run
 with each test clip's own control maps (its keypoint heatmaps + head layout,
 `pipeline.preprocess`), and the report says so (`control_maps_from_test_clips`); the color
 read-out inside the clip's head layout then also checks that the head follows them.
+
+A run of a given person (`model.reference_frames` = K > 0 and / or `model.masked_source`,
+docs/models.md "Identity") adds identity rows; a run without them gets none of these:
+  * dubbing (`masked_source`): the dubbing test of the anchors: clip i's masked frames
+    re-voiced with clip `shuffled[i]`'s audio (`revoiced_clips`; the same noise as the
+    own-audio videos), read against the new audio and against the clip's original audio (the
+    control): oracle mouth correlation (with ground truth) and, with `--syncnet_workdir`, the
+    project SyncNet's LSE-D / LSE-C (`dubbing`; the ground-truth rows are the clips' own
+    `ground_truth_matched` / `ground_truth_shuffled`). Preservation (`identity.preservation`,
+    `identity_metrics`): PSNR / SSIM outside the dubbing mask of the own-audio and re-voiced
+    videos vs the source clip, in pixels before any paste-back; the ceiling of a latent run
+    is the autoencoder's own reconstruction of the same region, a pixel run has none.
+  * reference frames: PSNR / SSIM of the upper face (outside the dubbing mask, or the upper
+    half, `identity_region`) of each generated frame vs each reference frame, the real clip
+    vs the same reference being the ceiling (`identity.vs_reference`); with ground truth,
+    the caption match of videos generated with the caption dropped (`without_caption`:
+    the person's attributes can only come from the reference frames), next to the
+    full-condition row and chance.
 
 The CLI writes the report to the workdir as eval.json and eval.md (`markdown_report`:
 ground-truth rows, generated rows, skipped metrics with why) and eval_frames.png
@@ -383,10 +405,13 @@ class NetworkMetric:
     metrics: what it measures (the key of its note under `skipped` without weights).
     help: the flag's help: what the weights are and where they come from.
     run: `(weights path, EvalData) -> report entries`, merged into the report (`merge`).
+    applies: `config -> bool`: whether the metric means anything for the run; one that does
+      not (CSIM without person conditions) is neither computed nor listed under `skipped`.
   """
   metrics: str
   help: str
   run: Callable[[str, EvalData], dict[str, Any]]
+  applies: Callable[[ml_collections.ConfigDict], bool] = lambda config: True
 
 
 def project_syncnet_metrics(workdir: str, data: EvalData) -> dict[str, Any]:
@@ -534,20 +559,38 @@ def _mean(values: Sequence[np.ndarray]) -> Optional[float]:
   return float(np.mean(values)) if len(values) else None
 
 
+def _frame_scores(videos: np.ndarray, targets: np.ndarray, region: np.ndarray
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Per clip, the masked PSNR and SSIM `[T]` of its frames vs the targets' same frames."""
+  psnr, ssim = [], []
+  for v, g, m in zip(videos, targets, region):  # One clip at a time: one compilation.
+    p, q = _region_scores(jnp.asarray(v), jnp.asarray(g), jnp.asarray(m))
+    psnr.append(np.asarray(p))
+    ssim.append(np.asarray(q))
+  return psnr, ssim
+
+
 def region_quality(videos: np.ndarray, targets: np.ndarray, region: np.ndarray
                    ) -> dict[str, Optional[float]]:
   """Mean PSNR (dB) and SSIM (`image_quality`, masked) over the frames of videos
-  `[N, T, R, R, 3]` vs targets: `[N, T, R, R, 3]` frame by frame, or `[N, K, R, R, 3]` (each
-  frame vs each of the K frames), inside `region` bool `[N, T, R, R]` (each frame's own)."""
-  videos, targets, region = np.asarray(videos), np.asarray(targets), np.asarray(region)
-  pairs = ([targets] if targets.shape == videos.shape else
-           [np.broadcast_to(targets[:, k:k + 1], videos.shape) for k in range(targets.shape[1])])
+  `[N, T, R, R, 3]` vs the same frames of targets `[N, T, R, R, 3]`, inside `region` bool
+  `[N, T, R, R]`."""
+  psnr, ssim = _frame_scores(np.asarray(videos), np.asarray(targets), np.asarray(region))
+  return {"psnr": _mean(psnr), "ssim": _mean(ssim)}
+
+
+def reference_quality(videos: np.ndarray, reference: np.ndarray, region: np.ndarray
+                      ) -> dict[str, Optional[float]]:
+  """`region_quality` of each frame of videos `[N, T, R, R, 3]` vs each of the clip's K
+  reference frames `[N, K, R, R, 3]`, inside each video frame's `region` `[N, T, R, R]`;
+  the mean over all T x K pairs."""
+  videos, reference = np.asarray(videos), np.asarray(reference)
   psnr, ssim = [], []
-  for target in pairs:
-    for v, g, m in zip(videos, target, region):  # One clip at a time: one compilation.
-      p, q = _region_scores(jnp.asarray(v), jnp.asarray(g), jnp.asarray(m))
-      psnr.append(np.asarray(p))
-      ssim.append(np.asarray(q))
+  for k in range(reference.shape[1]):
+    p, q = _frame_scores(videos, np.broadcast_to(reference[:, k:k + 1], videos.shape),
+                         np.asarray(region))
+    psnr += p
+    ssim += q
   return {"psnr": _mean(psnr), "ssim": _mean(ssim)}
 
 
@@ -569,7 +612,7 @@ def reconstruction_ceiling(config: ml_collections.ConfigDict, video: np.ndarray,
 def identity_metrics(data: EvalData) -> dict[str, Any]:
   """The identity rows without a network, under `identity` (docs/alignment.md, "Evaluation"):
 
-  * `vs_reference` (reference runs): `region_quality` of the upper face (`identity_region`)
+  * `vs_reference` (reference runs): `reference_quality` of the upper face (`identity_region`)
     of each generated frame vs each reference frame, rows `generated`,
     `generated_no_caption` (`EvalData.no_caption`, if generated) and the ceiling
     `ground_truth` (the real clip's frames vs the same reference frames).
@@ -585,7 +628,7 @@ def identity_metrics(data: EvalData) -> dict[str, Any]:
     rows = {"ground_truth": clips["video"], "generated": data.videos}
     if data.no_caption is not None:
       rows["generated_no_caption"] = data.no_caption
-    out["vs_reference"] = {name: region_quality(v, clips["reference"], region)
+    out["vs_reference"] = {name: reference_quality(v, clips["reference"], region)
                            for name, v in rows.items()}
   if config.model.get("masked_source", False):
     rows = {"own_audio": data.videos}
@@ -632,9 +675,6 @@ def csim_metrics(path: str, data: EvalData) -> dict[str, Any]:
   frame (`preservation`, dubbing runs); the ground-truth rows embed the real frames the same
   way (vs the source: 1 by construction)."""
   config, clips = data.config, data.clips
-  if not has_identity(config):
-    return {"skipped": {"csim": "the run has no person conditions (model.reference_frames, "
-                                "model.masked_source): no reference or source to compare"}}
   module, variables = arcface.load_arcface(path)
   embed = functools.partial(arcface_embeddings, module, variables)
   real = embed(clips["video"])                                            # [N, T, D]
@@ -689,7 +729,7 @@ NETWORK_METRICS: dict[str, NetworkMetric] = {
         "same state dict as .safetensors): CSIM, the cosine similarity of ArcFace embeddings "
         "of the generated frames vs the reference frames / the source frames (crops resized "
         "to 112x112, no landmark alignment: compare runs, not papers)",
-        csim_metrics),
+        csim_metrics, applies=has_identity),
 }
 
 
@@ -756,6 +796,8 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
   if has_identity(config):
     merge(report, identity_metrics(data))
   for flag, metric in NETWORK_METRICS.items():
+    if not metric.applies(config):
+      continue
     if weights.get(flag):
       merge(report, metric.run(weights[flag], data))
     else:

@@ -146,7 +146,7 @@ def run(tmp_path_factory):
   clips = evaluate.test_clips(config, NUM_CLIPS, CLIP_FRAMES, 0, evaluate.eval_keys(config))
   own, revoiced, no_caption = calls[:3]  # Then the paraphrased captions' (shorter clips).
   return types.SimpleNamespace(
-      report=report, clips=clips, own=own, revoiced=revoiced, no_caption=no_caption,
+      config=config, report=report, clips=clips, own=own, revoiced=revoiced, no_caption=no_caption,
       arcface_path=arcface_path, md=(tmp / "out" / "eval.md").read_text(encoding="utf-8"))
 
 
@@ -162,6 +162,11 @@ def test_the_dubbing_test_re_voices_each_clip_with_another_clips_audio(run):
   for key in ("video", "source_mask", "reference", "text_tokens", "mouth_open"):
     np.testing.assert_array_equal(got[key], clips[key])
   np.testing.assert_array_equal(run.own[0]["mel"], clips["mel"])
+  # ... which the model's conditions carry: the new mel, the clip's own frames as the source.
+  cond = evaluate.clip_cond(run.config, got)
+  np.testing.assert_array_equal(cond["mel"], clips["mel"][shuffled])
+  np.testing.assert_array_equal(cond["source"], clips["video"])
+  np.testing.assert_array_equal(cond["source_mask"][..., 0], clips["source_mask"])
   # Mouth correlation of the re-voiced videos, read independently.
   videos, mouth = run.revoiced[1], clips["mouth_open"]
   dubbing = report["dubbing"]
@@ -213,8 +218,8 @@ def test_identity_vs_the_reference_and_the_caption_dropped(run):
   np.testing.assert_allclose(rows["ground_truth"]["psnr"], want, atol=1e-3)
   want_ssim = np.mean([_ssim64(clips["video"][i, t], clips["reference"][i, 0], region[i, t])
                        for i in (0,) for t in (0, 5)])
-  one_clip = evaluate.region_quality(clips["video"][:1, [0, 5]], clips["reference"][:1],
-                                     region[:1, [0, 5]])
+  one_clip = evaluate.reference_quality(clips["video"][:1, [0, 5]], clips["reference"][:1],
+                                        region[:1, [0, 5]])
   np.testing.assert_allclose(one_clip["ssim"], want_ssim, atol=1e-5)
   for row in rows.values():
     assert np.isfinite(row["psnr"]) and -1 < row["ssim"] <= 1
@@ -289,15 +294,14 @@ def test_a_run_without_identity_gets_no_identity_rows(tmp_path, monkeypatch):
   assert len(calls) == 1  # Neither re-voiced nor caption-dropped videos.
   assert "identity" not in report and "dubbing" not in report
   assert sorted(report["color_accuracy"]) == ["generated", "ground_truth"]
-  assert report["skipped"]["csim"].startswith("no --arcface_weights given")
+  assert "csim" not in report["skipped"]  # CSIM means nothing here: not listed either.
   md = (tmp_path / "eval.md").read_text(encoding="utf-8")
   for title in ("Dubbing", "Preservation", "Identity vs the reference", "caption dropped",
                 "| chance |"):
     assert title not in md
   again = evaluate.evaluate("unused", {"arcface_weights": "never_read.pth"}, num_clips=4,
                             clip_frames=8)
-  assert again["skipped"]["csim"].startswith("the run has no person conditions")
-  assert "identity" not in again
+  assert again == report  # The file is never read.
 
 
 def test_a_latent_dubbing_run_has_the_autoencoder_ceiling():

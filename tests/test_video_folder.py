@@ -548,4 +548,4 @@ def test_train_and_evaluate_on_the_built_clips(built, tmp_path):
   assert np.isfinite(report["generated_matched"]["lse_c"])
   assert "mouth_corr" not in report["generated_matched"]
   assert set(report["skipped"]) == (set(evaluate.NEEDS_TRUTH)
-                                    | {"lse_syncnet_python", "fid", "fvd"})
+                                    | {"lse_syncnet_python", "fid", "fvd", "csim"})
