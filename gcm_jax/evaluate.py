@@ -752,7 +752,8 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
   Args:
     workdir: the run_train.py workdir of the model.
     weights: {`NETWORK_METRICS` flag: path}; a metric whose path is missing or empty is
-      listed under the report's `skipped` with why.
+      listed under the report's `skipped` with why (one that does not apply to the run,
+      `NetworkMetric.applies`, is neither computed nor listed).
     output_dir: if given, writes eval.json, eval.md and eval_frames.png there
       (`write_outputs`).
   """
