@@ -11,6 +11,17 @@ face), or taken as it is with `--reference_is_crop` (a square crop, e.g. a frame
 talking-faces clip); its crop fills every reference frame the model takes:
   gcm-generate --workdir=RUN --reference=photo.png --audio=voice.wav --text="..."
 
+A dubbing run (`config.model.masked_source`) re-voices a video file instead: the face
+tracked and cropped as the ingest does, each face segment's crops generated with the mouth
+area masked (and, with `reference_frames` K > 0, K of the segment's own crops as the
+reference), pasted back feathered into the source's own frames at its size and frame times,
+with the new voice (cut or padded with silence to the video) as the audio
+(`data/video_folder/dubbing.py` has the recorded behaviours: cuts, second faces, VFR, ...):
+  gcm-generate --workdir=RUN --source_video=in.mp4 --audio=voice.wav --text="..." \
+    --output=out.mp4
+A dubbing run without --source_video, --source_video to another run, and --reference with a
+dubbing run are one-line errors.
+
 A ControlNet run (`config.control.enabled`) also needs control maps, a float `.npy`
 array `[N, R, R, Cc]` (keypoint heatmaps + head layout, one frame per video frame; make
 them from a test clip with `python -m gcm_jax.data.talking_faces.control_maps`):
@@ -39,6 +50,7 @@ Python API:
   video, wav = generate(model, text, samples, rate, key, control_maps=np.load("maps.npy"))
   video, wav = generate(model, text, samples, rate, key,
                         reference=load_reference("photo.png", model.config))
+  dubbed = dub(model, "in.mp4", samples, rate, key, text)  # .frames uint8 [F, H, W, 3], .audio
 """
 import dataclasses
 import json

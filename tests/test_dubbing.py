@@ -52,8 +52,10 @@ def videos(tmp_path_factory) -> dict[str, str]:
         spec if t < FACELESS else vf.Spec(spec.name, face=False), t, openness))
     paths = {"shots": vf.write(vf.Spec("shots", duration=2.0, fps=None, has_audio=False,
                                        scene_cut=CUT, marker=None), folder)}
+    # A still face: the fixtures' path over 0.4 s moves it so fast that the cut detector fires.
+    patch.setattr(vf, "face_position", lambda spec, t: (np.array([128.0, 96.0]), 0.55))
+    paths["short"] = vf.write(vf.Spec("short", duration=0.4, fps=50, marker=None), folder)
   paths.update(
-      short=vf.write(vf.Spec("short", duration=0.4, fps=50, marker=None), folder),
       no_face=vf.write(vf.Spec("no_face", duration=0.6, face=False, marker=None), folder),
       two_people=vf.write(vf.Spec("two_people", duration=0.8, size=(384, 192), marker=None,
                                   second_face=True), folder),
@@ -150,6 +152,7 @@ def test_cli_writes_the_source_timing_and_the_new_audio(run, videos, tmp_path):
   assert summary.splitlines()[0] == (f"wrote {output}: 20 frames (0.40 s) at 256x192, the "
                                      f"source's frame times (average 50 fps)")
   assert "the voice (1.00 s) is longer than the video (0.40 s): cut to the video" in summary
+  assert "dubbed 10 of 10 frames (25 fps) in 1 face segment(s)" in summary
   times, frames = _source_frames(videos["short"])
   out_times, out_frames = _source_frames(output)
   assert out_frames.shape == frames.shape
