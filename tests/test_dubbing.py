@@ -84,7 +84,7 @@ def _placed(frame_shape: tuple[int, ...], box: np.ndarray, weight: np.ndarray) -
   return canvas[pad:pad + h, pad:pad + w]
 
 
-def test_dub_keeps_the_source_outside_the_pasted_mouths(run, videos, monkeypatch):
+def test_dub_keeps_the_source_outside_the_pasted_mouths(run, videos, monkeypatch, tmp_path):
   """The Python API on a variable-frame-rate source with a scene cut and a face-less shot:
   the source's frames, times and size; the two shots dubbed on their own (each its own crops,
   mask and reference); every pixel outside the feathered paste region and every face-less
@@ -139,6 +139,14 @@ def test_dub_keeps_the_source_outside_the_pasted_mouths(run, videos, monkeypatch
   note = f"padded with {source.num_frames / 25 - 1.5:.2f} s of silence"
   assert any(note in n for n in dubbed.notes), dubbed.notes
   assert any("lower half of each crop" in n for n in dubbed.notes)  # talking_faces' mask.
+  # The file keeps the variable frame times.
+  path = str(tmp_path / "vfr.mkv")
+  assert dubbing.write_video(path, zip(dubbed.times, dubbed.frames, dubbed.pasted),
+                             source.width, source.height, dubbed.audio, source.frame_rate) == \
+      len(times)
+  out_times, out_frames = _source_frames(path)
+  np.testing.assert_allclose(out_times, times, atol=1e-3)
+  assert out_frames.shape == frames.shape
 
 
 def test_cli_writes_the_source_timing_and_the_new_audio(run, videos, tmp_path):
