@@ -12,6 +12,7 @@ import pytest
 from gcm_jax import evaluate
 from gcm_jax import image_quality
 from gcm_jax import latents
+from gcm_jax.alignment import identity
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import ground_truth
 from gcm_jax.models import diffusion_model
@@ -218,7 +219,7 @@ def test_identity_vs_the_reference_and_the_caption_dropped(run):
   np.testing.assert_allclose(rows["ground_truth"]["psnr"], want, atol=1e-3)
   want_ssim = np.mean([_ssim64(clips["video"][i, t], clips["reference"][i, 0], region[i, t])
                        for i in (0,) for t in (0, 5)])
-  one_clip = evaluate.reference_quality(clips["video"][:1, [0, 5]], clips["reference"][:1],
+  one_clip = identity.reference_quality(clips["video"][:1, [0, 5]], clips["reference"][:1],
                                         region[:1, [0, 5]])
   np.testing.assert_allclose(one_clip["ssim"], want_ssim, atol=1e-5)
   for row in rows.values():
@@ -330,6 +331,6 @@ def test_a_latent_dubbing_run_has_the_autoencoder_ceiling():
                                            clips["video"].reshape(-1, 32, 32, 3),
                                            region.reshape(-1, 32, 32))]), atol=1e-3)
   # Without a dubbing mask the region is the upper half (contract.lower_half's complement).
-  region, where = evaluate.identity_region(config, {"video": clips["video"]})
+  region, where = identity.identity_region(config, {"video": clips["video"]})
   assert where == "the upper half of the frame (outside contract.lower_half)"
   assert region[:, :, :16].all() and not region[:, :, 16:].any()
