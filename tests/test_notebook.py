@@ -29,7 +29,9 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
 
 
 def test_your_videos_notebook_runs(tmp_path, monkeypatch):
-  """Demo videos -> video_folder clips -> 2 training steps -> a generated video."""
+  """Demo videos -> video_folder clips with reference frames -> 2 training steps of a dubbing
+  run -> one of the videos dubbed with a new voice."""
   outputs = _run_notebook("your_videos.ipynb", tmp_path, monkeypatch)
   assert "clips: train 24" in outputs and "trained to step 2" in outputs
+  assert "the source's frame times" in outputs
   assert (tmp_path / "run" / "your_videos.mp4").stat().st_size > 1000
