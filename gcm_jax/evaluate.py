@@ -60,7 +60,11 @@ docs/models.md "Identity") adds identity rows; a run without them gets none of t
     `alignment/identity.py`): PSNR / SSIM outside the dubbing mask of the own-audio and
     re-voiced videos vs the source clip, in pixels before any paste-back; the ceiling of a
     latent run is the autoencoder's own reconstruction of the same region, a pixel run has
-    none.
+    none. With a dataset whose ground truth reads the face's structure
+    (`truth.structure_kept`; the synthetic faces' eyes and head outline), the fraction of
+    frames that kept the source's eyes, its outline and both (`eyes_kept`, `outline_kept`,
+    `frames_kept`; the acceptance criterion: both in >= 90% of frames), the source vs itself
+    (`ground_truth`) being 1.0.
   * reference frames: PSNR / SSIM of the upper face (outside the dubbing mask, or the upper
     half, `identity.identity_region`) of each generated frame vs each reference frame, the
     real clip vs the same reference being the ceiling (`identity.vs_reference`); with ground truth,
@@ -534,9 +538,12 @@ def has_identity(config: ml_collections.ConfigDict) -> bool:
 
 
 def identity_metrics(data: EvalData) -> dict[str, Any]:
-  """The identity rows without a network under `identity` (`identity.identity_rows`)."""
-  return {"identity": identity.identity_rows(data.config, data.clips, data.videos,
-                                             data.revoiced, data.no_caption)}
+  """The identity rows without a network under `identity` (`identity.identity_rows`; with
+  the dataset's `truth.structure_kept`, the frames that kept the source's eyes and outline)."""
+  truth = truth_of(data.config)
+  return {"identity": identity.identity_rows(
+      data.config, data.clips, data.videos, data.revoiced, data.no_caption,
+      structure_kept=truth.structure_kept if truth else None)}
 
 
 def csim_metrics(path: str, data: EvalData) -> dict[str, Any]:
@@ -740,6 +747,12 @@ def _identity_note(section: str) -> Callable[[Mapping[str, Any]], list[str]]:
     lines = [f"Region: {identity['region']}."] if "region" in identity else []
     if section == "preservation" and "ceiling_note" in identity.get(section, {}):
       lines.append(f"Ceiling: {identity[section]['ceiling_note']}.")
+    kept = identity.get(section, {}).get("ground_truth", {})
+    if section == "preservation" and "frames_kept" in kept:
+      lines.append("Eyes / outline / both kept: the fraction of frames in which the source's "
+                   "eyes and head outline are still there (the dataset's "
+                   "`truth.structure_kept`); the acceptance criterion is both kept in >= 90% "
+                   "of frames.")
     if "csim_network" in identity:
       lines.append(f"CSIM: {identity['csim_network']}; {identity['csim_input']}.")
     return lines
@@ -749,6 +762,8 @@ def _identity_note(section: str) -> Callable[[Mapping[str, Any]], list[str]]:
 SYNC_COLUMNS = (("LSE-D (lower = in sync)", "lse_d"), ("LSE-C (higher = in sync)", "lse_c"),
                 ("oracle mouth correlation", "mouth_corr"))
 IDENTITY_COLUMNS = (("PSNR (dB)", "psnr"), ("SSIM", "ssim"), ("CSIM", "csim"))
+PRESERVATION_COLUMNS = IDENTITY_COLUMNS + (
+    ("eyes kept", "eyes_kept"), ("outline kept", "outline_kept"), ("both kept", "frames_kept"))
 SYNC_ROWS = (("ground truth, matched audio", ("ground_truth_matched",)),
              ("ground truth, shuffled audio", ("ground_truth_shuffled",)),
              ("generated, matched audio", ("generated_matched",)),
@@ -776,7 +791,7 @@ TABLES: tuple[Table, ...] = (
             ("identity", "preservation", "autoencoder_ceiling")),
            ("generated, own audio", ("identity", "preservation", "own_audio")),
            ("re-voiced (another clip's audio)", ("identity", "preservation", "revoiced"))),
-          IDENTITY_COLUMNS, _identity_note("preservation")),
+          PRESERVATION_COLUMNS, _identity_note("preservation")),
     Table("Identity vs the reference frames: each frame vs each reference frame (PSNR / SSIM "
           "of the upper face)",
           (("ground truth: the real clip (ceiling)", ("identity", "vs_reference", "ground_truth")),

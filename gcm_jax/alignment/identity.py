@@ -4,12 +4,14 @@
 
 * Preservation (dubbing): masked PSNR / SSIM (`image_quality`) outside the dubbing mask of
   the generated frames vs the source frames, in pixels before any paste-back; a latent run's
-  ceiling is its autoencoder's own reconstruction of the same region.
+  ceiling is its autoencoder's own reconstruction of the same region. With a dataset that
+  can tell (`contract.GroundTruth.structure_kept`), the fraction of frames that kept the
+  source's eyes and head outline (`structure_rows`), which a pixel average can miss.
 * Vs the reference (portrait): the upper face of each generated frame vs each reference frame.
 * CSIM: the cosine similarity of ArcFace embeddings, the identity similarity papers report.
 """
 import functools
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -99,9 +101,28 @@ def reconstruction_ceiling(config: ml_collections.ConfigDict, video: np.ndarray,
   return region_quality(recon, video, region)
 
 
+StructureKept = Callable[[np.ndarray, np.ndarray, Mapping[str, np.ndarray]],
+                         dict[str, np.ndarray]]
+
+
+def structure_rows(structure_kept: StructureKept, clips: Mapping[str, np.ndarray],
+                   rows: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+  """Per row of videos `[N, T, R, R, 3]`, the fraction of frames that kept the source clip's
+  (`clips['video']`) eyes (`eyes_kept`), head outline (`outline_kept`) and both
+  (`frames_kept`), as the dataset's `structure_kept` reads them (`contract.GroundTruth`)."""
+  out = {}
+  for name, videos in rows.items():
+    kept = structure_kept(np.asarray(videos), np.asarray(clips["video"]), clips)
+    eyes, outline = np.asarray(kept["eyes"], bool), np.asarray(kept["outline"], bool)
+    out[name] = {"eyes_kept": float(np.mean(eyes)), "outline_kept": float(np.mean(outline)),
+                 "frames_kept": float(np.mean(eyes & outline))}
+  return out
+
+
 def identity_rows(config: ml_collections.ConfigDict, clips: Mapping[str, np.ndarray],
                   videos: np.ndarray, revoiced: Optional[np.ndarray] = None,
-                  no_caption: Optional[np.ndarray] = None) -> dict[str, Any]:
+                  no_caption: Optional[np.ndarray] = None,
+                  structure_kept: Optional[StructureKept] = None) -> dict[str, Any]:
   """The identity rows without a network (docs/alignment.md, "Evaluation") of the videos
   `[N, T, R, R, 3]` generated for the test clips, those re-voiced with another clip's audio
   (`revoiced`, dubbing runs) and those generated without the caption (`no_caption`):
@@ -113,7 +134,10 @@ def identity_rows(config: ml_collections.ConfigDict, clips: Mapping[str, np.ndar
   * `preservation` (dubbing runs): `region_quality` outside the dubbing mask of the generated
     videos vs the source clip, in pixels before any paste-back: `own_audio` (the clip's own
     audio), `revoiced` (if given); the ceiling `autoencoder_ceiling` for a latent
-    run (`reconstruction_ceiling`), `ceiling_note` says which.
+    run (`reconstruction_ceiling`), `ceiling_note` says which. With `structure_kept` (the
+    dataset's `contract.GroundTruth.structure_kept`) the rows also get `structure_rows`'
+    `eyes_kept`, `outline_kept`, `frames_kept`, and the row `ground_truth` (the source vs
+    itself: 1.0 where the read-out is sound) has them too.
   """
   region, where = identity_region(config, clips)
   out: dict[str, Any] = {"region": where}
@@ -128,6 +152,9 @@ def identity_rows(config: ml_collections.ConfigDict, clips: Mapping[str, np.ndar
     if revoiced is not None:
       rows["revoiced"] = revoiced
     preservation = {name: region_quality(v, clips["video"], region) for name, v in rows.items()}
+    if structure_kept is not None:
+      kept = structure_rows(structure_kept, clips, {"ground_truth": clips["video"], **rows})
+      preservation = {name: {**preservation.get(name, {}), **row} for name, row in kept.items()}
     ceiling = reconstruction_ceiling(config, np.asarray(clips["video"]), region)
     if ceiling is None:
       preservation["ceiling_note"] = "pixel run: no reconstruction ceiling"

@@ -74,6 +74,10 @@ class GroundTruth:
       correlation over time of the mouth read from each video with its track.
     paraphrases: {style: caption -> the same content reworded} (does the text encoder read
       the meaning or the template?).
+    structure_kept: (videos `[N, T, R, R, 3]` in [-1, 1], sources `[N, T, R, R, 3]`, clips)
+      -> {'eyes': bool `[N, T]`, 'outline': bool `[N, T]`}: per frame, whether the video kept
+      the source frame's eyes and head outline (outside the dubbing mask), for dubbing runs'
+      preservation rows; None: the dataset cannot tell (those columns are left out).
   """
   keys: tuple[str, ...]
   caption_metric: str
@@ -82,6 +86,8 @@ class GroundTruth:
   mouth_track_key: str
   mouth_correlation: Callable[[np.ndarray, np.ndarray], np.ndarray]
   paraphrases: Mapping[str, Callable[[str], str]] = dataclasses.field(default_factory=dict)
+  structure_kept: Optional[Callable[[np.ndarray, np.ndarray, Mapping[str, np.ndarray]],
+                                    dict[str, np.ndarray]]] = None
 
 
 def first_clips(source: Source) -> ClipMaker:

@@ -5,7 +5,8 @@ Training reads the built TFDS splits (`talking_faces.TalkingFaces`, generated in
 `config.data.data_dir` if missing and `config.data.build_if_missing`). Evaluation and SyncNet
 training draw fresh clips of any length from the split's phrases and voices (`clips`: the
 test split's are never seen in training). Keypoints make the mouth region of the
-mouth-weighted loss and the ControlNet maps; `ground_truth` reads colors and mouths back.
+mouth-weighted loss and the ControlNet maps; `ground_truth` reads colors and mouths back, and
+whether a dubbed frame kept the source's eyes and head outline.
 """
 import jax
 import ml_collections
@@ -101,5 +102,6 @@ DATASET = contract.Dataset(
         chance=1 / captions.NUM_COLORS,
         mouth_track_key="mouth_open",
         mouth_correlation=ground_truth.mouth_correlation,
-        paraphrases={style: _paraphrase(style) for style in captions.PARAPHRASES}),
+        paraphrases={style: _paraphrase(style) for style in captions.PARAPHRASES},
+        structure_kept=ground_truth.structure_kept),
 )
