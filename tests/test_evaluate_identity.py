@@ -198,6 +198,17 @@ def test_preservation_outside_the_dubbing_mask(run):
     assert np.isfinite(preservation[row]["psnr"])
     np.testing.assert_allclose(preservation[row]["psnr"], want, atol=1e-3)
     assert 0 < preservation[row]["ssim"] < 1
+    # The frames that kept the source's eyes and head outline, read independently.
+    kept = ground_truth.structure_kept(videos, clips["video"], clips)
+    assert preservation[row]["eyes_kept"] == pytest.approx(np.mean(kept["eyes"]))
+    assert preservation[row]["outline_kept"] == pytest.approx(np.mean(kept["outline"]))
+    assert preservation[row]["frames_kept"] == pytest.approx(
+        np.mean(kept["eyes"] & kept["outline"]))
+  # The source vs itself keeps everything (next to CSIM 1 from the ArcFace rows).
+  assert {k: preservation["ground_truth"][k] for k in ("eyes_kept", "outline_kept",
+                                                       "frames_kept")} == dict.fromkeys(
+      ("eyes_kept", "outline_kept", "frames_kept"), 1.0)
+  assert "psnr" not in preservation["ground_truth"]
 
 
 def test_identity_vs_the_reference_and_the_caption_dropped(run):
@@ -264,9 +275,13 @@ def test_eval_md_has_the_identity_tables(run):
           f"{dub['mouth_corr']:.4g} |") in md
   own = report["identity"]["preservation"]["own_audio"]
   assert (f"| generated, own audio | {own['psnr']:.4g} | {own['ssim']:.4g} | "
-          f"{own['csim']:.4g} |") in md
+          f"{own['csim']:.4g} | {own['eyes_kept']:.4g} | {own['outline_kept']:.4g} | "
+          f"{own['frames_kept']:.4g} |") in md
   assert "Ceiling: pixel run: no reconstruction ceiling." in md
-  assert "| ground truth: the source itself (CSIM 1 by construction) | - | - |" in md
+  assert ("| ground truth: the source itself (CSIM 1 by construction) | - | - | "
+          f"{report['identity']['preservation']['ground_truth']['csim']:.4g} | 1 | 1 | 1 |") in md
+  assert ("| | PSNR (dB) | SSIM | CSIM | eyes kept | outline kept | both kept |") in md
+  assert "the acceptance criterion is both kept in >= 90% of frames" in md
   assert md.index("| ground truth: the real clip (ceiling) |") < md.index(
       "| generated, caption dropped (the person from the reference only) |")
   assert md.index("| ground truth, its own audio (what in sync reads) |") < md.index(
@@ -312,7 +327,7 @@ def test_a_latent_dubbing_run_has_the_autoencoder_ceiling():
   config.model.masked_source = True
   config.latent.update(source="random", config="tiny", seed=0)
   clips = train_utils.talking_faces_clips("test", 2, 4, 32, "center", 96, 0,
-                                          keys=("video", "source_mask"))
+                                          keys=("video", "source_mask", "keypoints"))
   rng = np.random.default_rng(0)
   videos = np.clip(clips["video"] + rng.normal(0, 0.1, clips["video"].shape), -1, 1)
   report = evaluate.identity_metrics(evaluate.EvalData(config, clips, videos, np.array([1, 0])))
@@ -330,6 +345,10 @@ def test_a_latent_dubbing_run_has_the_autoencoder_ceiling():
       [_psnr64(a, b, m) for a, b, m in zip(videos.reshape(-1, 32, 32, 3),
                                            clips["video"].reshape(-1, 32, 32, 3),
                                            region.reshape(-1, 32, 32))]), atol=1e-3)
+  # The frames kept: the source vs itself all, as the hook reads the noisy videos.
+  assert preservation["ground_truth"]["frames_kept"] == 1.0
+  kept = ground_truth.structure_kept(videos, clips["video"], clips)
+  assert preservation["own_audio"]["frames_kept"] == np.mean(kept["eyes"] & kept["outline"])
   # Without a dubbing mask the region is the upper half (contract.lower_half's complement).
   region, where = identity.identity_region(config, {"video": clips["video"]})
   assert where == "the upper half of the frame (outside contract.lower_half)"
