@@ -74,7 +74,9 @@ docs/models.md "Identity") adds identity rows; a run without them gets none of t
 
 The CLI writes the report to the workdir as eval.json and eval.md (`markdown_report`:
 ground-truth rows, generated rows, skipped metrics with why) and eval_frames.png
-(`frame_grid`: per clip a row of generated frames above a row of real ones).
+(`frame_grid`: per clip a row of generated frames above a row of real ones); a dubbing
+run also eval_dubbing_frames.png (`dubbing_grid`: source, masked input, re-voiced, the frames
+of the clip whose audio was used).
 """
 import dataclasses
 import functools
@@ -670,7 +672,7 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
         metric: f"needs the dataset's ground truth ({what}); the {config.data.name} registry "
                 f"entry has none" for metric, what in NEEDS_TRUTH.items()})
   if output_dir:
-    write_outputs(report, videos, clips["video"], output_dir)
+    write_outputs(report, data, output_dir)
   return report
 
 
@@ -868,39 +870,52 @@ def markdown_report(report: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def frame_grid(generated: np.ndarray, real: np.ndarray, num_clips: int = 4,
-               num_frames: int = 6, scale: int = 2) -> np.ndarray:
-  """uint8 image `[H, W, 3]`: for each of the first `num_clips` clips a row of its generated
-  frames above a row of its real frames, `num_frames` frames evenly spaced over the clip,
-  each frame upscaled `scale` x (nearest) with a 1-pixel white border.
+def frame_grid(*videos: np.ndarray, num_clips: int = 4, num_frames: int = 6, scale: int = 2
+               ) -> np.ndarray:
+  """uint8 image `[H, W, 3]`: for each of the first `num_clips` clips one row of frames per
+  video in `videos` (in their order, e.g. generated above real), `num_frames` frames evenly
+  spaced over the clip, each frame upscaled `scale` x (nearest) with a 1-pixel white border.
 
   Args:
-    generated, real: `[N, T, R, R, 3]` in [-1, 1].
+    videos: each `[N, T, R, R, 3]` in [-1, 1].
   """
-  n, t = generated.shape[:2]
+  n, t = videos[0].shape[:2]
   idx = np.linspace(0, t - 1, min(num_frames, t)).round().astype(int)
-  tiles = np.stack([np.stack([generated[i, idx], real[i, idx]])
-                    for i in range(min(num_clips, n))])                 # [C, 2, F, R, R, 3]
+  tiles = np.stack([np.stack([v[i, idx] for v in videos])
+                    for i in range(min(num_clips, n))])                 # [C, V, F, R, R, 3]
   tiles = video_io.to_uint8(tiles).repeat(scale, axis=-3).repeat(scale, axis=-2)
   tiles = np.pad(tiles, [(0, 0)] * 3 + [(1, 1), (1, 1), (0, 0)], constant_values=255)
-  c, two, f, h, w, _ = tiles.shape
-  return tiles.transpose(0, 1, 3, 2, 4, 5).reshape(c * two * h, f * w, 3)
+  c, rows, f, h, w, _ = tiles.shape
+  return tiles.transpose(0, 1, 3, 2, 4, 5).reshape(c * rows * h, f * w, 3)
+
+
+def dubbing_grid(data: EvalData) -> np.ndarray:
+  """`frame_grid` of a dubbing run's test (`EvalData.revoiced`): per clip the source frames,
+  what the model sees of them (the dubbing mask grey), the frames re-voiced with clip
+  `shuffled[i]`'s audio, and that clip's own frames (the mouth its audio goes with)."""
+  source = np.asarray(data.clips["video"])
+  masked = np.where(np.asarray(data.clips["source_mask"], bool)[..., None], 0.0, source)
+  return frame_grid(source, masked, data.revoiced, source[data.shuffled])
 
 
 OUTPUT_FILES = ("eval.json", "eval.md", "eval_frames.png")
+DUBBING_FRAMES = "eval_dubbing_frames.png"
 
 
-def write_outputs(report: Mapping[str, Any], generated: np.ndarray, real: np.ndarray,
-                  output_dir: str) -> list[str]:
+def write_outputs(report: Mapping[str, Any], data: EvalData, output_dir: str) -> list[str]:
   """Writes `OUTPUT_FILES` to `output_dir`: the report as JSON and as Markdown
-  (`markdown_report`), and `frame_grid(generated, real)` as PNG. Returns their paths."""
+  (`markdown_report`), and `frame_grid(generated, real)` as PNG; for a dubbing run also
+  `DUBBING_FRAMES` (`dubbing_grid`). Returns their paths."""
   os.makedirs(output_dir, exist_ok=True)
   paths = [os.path.join(output_dir, name) for name in OUTPUT_FILES]
   with open(paths[0], "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   with open(paths[1], "w", encoding="utf-8") as f:
     f.write(markdown_report(report))
-  iio.imwrite(paths[2], frame_grid(generated, real))
+  iio.imwrite(paths[2], frame_grid(data.videos, data.clips["video"]))
+  if data.revoiced is not None:
+    paths.append(os.path.join(output_dir, DUBBING_FRAMES))
+    iio.imwrite(paths[-1], dubbing_grid(data))
   return paths
 
 
@@ -911,7 +926,8 @@ def _main(argv) -> None:
   report = evaluate(f.workdir, {flag: f[flag].value for flag in NETWORK_METRICS}, f.num_clips,
                     f.clip_frames, output_dir=f.workdir)
   print(json.dumps(report, indent=2))
-  print("wrote " + ", ".join(os.path.join(f.workdir, name) for name in OUTPUT_FILES))
+  names = OUTPUT_FILES + ((DUBBING_FRAMES,) if "dubbing" in report else ())
+  print("wrote " + ", ".join(os.path.join(f.workdir, name) for name in names))
 
 
 def main() -> None:
