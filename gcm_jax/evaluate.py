@@ -75,8 +75,8 @@ docs/models.md "Identity") adds identity rows; a run without them gets none of t
 The CLI writes the report to the workdir as eval.json and eval.md (`markdown_report`:
 ground-truth rows, generated rows, skipped metrics with why) and eval_frames.png
 (`frame_grid`: per clip a row of generated frames above a row of real ones); a dubbing
-run also eval_dubbing_frames.png (`dubbing_grid`: source, masked input, re-voiced, the frames
-of the clip whose audio was used).
+run also eval_dubbing_frames.png (`dubbing_grid`: source, masked input, re-voiced, re-voiced
+inside the mask only, the frames of the clip whose audio was used).
 """
 import dataclasses
 import functools
@@ -892,10 +892,13 @@ def frame_grid(*videos: np.ndarray, num_clips: int = 4, num_frames: int = 6, sca
 def dubbing_grid(data: EvalData) -> np.ndarray:
   """`frame_grid` of a dubbing run's test (`EvalData.revoiced`): per clip the source frames,
   what the model sees of them (the dubbing mask grey), the frames re-voiced with clip
-  `shuffled[i]`'s audio, and that clip's own frames (the mouth its audio goes with)."""
+  `shuffled[i]`'s audio as the network gives them, the same inside the mask only (the rest
+  the source's, as `gcm-generate --source_video` pastes them back, here without feathering),
+  and clip `shuffled[i]`'s own frames (the mouth its audio goes with)."""
   source = np.asarray(data.clips["video"])
-  masked = np.where(np.asarray(data.clips["source_mask"], bool)[..., None], 0.0, source)
-  return frame_grid(source, masked, data.revoiced, source[data.shuffled])
+  mask = np.asarray(data.clips["source_mask"], bool)[..., None]
+  return frame_grid(source, np.where(mask, 0.0, source), data.revoiced,
+                    np.where(mask, data.revoiced, source), source[data.shuffled])
 
 
 OUTPUT_FILES = ("eval.json", "eval.md", "eval_frames.png")

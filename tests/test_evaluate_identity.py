@@ -154,21 +154,25 @@ def run(tmp_path_factory):
 
 
 def test_the_dubbing_frames_show_source_masked_input_revoiced_and_the_audios_clip(run):
-  """eval_dubbing_frames.png: per clip four rows of 6 frames (2x, 1-px border): the source,
-  the source with the dubbing mask grey, the re-voiced frames, the audio's own clip."""
+  """eval_dubbing_frames.png: per clip five rows of 6 frames (2x, 1-px border): the source,
+  the source with the dubbing mask grey, the re-voiced frames, those inside the mask only,
+  the audio's own clip."""
   image = iio.imread(run.out / evaluate.DUBBING_FRAMES)
   r = run.clips["video"].shape[2]
   tile = 2 * r + 2
-  assert image.shape == (NUM_CLIPS * 4 * tile, 6 * tile, 3)
-  frame = lambda row, clip=1: image[(4 * clip + row) * tile + 1:(4 * clip + row + 1) * tile - 1,
+  assert image.shape == (NUM_CLIPS * 5 * tile, 6 * tile, 3)
+  frame = lambda row, clip=1: image[(5 * clip + row) * tile + 1:(5 * clip + row + 1) * tile - 1,
                                     1:tile - 1][::2, ::2]        # Its first frame, 1x.
   to_uint8 = lambda x: np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
   source, mask = run.clips["video"][1, 0], run.clips["source_mask"][1, 0]
   np.testing.assert_array_equal(frame(0), to_uint8(source))
   np.testing.assert_array_equal(frame(1)[~mask], to_uint8(source)[~mask])
   assert mask.any() and np.all(frame(1)[mask] == 128)
-  np.testing.assert_array_equal(frame(2), to_uint8(run.revoiced[1][1, 0]))
-  np.testing.assert_array_equal(frame(3), to_uint8(run.clips["video"][0, 0]))  # shuffled[1] = 0
+  revoiced = to_uint8(run.revoiced[1][1, 0])
+  np.testing.assert_array_equal(frame(2), revoiced)
+  np.testing.assert_array_equal(frame(3)[mask], revoiced[mask])
+  np.testing.assert_array_equal(frame(3)[~mask], to_uint8(source)[~mask])
+  np.testing.assert_array_equal(frame(4), to_uint8(run.clips["video"][0, 0]))  # shuffled[1] = 0
 
 
 def test_the_dubbing_test_re_voices_each_clip_with_another_clips_audio(run):
