@@ -129,6 +129,7 @@ RULES: tuple[Rule, ...] = (
     positive("diffusion.mouth_loss_weight"),
     probability("diffusion.p_drop_reference"),
     positive("diffusion.masked_loss_weight"),
+    boolean("diffusion.keep_source"),
     # Lip-sync loss.
     non_negative("lipsync.weight"),
     one_of("lipsync.expert", experts.EXPERTS),
@@ -330,9 +331,13 @@ def _dataset_problems(c: ml_collections.ConfigDict) -> list[str]:
 def _identity_problems(c: ml_collections.ConfigDict) -> list[str]:
   """What identity conditioning (`model.reference_frames`, `model.masked_source`) needs."""
   m = c.model
-  if not (m.get("reference_frames", 0) or m.get("masked_source", False)):
+  keep_source = c.diffusion.get("keep_source", False)
+  if not (m.get("reference_frames", 0) or m.get("masked_source", False) or keep_source):
     return []
   checks = [
+      (m.get("masked_source", False) or not keep_source,
+       "config.diffusion.keep_source keeps the source outside the dubbing mask: it needs "
+       "config.model.masked_source"),
       (m.frame_conditioning or not m.get("reference_frames", 0),
        "config.model.reference_frames > 0 needs config.model.frame_conditioning (reference "
        "frames enter as known frames)"),

@@ -9,7 +9,7 @@ face-detected and cropped as the real-video ingest crops frames
 (`data/video_folder/photo.face_crop`; a clear error for no face, several faces, a tiny
 face), or taken as it is with `--reference_is_crop` (a square crop, e.g. a frame of a
 talking-faces clip); its crop fills every reference frame the model takes:
-  gcm-generate --workdir=RUN --reference=photo.png --audio=voice.wav --text="..."
+  gcm-generate --workdir=RUN --reference=photo.png --audio=voice.wav [--text="..."]
 
 A dubbing run (`config.model.masked_source`) re-voices a video file instead: the face
 tracked and cropped as the ingest does, each face segment's crops generated with the mouth
@@ -17,8 +17,7 @@ area masked (and, with `reference_frames` K > 0, K of the segment's own crops as
 reference), pasted back feathered into the source's own frames at its size and frame times,
 with the new voice (cut or padded with silence to the video) as the audio
 (`data/video_folder/dubbing.py` has the recorded behaviours: cuts, second faces, VFR, ...):
-  gcm-generate --workdir=RUN --source_video=in.mp4 --audio=voice.wav --text="..." \
-    --output=out.mp4
+  gcm-generate --workdir=RUN --source_video=in.mp4 --audio=voice.wav --output=out.mp4
 A dubbing run without --source_video, --source_video to another run, and --reference with a
 dubbing run are one-line errors.
 
@@ -30,7 +29,8 @@ them from a test clip with `python -m gcm_jax.data.talking_faces.control_maps`):
 Every input is checked before the model is loaded: the output path (an extension ffmpeg
 can mux H.264 video + AAC audio into: .mp4, .mov or .mkv; a folder that exists or can be
 created, and is writable), the workdir (`config.json` and a `checkpoints` folder), the
-text (non-empty, at most `config.model.text_max_len` UTF-8 bytes, and within the token
+text (optional: without --text the model's null caption, as a caption dropped in training;
+given, non-empty, at most `config.model.text_max_len` UTF-8 bytes, and within the token
 limit of a pretrained text encoder), the audio (read in
 full) and the control maps (given if and only if the run is a ControlNet run; shape,
 frames). A bad input ends the CLI with a one-line error and exit code 1. Orbax/absl INFO
@@ -50,7 +50,7 @@ Python API:
   video, wav = generate(model, text, samples, rate, key, control_maps=np.load("maps.npy"))
   video, wav = generate(model, text, samples, rate, key,
                         reference=load_reference("photo.png", model.config))
-  dubbed = dub(model, "in.mp4", samples, rate, key, text)  # .frames uint8 [F, H, W, 3], .audio
+  dubbed = dub(model, "in.mp4", samples, rate, key)  # .frames uint8 [F, H, W, 3], .audio
 """
 import dataclasses
 import json
@@ -136,12 +136,38 @@ def check_control_maps(config: ml_collections.ConfigDict, maps: Optional[np.ndar
                      f"{num_frames} video frames")
 
 
-def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarray,
+def text_cond(config: ml_collections.ConfigDict, encoders: frozen_encoders.FrozenEncoders,
+              text: Optional[str]) -> dict[str, jax.Array]:
+  """The caption's model inputs for one video: byte tokens 'text_tokens' int32 `[1, L]` or a
+  pretrained encoder's 'text_embeddings' float32 `[1, L, E]`, with 'text_mask' bool `[1, L]`.
+  With `text` None, zeros with an all-False mask: the empty text, which the model reads as
+  the dropped caption (its learned null embedding)."""
+  if text is None:
+    if encoders.text is None:
+      shapes = {"text_tokens": (config.model.text_max_len,),
+                "text_mask": (config.model.text_max_len,)}
+    else:
+      shapes = {k: v for k, v in encoders.feature_shapes(1).items()
+                if k in conditioning.PRETRAINED_TEXT_KEYS}
+    return {k: jnp.zeros((1,) + shape, bool if k == "text_mask" else
+                         jnp.int32 if k == "text_tokens" else jnp.float32)
+            for k, shape in shapes.items()}
+  if encoders.text is None:
+    tokens = tokenizer.encode(text, config.model.text_max_len)
+    return {"text_tokens": jnp.asarray(tokens)[None],
+            "text_mask": jnp.asarray(tokenizer.padding_mask(tokens))[None]}
+  return {k: jnp.asarray(v) for k, v in encoders.encode_captions([text]).items()}
+
+
+def generate(trained: diffusion_model.TrainedModel, text: Optional[str], samples: np.ndarray,
              sample_rate: int, key: jax.Array, motion_frames: Optional[int] = None,
              progress: bool = True, control_maps: Optional[np.ndarray] = None,
              reference: Optional[np.ndarray] = None, source: Optional[np.ndarray] = None,
              source_mask: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
   """Generates a video for `text` and the voice `samples` (`[S]` or `[S, channels]`).
+
+  `text` None: no caption (`text_cond`), e.g. for a run of a given person, whom the
+  reference or the source shows.
 
   A run of a given person needs `reference`, uint8 frames `[N, R, R, 3]` of them (e.g.
   `load_reference`; `reference_cond`).
@@ -171,11 +197,7 @@ def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarr
   cond = {"mel": jnp.asarray(mel)[None], **sampling.keep_all(config, 1),
           **reference_cond(config, reference), **source_cond(config, source, source_mask, total)}
   encoders = frozen_encoders.FrozenEncoders(config)  # Pretrained text / Whisper features.
-  if encoders.text is None:
-    tokens = tokenizer.encode(text, config.model.text_max_len)
-    cond.update(text_tokens=jnp.asarray(tokens)[None],
-                text_mask=jnp.asarray(tokenizer.padding_mask(tokens))[None])
-  cond.update({k: jnp.asarray(v) for k, v in encoders.encode_captions([text]).items()})
+  cond.update(text_cond(config, encoders, text))
   cond.update({k: jnp.asarray(v)[None] for k, v in encoders.encode_voice(wav, total).items()})
   if control_maps is not None:  # Padded with its last frame to the audio's padded length.
     maps = np.asarray(control_maps[:total], np.float32)
@@ -185,7 +207,8 @@ def generate(trained: diffusion_model.TrainedModel, text: str, samples: np.ndarr
   num_windows = len(extension.window_starts(total, window, motion))
   bar = tqdm.tqdm(total=num_windows * samplers.nfe(cfg), desc="denoising", unit="step",
                   disable=not progress)
-  denoise = sampling.guided_denoiser(trained.apply_fn, trained.params, config)
+  denoise = sampling.guided_denoiser(trained.apply_fn, trained.params, config,
+                                     with_text=text is not None)
 
   def counted(x, t, c):
     jax.debug.callback(lambda: bar.update(1), ordered=True)
@@ -351,7 +374,7 @@ class Dubbed:
 
 
 def dub_crops(trained: diffusion_model.TrainedModel, source: dubbing.SourceVideo,
-              samples: np.ndarray, sample_rate: int, key: jax.Array, text: str,
+              samples: np.ndarray, sample_rate: int, key: jax.Array, text: Optional[str],
               progress: bool = True
               ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
   """The model part of dubbing `source` with the voice `samples` (`[S]` or `[S, channels]`).
@@ -400,7 +423,8 @@ def dub_crops(trained: diffusion_model.TrainedModel, source: dubbing.SourceVideo
 
 
 def dub(trained: diffusion_model.TrainedModel, source_video: str, samples: np.ndarray,
-        sample_rate: int, key: jax.Array, text: str, progress: bool = True) -> Dubbed:
+        sample_rate: int, key: jax.Array, text: Optional[str] = None, progress: bool = True
+        ) -> Dubbed:
   """Dubs the video file `source_video` with the voice `samples` (`[S]` or `[S, channels]`)
   at the source's size and frame timing (`dubbing`'s module docstring; `dub_crops`). Holds
   every frame in memory; `generate_file` streams them to the output file instead."""
@@ -439,7 +463,7 @@ def load_control_maps(path: str) -> np.ndarray:
     raise ValueError(f"--control {path}: not a .npy array ({e})") from e
 
 
-def check_inputs(workdir: str, text: str, audio: str, output: str,
+def check_inputs(workdir: str, text: Optional[str], audio: str, output: str,
                  num_steps: Optional[int] = None, control_path: Optional[str] = None,
                  reference_path: Optional[str] = None, reference_is_crop: bool = False,
                  source_path: Optional[str] = None
@@ -456,9 +480,9 @@ def check_inputs(workdir: str, text: str, audio: str, output: str,
   """
   check_output_path(output)
   config = diffusion_model.read_config(workdir)
-  if conditioning.text_keys(config.model)[0] == "text_tokens":
+  if text is not None and conditioning.text_keys(config.model)[0] == "text_tokens":
     tokenizer.encode(text, config.model.text_max_len)
-  else:
+  elif text is not None:
     frozen_encoders.FrozenEncoders(config).check_caption(text)
   if num_steps is not None and num_steps < 1:
     raise ValueError(f"--num_steps must be at least 1, got {num_steps}")
@@ -482,7 +506,7 @@ def check_inputs(workdir: str, text: str, audio: str, output: str,
   return samples, rate, maps, reference, None
 
 
-def generate_file(workdir: str, text: str, audio: str, output: str, seed: int = 0,
+def generate_file(workdir: str, text: Optional[str], audio: str, output: str, seed: int = 0,
                   num_steps: Optional[int] = None, progress: bool = True,
                   control_path: Optional[str] = None, reference_path: Optional[str] = None,
                   reference_is_crop: bool = False, source_path: Optional[str] = None) -> str:
@@ -535,7 +559,8 @@ def _main(argv) -> None:
 def main() -> None:
   """Console entry point `gcm-generate` (flags are defined here, not on import)."""
   flags.DEFINE_string("workdir", None, "run_train.py workdir with a checkpoint.")
-  flags.DEFINE_string("text", None, "Caption + script, e.g. 'a green face ... says: hi'.")
+  flags.DEFINE_string("text", None, "Caption + script, e.g. 'a green face ... says: hi' "
+                      "(optional: without it the model's null caption).")
   flags.DEFINE_string("audio", None, "Voice recording: WAV, PCM or float, any rate/channels.")
   flags.DEFINE_string("output", "generated.mp4", "Output video: .mp4, .mov or .mkv.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -549,7 +574,7 @@ def main() -> None:
   flags.DEFINE_string("source_video", None, "Dubbing runs (config.model.masked_source): the "
                       "video to re-voice; the output keeps its size and frame times.")
   flags.DEFINE_bool("verbose", False, "Show absl/Orbax INFO logs and input-error tracebacks.")
-  flags.mark_flags_as_required(["workdir", "text", "audio"])
+  flags.mark_flags_as_required(["workdir", "audio"])
   app.run(_main, argv=sys.argv)
 
 

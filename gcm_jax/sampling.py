@@ -57,25 +57,30 @@ def keep_all(config: ml_collections.ConfigDict, batch: int) -> dict[str, jax.Arr
 
 def denoiser(apply_fn: diffusion_model.ApplyFn, params: Any, config: ml_collections.ConfigDict
              ) -> parameterization.DenoiseFn:
-  """x0-denoiser `(x_t, t, cond) -> x0` of the trained network (no guidance)."""
+  """x0-denoiser `(x_t, t, cond) -> x0` of the trained network (no guidance); a dubbing run
+  with `diffusion.keep_source` gives the source outside the mask (`conditioning.known_source`)."""
   model_fn = lambda x, t, c: apply_fn(params, x, t, c)
   sigma_data = config.diffusion.get("sigma_data", losses.LossConfig.sigma_data)
   return parameterization.make_denoiser(
       model_fn, schedules.from_name(config.diffusion.schedule), config.diffusion.parameterization,
-      sigma_data)
+      sigma_data, known_fn=conditioning.known_source(config.diffusion))
 
 
 def guided_denoiser(apply_fn: diffusion_model.ApplyFn, params: Any,
-                    config: ml_collections.ConfigDict) -> parameterization.DenoiseFn:
+                    config: ml_collections.ConfigDict, with_text: bool = True
+                    ) -> parameterization.DenoiseFn:
   """x0-denoiser `(x_t, t, cond) -> x0` with classifier-free guidance: nested over reference
   (`model.reference_frames` > 0 and `sampling.reference_scale` != 1), audio, text
-  (`guidance.nested_guidance`)."""
+  (`guidance.nested_guidance`). `with_text=False` (no caption: an empty text, which the model
+  reads as the dropped one) leaves the text out of the guidance."""
   fn = denoiser(apply_fn, params, config)
   s = config.sampling
+  keys, scales = ["drop_audio"], [s.audio_scale]
+  if with_text:
+    keys, scales = keys + ["drop_text"], scales + [s.text_scale]
   if config.model.get("reference_frames", 0) and s.get("reference_scale", 1.0) != 1.0:
-    return guidance.nested_guidance(fn, ("drop_reference", "drop_audio", "drop_text"),
-                                    (s.reference_scale, s.audio_scale, s.text_scale))
-  return guidance.text_audio_guidance(fn, s.text_scale, s.audio_scale)
+    keys, scales = ["drop_reference"] + keys, [s.reference_scale] + scales
+  return guidance.nested_guidance(fn, tuple(keys), tuple(scales))
 
 
 def sample_videos(apply_fn: diffusion_model.ApplyFn, params: Any, cond: Mapping[str, jax.Array],

@@ -200,3 +200,41 @@ def test_denoising_terms_expose_the_x0_estimate_and_noise_level(prediction):
                                             None, cfg)
   np.testing.assert_array_equal(per_example, terms["per_example"])
   np.testing.assert_allclose(loss, per_example.mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", parameterization.PREDICTIONS)
+def test_known_region_is_given_in_training_and_sampling(prediction):
+  """With a known region (dubbing: the source outside the mask), the x0 estimate there is the
+  known value in the loss and in the denoiser, the network's own elsewhere (blended by the keep
+  weight in between), for every parameterization; compared with the composition in float64."""
+  cfg = losses.LossConfig(schedules.CosineSchedule(), prediction, "uniform")
+  x0 = jax.random.normal(jax.random.key(0), (B, 3, 4, 2))
+  key = jax.random.key(1)
+  delta = 0.5 * jax.random.normal(jax.random.key(2), x0.shape)
+  keep = jnp.asarray(np.random.default_rng(3).choice([0.0, 0.25, 1.0], (B, 3, 4, 1)),
+                     jnp.float32)
+  known = jax.random.normal(jax.random.key(4), x0.shape)
+  model_fn = model_with_x0_error(x0, delta, key, cfg)
+  terms = losses.denoising_terms(model_fn, key, x0, None, cfg,
+                                 known_fn=lambda cond: (known, keep))
+  k64, x64 = np.asarray(keep, np.float64), np.asarray(x0 + delta, np.float64)
+  expected = k64 * np.asarray(known, np.float64) + (1 - k64) * x64
+  np.testing.assert_allclose(terms["x0_hat"], expected, atol=5e-4)
+  # Known = the truth: the error is the network's inside the drawn region only.
+  exact = losses.denoising_terms(model_fn, key, x0, None, cfg, known_fn=lambda c: (x0, keep))
+  outside = losses.denoising_terms(model_fn, key, x0, None, cfg,
+                                   loss_mask=jnp.broadcast_to(keep < 1, x0.shape))
+  np.testing.assert_allclose(exact["x0_hat"], k64 * np.asarray(x0, np.float64) + (1 - k64) * x64,
+                             atol=5e-4)
+  assert float(exact["per_example"].sum()) < float(outside["per_example"].sum())
+  t = jnp.full((B,), 0.4)
+  denoise = parameterization.make_denoiser(lambda x, m, c: model_fn(x, m, c), cfg.schedule,
+                                           prediction, known_fn=lambda cond: (known, keep))
+  x0_hat = np.asarray(denoise(jnp.zeros_like(x0), t, None))
+  plain = parameterization.make_denoiser(model_fn, cfg.schedule, prediction)(
+      jnp.zeros_like(x0), t, None)
+  np.testing.assert_array_equal(x0_hat[np.broadcast_to(k64 == 1, x0.shape)],
+                                np.broadcast_to(known, x0.shape)[np.broadcast_to(k64 == 1,
+                                                                                 x0.shape)])
+  drawn = np.broadcast_to(k64 == 0, x0.shape)
+  np.testing.assert_array_equal(x0_hat[drawn], np.asarray(plain)[drawn])

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from gcm_jax import frozen_encoders
 from gcm_jax import generate
 from gcm_jax import video_io
 from gcm_jax.data import contract
@@ -216,7 +217,7 @@ def test_cli_error_is_one_line(run, tmp_path):
   voice = str(tmp_path / "voice.wav")
   video_io.write_wav(voice, np.zeros(3200))
   result = subprocess.run([sys.executable, "-m", "gcm_jax.generate", f"--workdir={run}",
-                           f"--text={TEXT}", f"--audio={voice}", f"--output={tmp_path}/o.mp4"],
+                           f"--audio={voice}", f"--output={tmp_path}/o.mp4"],  # No --text.
                           cwd=REPO, capture_output=True, text=True, check=False)
   assert result.returncode == 1
   assert result.stderr.splitlines() == [
@@ -246,3 +247,26 @@ def test_generate_re_voices_talking_faces_crops(run):
   cond = generate.source_cond(trained.config, crops[:3], None, 5)  # Padded with the last.
   assert cond["source"].shape == (1, 5, 32, 32, 3) and cond["source_mask"].shape[-1] == 1
   np.testing.assert_array_equal(cond["source"][0, 4], cond["source"][0, 2])
+
+
+def test_no_caption_is_the_dropped_caption(run):
+  """`generate(text=None)` (the CLI without --text) gives the model the empty text, which it
+  reads as the dropped caption: the output equals a real caption's with 'drop_text' set, and
+  differs from the captioned one."""
+  trained = diffusion_model.load_trained(run)
+  config = trained.config
+  encoders = frozen_encoders.FrozenEncoders(config)
+  none = generate.text_cond(config, encoders, None)
+  some = generate.text_cond(config, encoders, TEXT)
+  assert {k: v.shape for k, v in none.items()} == {k: v.shape for k, v in some.items()}
+  inputs = diffusion_model.example_inputs(config, 1)
+  x = jax.random.normal(jax.random.PRNGKey(0), inputs["x"].shape)
+  cond = {**inputs["cond"], "source": x[..., ::-1]}
+  leaves, tree = jax.tree.flatten(trained.params)  # Noised: zero-initialized layers pass signal.
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = jax.tree.unflatten(tree, [leaf + 0.05 * jax.random.normal(k, leaf.shape)
+                                     for k, leaf in zip(keys, leaves)])
+  out = lambda c: np.asarray(trained.apply_fn(params, x, inputs["t"] + 0.5, c))
+  dropped = out({**cond, **some, "drop_text": np.ones(1, bool)})
+  np.testing.assert_allclose(out({**cond, **none}), dropped, atol=1e-6)
+  assert np.abs(out({**cond, **some}) - dropped).max() > 1e-6

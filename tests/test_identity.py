@@ -21,6 +21,7 @@ from gcm_jax.data.talking_faces import example
 from gcm_jax.data.talking_faces import ground_truth
 from gcm_jax.data.talking_faces import identity
 from gcm_jax.data.talking_faces import renderer
+from gcm_jax.diffusion import samplers
 from gcm_jax.models import diffusion_model
 from gcm_jax.models import stdit
 from gcm_jax.train import step as step_lib
@@ -98,6 +99,31 @@ def test_model_never_sees_the_source_inside_the_mask(model_and_params):
       _apply(model_and_params, dict(cond, source=jnp.where(inside, noise, cond["source"]))), out)
   changed = _apply(model_and_params, dict(cond, source=jnp.where(inside, cond["source"], noise)))
   assert np.abs(changed - out).max() > 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "ddpm"])
+def test_keep_source_samples_the_source_outside_the_mask(model_and_params, sampler):
+  """`model.keep_source`: the sampled video is the source wherever the dubbing mask is 0 (to
+  float rounding, deterministic and stochastic samplers), the network's drawing inside it;
+  without it the network redraws everything."""
+  model, params = model_and_params
+  config = train_utils.micro_config()
+  config.model.update(reference_frames=K, masked_source=True)
+  config.diffusion.keep_source = True
+  config.sampling.update(sampler=sampler, num_steps=4)
+  cond = {**_cond(np.random.default_rng(5)), **sampling.keep_all(config, B)}
+  apply_fn = lambda p, x, t, c: model.apply({"params": p}, x, t, c)
+  x_T = jax.random.normal(jax.random.PRNGKey(2), (B, T, R, R, 3))
+  run = lambda cfg: np.asarray(samplers.sample(sampling.denoiser(apply_fn, params, cfg),
+                                               jax.random.PRNGKey(3), x_T, cond,
+                                               sampling.sampler_config(cfg)))
+  kept = run(config)
+  outside = np.broadcast_to(np.asarray(cond["source_mask"]) == 0, kept.shape)
+  source = np.asarray(cond["source"])
+  np.testing.assert_allclose(kept[outside], source[outside], atol=1e-5)
+  assert np.abs(kept[~outside] - source[~outside]).mean() > 0.1
+  config.diffusion.keep_source = False
+  assert np.abs(run(config)[outside] - source[outside]).mean() > 0.1
 
 
 def test_model_input_errors_name_the_key(model_and_params):
@@ -198,7 +224,12 @@ def test_config_checks_name_what_identity_needs(monkeypatch):
              "config.data.name = 'video_folder' does not give" in p
              for p in config_validation.problems(config))
   config.data.name = "talking_faces"
-  config.model.frame_conditioning = False
+  config.model.masked_source = False
+  config.diffusion.keep_source = True
+  assert any("config.diffusion.keep_source keeps the source outside the dubbing mask: it needs "
+             "config.model.masked_source" in p for p in config_validation.problems(config))
+  config.model.update(masked_source=True, frame_conditioning=False)
+  config.diffusion.keep_source = False
   assert any("needs config.model.frame_conditioning" in p
              for p in config_validation.problems(config))
 

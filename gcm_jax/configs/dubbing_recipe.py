@@ -20,6 +20,6 @@ from gcm_jax.configs import cpu_recipe
 def get_config() -> ml_collections.ConfigDict:
   config = cpu_recipe.get_config()
   config.model.update(reference_frames=2, masked_source=True)
-  config.diffusion.update(masked_loss_weight=5.0, p_drop_reference=0.1)
+  config.diffusion.update(masked_loss_weight=5.0, p_drop_reference=0.1, keep_source=True)
   config.train.update(num_steps=2500)
   return config

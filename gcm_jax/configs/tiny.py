@@ -112,6 +112,8 @@ def get_config() -> ml_collections.ConfigDict:
       mouth_loss_weight=1.0,    # loss weight of mouth-region pixels (1 = plain mean)
       p_drop_reference=0.1,     # reference-frame dropout for CFG (model.reference_frames > 0)
       masked_loss_weight=1.0,   # loss weight inside the dubbing mask (model.masked_source)
+      keep_source=False,        # dubbing: the x0 estimate is the source outside the mask, in
+                                # training and sampling; the network draws the mouth area only
   )
 
   # Lip-sync loss of a frozen sync expert on the model's x0 estimate

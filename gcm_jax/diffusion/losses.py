@@ -87,11 +87,14 @@ def loss_weight(cfg: LossConfig, alpha: jax.Array, sigma: jax.Array) -> jax.Arra
 
 
 def denoising_terms(model_fn: parameterization.ModelFn, key: jax.Array, x0: jax.Array, cond: Any,
-                    cfg: LossConfig,
-                    loss_mask: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+                    cfg: LossConfig, loss_mask: Optional[jax.Array] = None,
+                    known_fn: Optional[parameterization.KnownFn] = None
+                    ) -> dict[str, jax.Array]:
   """Noises `x0`, runs the model once and returns the pieces of the denoising loss.
 
-  Args: as `denoising_loss`.
+  Args: as `denoising_loss`; with `known_fn` (`parameterization.KnownFn`) the output is first
+    given the known region (`parameterization.keep_known`), as `make_denoiser` gives it in
+    sampling: where the known values equal x0 the error is 0 and the network learns the rest.
   Returns:
     'per_example': [B] weighted losses; 'x0_hat': the model's x0 estimate (shape of x0),
     for auxiliary losses on it (e.g. the SyncNet lip-sync loss); 'logsnr': [B] noise levels.
@@ -104,6 +107,10 @@ def denoising_terms(model_fn: parameterization.ModelFn, key: jax.Array, x0: jax.
   x_t = a * x0 + s * eps
   scale = parameterization.model_input_scale(cfg.prediction, a, s, cfg.sigma_data)
   output = model_fn(scale * x_t, cfg.schedule.model_time(t), cond)
+  if known_fn is not None:
+    known, keep = known_fn(cond)
+    output = parameterization.keep_known(cfg.prediction, output, x_t, a, s, known, keep,
+                                         cfg.sigma_data)
   target = parameterization.training_target(cfg.prediction, x0, eps, a, s, cfg.sigma_data)
   err = (output - target)**2
   mask = jnp.ones_like(err) if loss_mask is None else jnp.broadcast_to(

@@ -10,8 +10,12 @@ With x_t = alpha x0 + sigma eps:
 
 Samplers consume an x0-denoiser `denoise_fn(x_t, t, cond) -> x0_hat` in schedule time t;
 `make_denoiser` builds one from a raw `model_fn(x_in, model_time [B], cond) -> output`.
+
+A known region (inpainting, dubbing: `KnownFn`) replaces the x0 estimate there by the known
+values, in training (`keep_known` on the raw output) and sampling (`make_denoiser`) alike, so
+that the network only ever draws the rest.
 """
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +26,8 @@ PREDICTIONS = ("eps", "x0", "v", "edm")
 
 ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 DenoiseFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+# cond -> (known x0 values [B, ...], keep weights broadcastable to them: 1 = known, 0 = drawn).
+KnownFn = Callable[[Any], tuple[jax.Array, jax.Array]]
 
 
 def check_prediction(prediction: str) -> None:
@@ -76,6 +82,23 @@ def training_target(prediction: str, x0: jax.Array, eps: jax.Array, alpha: jax.A
   return (x0 - c_skip * (alpha * x0 + sigma * eps) / alpha) / c_out
 
 
+def x0_to_output(prediction: str, x0: jax.Array, x_t: jax.Array, alpha: jax.Array,
+                 sigma: jax.Array, sigma_data: float = 0.5) -> jax.Array:
+  """The raw network output that `output_to_x0` maps to `x0` at this x_t (its inverse)."""
+  return training_target(prediction, x0, (x_t - alpha * x0) / sigma, alpha, sigma, sigma_data)
+
+
+def keep_known(prediction: str, output: jax.Array, x_t: jax.Array, alpha: jax.Array,
+               sigma: jax.Array, known: jax.Array, keep: jax.Array,
+               sigma_data: float = 0.5) -> jax.Array:
+  """The raw output whose x0 is keep * known + (1 - keep) * (the output's own x0): the known
+  region given, the network's estimate elsewhere (keep in [0, 1], broadcast against x_t)."""
+  if prediction == "x0":
+    return keep * known + (1 - keep) * output
+  x0 = keep * known + (1 - keep) * output_to_x0(prediction, output, x_t, alpha, sigma, sigma_data)
+  return x0_to_output(prediction, x0, x_t, alpha, sigma, sigma_data)
+
+
 def target_to_x0_error_ratio(prediction: str, alpha: jax.Array, sigma: jax.Array,
                              sigma_data: float = 0.5) -> jax.Array:
   """k such that ||output - target||^2 = k ||x0_hat - x0||^2 (at fixed x_t)."""
@@ -89,11 +112,12 @@ def target_to_x0_error_ratio(prediction: str, alpha: jax.Array, sigma: jax.Array
 
 
 def make_denoiser(model_fn: ModelFn, schedule: schedules.Schedule, prediction: str,
-                  sigma_data: float = 0.5) -> DenoiseFn:
+                  sigma_data: float = 0.5, known_fn: Optional[KnownFn] = None) -> DenoiseFn:
   """Wraps a raw network into an x0-denoiser `(x_t [B, ...], t scalar or [B], cond) -> x0 [B, ...]`.
 
   The network is called as `model_fn(scale * x_t, schedule.model_time(t) [B], cond)` where
-  scale = `model_input_scale` (1 unless prediction == "edm").
+  scale = `model_input_scale` (1 unless prediction == "edm"). With `known_fn`, x0 is the known
+  values of `known_fn(cond)` where its keep weight is 1 (blended where it is in between).
   """
   check_prediction(prediction)
 
@@ -103,6 +127,10 @@ def make_denoiser(model_fn: ModelFn, schedule: schedules.Schedule, prediction: s
     alpha, sigma = expand_to(alpha, x_t), expand_to(sigma, x_t)
     scale = model_input_scale(prediction, alpha, sigma, sigma_data)
     output = model_fn(scale * x_t, schedule.model_time(t), cond)
-    return output_to_x0(prediction, output, x_t, alpha, sigma, sigma_data)
+    x0 = output_to_x0(prediction, output, x_t, alpha, sigma, sigma_data)
+    if known_fn is None:
+      return x0
+    known, keep = known_fn(cond)
+    return keep * known + (1 - keep) * x0
 
   return denoise_fn

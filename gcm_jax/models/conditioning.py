@@ -14,7 +14,7 @@
     computed outside the model, batch `<encoder name>` float `[B, T, W, D]`.
 The SyncNet (lip-sync loss, metrics) always reads 'mel'.
 """
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from gcm_jax.models.pretrained import audio_encoders
 from gcm_jax.models.pretrained import text_encoders
@@ -65,6 +65,17 @@ def identity_cond(model: Mapping[str, Any], batch: Mapping[str, Any], source: An
     out["source"] = source
     out["source_mask"] = batch["source_mask"].astype(source.dtype)[..., None]
   return out
+
+
+def known_source(diffusion: Mapping[str, Any]
+                 ) -> Optional[Callable[[Mapping[str, Any]], tuple[Any, Any]]]:
+  """With `diffusion.keep_source` (a dubbing run), `cond -> (source [B, T, H, W, C], keep
+  [B, T, H, W, 1])`, keep = 1 - 'source_mask': the denoiser's x0 outside the dubbing mask is
+  the source itself (`parameterization.KnownFn`), so the network draws only the mouth area.
+  None otherwise."""
+  if not diffusion.get("keep_source", False):
+    return None
+  return lambda cond: (cond["source"], 1 - cond["source_mask"])
 
 
 def cond_keys(model: Mapping[str, Any]) -> tuple[str, ...]:

@@ -231,7 +231,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   def loss_fn(params):
     model_fn = lambda x, t, c: apply_fn(params, x, t, c)
     terms = losses.denoising_terms(model_fn, k_loss, target, cond, loss_cfg,
-                                   loss_mask=pixel_weights)
+                                   loss_mask=pixel_weights,
+                                   known_fn=conditioning.known_source(config.diffusion))
     denoising = (jnp.sum(terms["per_example"] * example_weight)
                  / jnp.maximum(example_weight.sum(), 1.0))
     lipsync = pixel = jnp.zeros(())
