@@ -343,7 +343,7 @@ def test_clips(config: ml_collections.ConfigDict, num_clips: int, num_frames: in
   d = config.data
   clips = pipeline.load_clips(
       d, "test", num_clips, num_frames, seed,
-      tuple(dict.fromkeys(tuple(keys) + ("caption", "audio"))),
+      tuple(dict.fromkeys(tuple(keys) + ("caption", "audio", "identity"))),
       config.model.text_max_len if byte_text else _UNUSED_BYTE_LENGTH, d.mel_window,
       config.model.get("reference_frames", 0))
   encoders = frozen_encoders.FrozenEncoders(config)
@@ -799,7 +799,11 @@ TABLES: tuple[Table, ...] = (
           (("ground truth: the real clip (ceiling)", ("identity", "vs_reference", "ground_truth")),
            ("generated", ("identity", "vs_reference", "generated")),
            ("generated, caption dropped (the person from the reference only)",
-            ("identity", "vs_reference", "generated_no_caption"))),
+            ("identity", "vs_reference", "generated_no_caption")),
+           ("ground truth vs another person's reference (floor)",
+            ("identity", "vs_reference", "ground_truth_other_person")),
+           ("generated vs another person's reference (floor)",
+            ("identity", "vs_reference", "generated_other_person"))),
           IDENTITY_COLUMNS, _identity_note("vs_reference")),
     Table("LSE with syncnet_python's SyncNet (mean over clips, as Wav2Lip's "
           "calculate_scores_LRS.py)",

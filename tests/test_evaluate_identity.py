@@ -246,9 +246,15 @@ def test_identity_vs_the_reference_and_the_caption_dropped(run):
   assert accuracy["generated_no_caption"] == ground_truth.color_accuracy(run.no_caption[1], clips)
   assert accuracy["ground_truth"] == {"face": 1.0, "background": 1.0}
   rows = report["identity"]["vs_reference"]
-  assert sorted(rows) == ["generated", "generated_no_caption", "ground_truth"]
-  # The ceiling: the real frames' upper face vs the reference frame, in float64.
   region = ~clips["source_mask"]
+  assert sorted(rows) == ["generated", "generated_no_caption", "generated_other_person",
+                          "ground_truth", "ground_truth_other_person"]
+  # The floor: each talking-faces clip is its own person; the next clip's reference.
+  floor = np.mean([_psnr64(f, clips["reference"][(i + 1) % NUM_CLIPS, 0], region[i, t])
+                   for i in range(NUM_CLIPS) for t, f in enumerate(clips["video"][i])])
+  np.testing.assert_allclose(rows["ground_truth_other_person"]["psnr"], floor, atol=1e-3)
+  assert rows["ground_truth_other_person"]["psnr"] < rows["ground_truth"]["psnr"]
+  # The ceiling: the real frames' upper face vs the reference frame, in float64.
   want = np.mean([_psnr64(f, clips["reference"][i, 0], region[i, t])
                   for i in range(NUM_CLIPS) for t, f in enumerate(clips["video"][i])])
   np.testing.assert_allclose(rows["ground_truth"]["psnr"], want, atol=1e-3)
@@ -259,6 +265,12 @@ def test_identity_vs_the_reference_and_the_caption_dropped(run):
   np.testing.assert_allclose(one_clip["ssim"], want_ssim, atol=1e-5)
   for row in rows.values():
     assert np.isfinite(row["psnr"]) and -1 < row["ssim"] <= 1
+
+
+def test_other_person_is_the_next_clip_of_someone_else():
+  np.testing.assert_array_equal(identity.other_person(["a", "a", "b", "c", "a"]),
+                                [2, 2, 3, 4, 2])
+  assert identity.other_person(["a", "a"]) is None
 
 
 def test_csim_rows_match_the_port_embedding_the_frames(run):

@@ -86,6 +86,17 @@ def reference_quality(videos: np.ndarray, reference: np.ndarray, region: np.ndar
   return {"psnr": _mean(psnr), "ssim": _mean(ssim)}
 
 
+def other_person(identities: Sequence[str]) -> Optional[np.ndarray]:
+  """int `[N]`: for each clip the next clip (cyclically) of another person, the floor of
+  the vs-reference rows (what the same frames score against someone they are not); None
+  when every clip is of one person."""
+  identities = list(identities)
+  n = len(identities)
+  others = [next((j % n for j in range(i + 1, i + n) if identities[j % n] != identities[i]),
+                 None) for i in range(n)]
+  return None if None in others else np.array(others)
+
+
 def reconstruction_ceiling(config: ml_collections.ConfigDict, video: np.ndarray,
                            region: np.ndarray, batch_size: int = 8
                            ) -> Optional[dict[str, Optional[float]]]:
@@ -130,7 +141,11 @@ def identity_rows(config: ml_collections.ConfigDict, clips: Mapping[str, np.ndar
   * `vs_reference` (reference runs): `reference_quality` of the upper face (`identity_region`)
     of each generated frame vs each reference frame, rows `generated`,
     `generated_no_caption` (if given) and the ceiling
-    `ground_truth` (the real clip's frames vs the same reference frames).
+    `ground_truth` (the real clip's frames vs the same reference frames); with the clips'
+    people (`clips['identity']`, two or more), the floors `ground_truth_other_person` and
+    `generated_other_person`: the same frames vs the reference of another person's clip
+    (`other_person`). The person is kept where `generated` is above its floor as
+    `ground_truth` is above its own.
   * `preservation` (dubbing runs): `region_quality` outside the dubbing mask of the generated
     videos vs the source clip, in pixels before any paste-back: `own_audio` (the clip's own
     audio), `revoiced` (if given); the ceiling `autoencoder_ceiling` for a latent
@@ -147,6 +162,11 @@ def identity_rows(config: ml_collections.ConfigDict, clips: Mapping[str, np.ndar
       rows["generated_no_caption"] = no_caption
     out["vs_reference"] = {name: reference_quality(v, clips["reference"], region)
                            for name, v in rows.items()}
+    others = other_person(clips["identity"]) if "identity" in clips else None
+    if others is not None:
+      for name in ("ground_truth", "generated"):
+        out["vs_reference"][f"{name}_other_person"] = reference_quality(
+            rows[name], np.asarray(clips["reference"])[others], region)
   if config.model.get("masked_source", False):
     rows = {"own_audio": videos}
     if revoiced is not None:

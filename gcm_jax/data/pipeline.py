@@ -120,6 +120,11 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
   }
 
 
+def _text(value: Any) -> str:
+  """A record's string feature (bytes from TFDS) as str."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def load_clips(data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,
                num_frames: int, seed: int, keys: Sequence[str], text_max_len: int,
                mel_window: int = 16, reference_frames: int = 0) -> dict[str, np.ndarray]:
@@ -128,8 +133,10 @@ def load_clips(data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,
 
   Returns:
     the `keys` a clip has, stacked (`[N, ...]`, N <= num_clips: a built split may have
-    fewer); 'caption' is the clips' captions as str `[N]`; 'reference' `[N, K, R, R, 3]`
-    if `keys` has it (K = `reference_frames`).
+    fewer); 'caption' is the clips' captions as str `[N]`; 'identity' the clips' people as
+    str `[N]` (a record's 'identity' feature where it has one, else its index: every clip a
+    person of its own, as the talking faces draw them); 'reference' `[N, K, R, R, 3]` if
+    `keys` has it (K = `reference_frames`).
   """
   dataset = datasets.get(data_cfg.name)
   records = dataset.clip_records(data_cfg, split, num_clips, num_frames, seed)
@@ -141,8 +148,10 @@ def load_clips(data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,
                          references) for r in records]
   out = {k: np.stack([e[k] for e in examples]) for k in keys if k in examples[0]}
   if "caption" in keys:
-    out["caption"] = np.array([c.decode("utf-8") if isinstance(c, bytes) else str(c)
-                               for c in (r["caption"] for r in records)])
+    out["caption"] = np.array([_text(r["caption"]) for r in records])
+  if "identity" in keys:
+    out["identity"] = np.array([_text(r.get("identity", f"clip {i}"))
+                                for i, r in enumerate(records)])
   return out
 
 
