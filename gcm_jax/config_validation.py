@@ -93,6 +93,7 @@ RULES: tuple[Rule, ...] = (
     boolean("model.scan_blocks"),
     boolean("model.final_conv"),
     integer("model.reference_frames", 0),
+    one_of("model.reference_inputs", stdit.REFERENCE_INPUTS),
     boolean("model.masked_source"),
     one_of("model.text_encoder", conditioning.TEXT_KEYS),
     one_of("model.audio_encoder", conditioning.AUDIO_KEYS),
@@ -338,7 +339,8 @@ def _identity_problems(c: ml_collections.ConfigDict) -> list[str]:
       (m.get("masked_source", False) or not keep_source,
        "config.diffusion.keep_source keeps the source outside the dubbing mask: it needs "
        "config.model.masked_source"),
-      (m.frame_conditioning or not m.get("reference_frames", 0),
+      (m.frame_conditioning or not m.get("reference_frames", 0)
+       or m.get("reference_inputs", "frames") == "channels",
        "config.model.reference_frames > 0 needs config.model.frame_conditioning (reference "
        "frames enter as known frames)"),
       (not latents.enabled(c), "config.model.reference_frames / masked_source: identity "

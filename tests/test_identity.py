@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import reference_ablation
 from gcm_jax import config_validation
 from gcm_jax import evaluate
 from gcm_jax import generate
@@ -31,12 +32,14 @@ from tests import train_utils
 B, T, R, K = 2, 4, 16, 2
 
 
-@pytest.fixture(scope="module")
-def model_and_params():
-  """A small STDiT with reference frames and the masked source, its params perturbed so the
-  zero-initialized output layers pass signal (at init every output is 0)."""
+@pytest.fixture(scope="module", params=stdit.REFERENCE_INPUTS)
+def model_and_params(request):
+  """A small STDiT with reference frames (as context frames, as input channels) and the
+  masked source, its params perturbed so the zero-initialized output layers pass signal (at
+  init every output is 0)."""
   model = stdit.STDiT(in_channels=3, patch_size=4, width=32, depth=2, num_heads=2,
-                      text_max_len=8, reference_frames=K, masked_source=True)
+                      text_max_len=8, reference_frames=K, masked_source=True,
+                      reference_inputs=request.param)
   cond = _cond(np.random.default_rng(0))
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((B, T, R, R, 3)), jnp.zeros((B,)),
                       cond)["params"]
@@ -75,6 +78,12 @@ def test_model_reads_the_reference_unless_dropped(model_and_params):
   cond = _cond(np.random.default_rng(1))
   out = _apply(model_and_params, cond)
   assert out.shape == (B, T, R, R, 3)
+  model, params = model_and_params
+  as_frames = model.reference_inputs == "frames"  # A marker, or R C more input channels.
+  assert ("reference_embedding" in params) == as_frames
+  kernel = params["patch_embed"]["kernel"]
+  kernel = getattr(kernel, "value", kernel)
+  assert kernel.shape[0] == 4 * 4 * (3 + 3 + 1 + 3 + 1 + (0 if as_frames else K * 3))
   other = dict(cond, reference=-cond["reference"])
   assert np.abs(_apply(model_and_params, other) - out).max() > 1e-3
   dropped = dict(cond, drop_reference=jnp.ones((B,), bool))
@@ -265,6 +274,12 @@ def test_a_dubbing_run_trains_and_evaluates(tmp_path):
   report = evaluate.evaluate(workdir, num_clips=4, clip_frames=8, noise_levels=(0.5,))
   assert report["color_accuracy"]["ground_truth"]["face"] == 1.0
   assert np.isfinite(report["fidelity"]["generated"]["hf_ratio"])
+  # The reference ablation's table reads the same run's frames vs own / another's reference.
+  rows = reference_ablation.ablation_rows([workdir], num_clips=4, clip_frames=4)
+  assert [r["run"] for r in rows] == ["ground truth (the real clip)",
+                                      "1 reference frames as frames (dub)"]
+  assert rows[0]["psnr"] > rows[0]["floor_psnr"]  # The real clip is its own person.
+  assert "| run | PSNR vs own reference |" in reference_ablation.markdown(rows)
 
 
 def test_animate_a_photo_with_the_python_api(tmp_path, record):

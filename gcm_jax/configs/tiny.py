@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
                                 # patch grid of pixel-space runs (docs/results.md)
       reference_frames=0,       # identity: K clean frames of the person (another time of the
                                 # clip's video, or a photo) as context frames (0 = off)
+      reference_inputs="frames",  # frames: context frames in front of the video | channels:
+                                # concatenated to every frame's input (LatentSync's way)
       masked_source=False,      # dubbing: the source frames with the mouth area masked, and
                                 # the mask, as extra input channels (docs/models.md, "Identity")
   ))

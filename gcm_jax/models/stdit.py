@@ -42,6 +42,9 @@ REMAT_POLICIES = {
 }
 ATTENTION_KINDS = ("factorized", "full3d")  # Factorized space + time, or joint 3-D attention.
 TOKENS = ("act_batch", "act_frames", "act_tokens", "act_embed")
+# How reference frames enter (`STDiT.reference_inputs`): as context frames in front of the
+# video, or as input channels of every frame.
+REFERENCE_INPUTS = ("frames", "channels")
 SCANNED_BLOCKS = "blocks"  # Param name of the scanned blocks (`scan_blocks=True`).
 LAYERS_AXIS = "layers"  # Logical name of their stacked leading `[depth]` axis.
 
@@ -260,7 +263,10 @@ class STDiT(nn.Module):
       `[B]`; they are embedded as known frames (like motion frames) plus a learned reference
       embedding and put in front of the video along time, so temporal attention at every
       patch position and spatial attention within them read the person; their tokens are
-      dropped after the last block. A dropped reference is all zeros and unknown,
+      dropped after the last block. A dropped reference is all zeros and unknown.
+      With `reference_inputs` = 'channels' (the anchors' way, LatentSync's reference
+      channels) they are instead concatenated to every frame's input channels (R C more,
+      zeros where dropped), no frame is added,
     with `masked_source`: 'source' `[B, T, H, W, C]` (the frames to re-voice, zero where
       'source_mask' `[B, T, H, W, 1]` is 1: the mouth area to generate) and 'source_mask',
       concatenated to the input channels (dubbing, as LatentSync's masked-frame channels).
@@ -291,7 +297,13 @@ class STDiT(nn.Module):
   scan_blocks: bool = False
   final_conv: bool = False
   reference_frames: int = 0
+  reference_inputs: str = "frames"
   masked_source: bool = False
+
+  @property
+  def _context_frames(self) -> int:
+    """The reference frames put in front of the video (`reference_inputs` 'frames')."""
+    return self.reference_frames if self.reference_inputs == "frames" else 0
 
   def _encode_conditions(self, cond: Mapping[str, Array], batch: int, dtype):
     """Returns text `[B, L, D]`, text_mask `[B, L]`, pooled text `[B, D]`, audio `[B, T, W, D]`."""
@@ -322,9 +334,9 @@ class STDiT(nn.Module):
     text_mask = jnp.where(drop_text, jnp.arange(text.shape[1]) == 0, text_mask)
     drop_audio = cond.get("drop_audio", jnp.zeros((batch,), bool)).reshape(batch, 1, 1, 1)
     audio = jnp.where(drop_audio, null_audio[None, None], audio)
-    if self.reference_frames:  # Reference frames hear the null audio.
+    if self._context_frames:  # Reference frames hear the null audio.
       audio = jnp.concatenate([jnp.broadcast_to(null_audio[None, None], (
-          batch, self.reference_frames) + null_audio.shape).astype(audio.dtype), audio], axis=1)
+          batch, self._context_frames) + null_audio.shape).astype(audio.dtype), audio], axis=1)
     weights = text_mask.astype(dtype)[..., None]
     pooled = (text * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
     return text, text_mask, pooled, audio
@@ -340,7 +352,8 @@ class STDiT(nn.Module):
 
   def _input_channels(self, x: Array, cond: Mapping[str, Array]) -> Array:
     """The patch embedding's input `[B, T, H, W, C']`: x, then the known frames and their
-    mask (`frame_conditioning`), then the masked source and its mask (`masked_source`)."""
+    mask (`frame_conditioning`), then the masked source and its mask (`masked_source`), then
+    the R reference frames `[B, T, H, W, R C]` (`reference_inputs` 'channels')."""
     b, t_frames, h, w, _ = x.shape
     parts = [x]
     if self.frame_conditioning:
@@ -351,6 +364,12 @@ class STDiT(nn.Module):
     if self.masked_source:
       mask = cond["source_mask"].astype(x.dtype)
       parts += [cond["source"].astype(x.dtype) * (1 - mask), mask]
+    if self.reference_frames and self.reference_inputs == "channels":
+      reference = cond["reference"].astype(x.dtype)  # [B, R, H, W, C] -> [B, 1, H, W, R C]
+      keep = ~cond.get("drop_reference", jnp.zeros((b,), bool))
+      reference = jnp.moveaxis(reference * keep[:, None, None, None, None], 1, -2)
+      parts.append(jnp.broadcast_to(reference.reshape(b, 1, h, w, -1),
+                                    (b, t_frames, h, w, reference.shape[-2] * reference.shape[-1])))
     return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else x
 
   def _reference_inputs(self, x: Array, cond: Mapping[str, Array]) -> Array:
@@ -368,19 +387,23 @@ class STDiT(nn.Module):
 
   def _embed_video(self, x: Array, cond: Mapping[str, Array], dtype) -> Array:
     """Video `[B, T, H, W, C]` (+ context frames) -> tokens `[B, R + T, N, D]` with positions
-    (R = `reference_frames` reference frames first)."""
+    (R = `reference_frames` reference frames first with `reference_inputs` 'frames', else
+    R = 0)."""
     _, _, h, w, _ = x.shape
+    if self.reference_inputs not in REFERENCE_INPUTS:
+      raise ValueError(f"reference_inputs must be one of {REFERENCE_INPUTS}, got "
+                       f"{self.reference_inputs!r}")
     inputs = self._input_channels(x, cond)
-    if self.reference_frames:
+    if self._context_frames:
       inputs = jnp.concatenate([self._reference_inputs(x, cond), inputs], axis=1)
     tokens = layers.dense(self.width, ("patch", "embed"), "patch_embed", dtype)(
         patchify(inputs, self.patch_size).astype(dtype))
     p = self.patch_size
     tokens = tokens + layers.sincos_2d_positions(h // p, w // p, self.width).astype(dtype)
-    if self.reference_frames:
+    if self._context_frames:
       init = layers.partitioned(nn.initializers.normal(0.02), ("embed",))
       marker = self.param("reference_embedding", init, (self.width,)).astype(dtype)
-      is_reference = jnp.arange(tokens.shape[1]) < self.reference_frames
+      is_reference = jnp.arange(tokens.shape[1]) < self._context_frames
       tokens = tokens + jnp.where(is_reference[None, :, None, None], marker, 0)
     return nn.with_logical_constraint(tokens, TOKENS)
 
@@ -429,8 +452,8 @@ class STDiT(nn.Module):
     control = cond.get("control", ())
     if len(control) > self.depth:
       raise ValueError(f"got {len(control)} control residuals for a depth-{self.depth} model")
-    if self.reference_frames:  # The reference frames take no control residual.
-      control = [jnp.pad(r, [(0, 0), (self.reference_frames, 0)] + [(0, 0)] * (r.ndim - 2))
+    if self._context_frames:  # The reference frames take no control residual.
+      control = [jnp.pad(r, [(0, 0), (self._context_frames, 0)] + [(0, 0)] * (r.ndim - 2))
                  for r in control]
     if self.scan_blocks:
       residuals = None
@@ -445,7 +468,7 @@ class STDiT(nn.Module):
         if i < len(control):
           tokens = tokens + control[i].astype(dtype)
 
-    tokens, c = tokens[:, self.reference_frames:], c[:, self.reference_frames:]
+    tokens, c = tokens[:, self._context_frames:], c[:, self._context_frames:]
     shift, scale = jnp.split(layers.dense(2 * self.width, ("embed", "modulation"),
                                           "final_modulation", dtype, zero_init=True)(
                                               nn.silu(c)), 2, axis=-1)
