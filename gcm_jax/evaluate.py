@@ -42,8 +42,8 @@ the caption's, `data/talking_faces/ground_truth.py`): the caption match, the mou
 correlation with matched and shuffled audio, `condition_usage` (per noise level, does the
 denoiser take the caption's attributes from the text and the mouth from the audio: the
 diagnostic behind docs/results.md) and the caption match under paraphrased captions. Test
-clips come from the entry (`contract.Dataset.clip_records`; real clips: the first
-`num_clips` clips of the built test split, cut to `clip_frames` <= the clip length); without
+clips come from the entry (`contract.Dataset.clip_records`; real clips: `num_clips`
+clips spread evenly over the built test split, cut to `clip_frames` <= the clip length); without
 ground truth these metrics are listed under `skipped` with why. A ControlNet run generates
 with each test clip's own control maps (its keypoint heatmaps + head layout,
 `pipeline.preprocess`), and the report says so (`control_maps_from_test_clips`); the color

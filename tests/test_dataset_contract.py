@@ -187,3 +187,15 @@ def test_cut_record_cuts_per_frame_features_only():
   assert cut["reference"].shape[0] == 8 and cut["color"] == record["color"]
   with pytest.raises(ValueError, match="asked for clips of 9 frames from records of 8"):
     contract.cut_record(record, 9)
+
+
+def test_spread_clips_reach_every_part_of_the_split():
+  """A built split keeps each video's clips together; evaluation's clips are spread over
+  it (first and last record included, in order, no repeats), all of a short split."""
+  records = [{"video": np.full((6, 2, 2, 3), i, np.uint8), "audio": np.zeros(6 * 640),
+              "name": i} for i in range(10)]
+  make = contract.spread_clips(lambda data_cfg, split: records)
+  picked = make(None, "test", 4, 3, 0)
+  assert [r["name"] for r in picked] == [0, 3, 6, 9]
+  assert all(r["video"].shape == (3, 2, 2, 3) for r in picked)
+  assert [r["name"] for r in make(None, "test", 50, 6, 0)] == list(range(10))

@@ -90,15 +90,18 @@ class GroundTruth:
                                     dict[str, np.ndarray]]] = None
 
 
-def first_clips(source: Source) -> ClipMaker:
-  """The clip maker of a built dataset: the split's first `num_clips` records (fewer if the
-  split has fewer), each cut to its first `num_frames` frames (`seed` unused: the split's own
-  clips, in order)."""
+def spread_clips(source: Source) -> ClipMaker:
+  """The clip maker of a built dataset: `num_clips` records evenly spaced over the split, in
+  its order (all of them if it has fewer), each cut to its first `num_frames` frames (`seed`
+  unused). A built split holds each video's clips together, so its first clips would often
+  be one person's; spread, they reach every video the split has room for."""
   def clips(data_cfg: ml_collections.ConfigDict, split: str, num_clips: int, num_frames: int,
             seed: int) -> list[Record]:
     del seed
     records = source(data_cfg, split)
-    return [cut_record(records[i], num_frames) for i in range(min(num_clips, len(records)))]
+    n = min(num_clips, len(records))
+    picks = np.linspace(0, len(records) - 1, n).round().astype(int) if n else []
+    return [cut_record(records[int(i)], num_frames) for i in picks]
   return clips
 
 
@@ -110,7 +113,7 @@ class Dataset:
     description: one line for docs and error messages.
     source: (config.data, split) -> the split's records, for the training pipeline.
     clips: (config.data, split, num_clips, num_frames, seed) -> records of `num_frames`
-      frames for evaluation and SyncNet training; None = `first_clips(source)`.
+      frames for evaluation and SyncNet training; None = `spread_clips(source)`.
     resolutions: the `config.data.resolution`s it has (None: any).
     features: ground truth its records carry that the model inputs keep: {name: dtype}.
     derived: per-record features made from what the record has, only when a run asks for
@@ -137,6 +140,6 @@ class Dataset:
 
   def clip_records(self, data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,
                    num_frames: int, seed: int) -> list[Record]:
-    """`clips` (or `first_clips(source)`) for these arguments."""
-    make = self.clips or first_clips(self.source)
+    """`clips` (or `spread_clips(source)`) for these arguments."""
+    make = self.clips or spread_clips(self.source)
     return make(data_cfg, split, num_clips, num_frames, seed)

@@ -5,7 +5,7 @@
 
 Clips come from the registry entry of `config.data.name` (`pipeline.load_clips`: the
 synthetic talking faces draw fresh clips of the train / validation phrases and voices,
-disjoint; a built dataset gives its splits' first clips) through the pipeline's `preprocess`
+disjoint; a built dataset gives clips spread evenly over its splits) through the pipeline's `preprocess`
 (video in [-1, 1], per-frame 16-frame mel windows, byte-tokenized caption). SyncNet sees
 in-sync pairs (a 5-frame lower-face window and its audio window) and off-sync pairs (the
 audio window of the same clip shifted by `min_shift..max_shift` frames), trained with

@@ -1,7 +1,7 @@
 """Real videos' registry entry (`gcm_jax.data.datasets`): clips built by
 `python -m gcm_jax.data.video_folder` into `config.data.data_dir` (they cannot be built from
-the config: that needs the videos). Evaluation and SyncNet training read the split's first
-clips; the face tracker's mouth box makes the mouth region of the mouth-weighted loss; each
+the config: that needs the videos). Evaluation and SyncNet training read clips spread
+evenly over the split (`contract.spread_clips`); the face tracker's mouth box makes the mouth region of the mouth-weighted loss; each
 clip's stored reference frames (other times of its video, `builder.REFERENCE_SOURCES`) are
 its identity reference. No ground truth: the metrics that need it are skipped, with why.
 """
