@@ -874,19 +874,25 @@ def markdown_report(report: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def frame_grid(*videos: np.ndarray, num_clips: int = 4, num_frames: int = 6, scale: int = 2
-               ) -> np.ndarray:
-  """uint8 image `[H, W, 3]`: for each of the first `num_clips` clips one row of frames per
-  video in `videos` (in their order, e.g. generated above real), `num_frames` frames evenly
-  spaced over the clip, each frame upscaled `scale` x (nearest) with a 1-pixel white border.
+def frame_grid(*videos: np.ndarray, num_clips: int = 4, num_frames: int = 6, scale: int = 2,
+               lead: Optional[np.ndarray] = None) -> np.ndarray:
+  """uint8 image `[H, W, 3]`: for `num_clips` clips evenly spaced over the N (the first and
+  the last included) one row of frames per video in `videos` (in their order, e.g.
+  generated above real), `num_frames` frames evenly spaced over the clip, each frame
+  upscaled `scale` x (nearest) with a 1-pixel white border; with `lead` `[N, R, R, 3]` (e.g.
+  the clip's reference frame) that image first in each of the clip's rows.
 
   Args:
     videos: each `[N, T, R, R, 3]` in [-1, 1].
   """
   n, t = videos[0].shape[:2]
   idx = np.linspace(0, t - 1, min(num_frames, t)).round().astype(int)
-  tiles = np.stack([np.stack([v[i, idx] for v in videos])
-                    for i in range(min(num_clips, n))])                 # [C, V, F, R, R, 3]
+  clips = np.linspace(0, n - 1, min(num_clips, n)).round().astype(int)
+  tiles = np.stack([np.stack([v[i, idx] for v in videos]) for i in clips])  # [C, V, F, R, R, 3]
+  if lead is not None:
+    first = np.asarray(lead)[clips][:, None, None]
+    tiles = np.concatenate([np.broadcast_to(first, tiles.shape[:2] + (1,) + tiles.shape[3:]),
+                            tiles], axis=2)
   tiles = video_io.to_uint8(tiles).repeat(scale, axis=-3).repeat(scale, axis=-2)
   tiles = np.pad(tiles, [(0, 0)] * 3 + [(1, 1), (1, 1), (0, 0)], constant_values=255)
   c, rows, f, h, w, _ = tiles.shape
@@ -911,15 +917,18 @@ DUBBING_FRAMES = "eval_dubbing_frames.png"
 
 def write_outputs(report: Mapping[str, Any], data: EvalData, output_dir: str) -> list[str]:
   """Writes `OUTPUT_FILES` to `output_dir`: the report as JSON and as Markdown
-  (`markdown_report`), and `frame_grid(generated, real)` as PNG; for a dubbing run also
-  `DUBBING_FRAMES` (`dubbing_grid`). Returns their paths."""
+  (`markdown_report`), and `frame_grid(generated, real)` as PNG (a reference run's rows
+  lead with the clip's first reference frame); for a dubbing run also `DUBBING_FRAMES`
+  (`dubbing_grid`). Returns their paths."""
   os.makedirs(output_dir, exist_ok=True)
   paths = [os.path.join(output_dir, name) for name in OUTPUT_FILES]
   with open(paths[0], "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   with open(paths[1], "w", encoding="utf-8") as f:
     f.write(markdown_report(report))
-  iio.imwrite(paths[2], frame_grid(data.videos, data.clips["video"]))
+  reference = data.clips.get("reference")
+  iio.imwrite(paths[2], frame_grid(data.videos, data.clips["video"],
+                                   lead=None if reference is None else reference[:, 0]))
   if data.revoiced is not None:
     paths.append(os.path.join(output_dir, DUBBING_FRAMES))
     iio.imwrite(paths[-1], dubbing_grid(data))

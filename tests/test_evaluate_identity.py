@@ -175,6 +175,20 @@ def test_the_dubbing_frames_show_source_masked_input_revoiced_and_the_audios_cli
   np.testing.assert_array_equal(frame(4), to_uint8(run.clips["video"][0, 0]))  # shuffled[1] = 0
 
 
+def test_eval_frames_lead_with_the_reference_frame(run):
+  """eval_frames.png of a reference run: per clip a generated and a real row, each led by
+  the clip's first reference frame, then 6 frames."""
+  image = iio.imread(run.out / "eval_frames.png")
+  tile = 2 * run.clips["video"].shape[2] + 2
+  assert image.shape == (NUM_CLIPS * 2 * tile, 7 * tile, 3)
+  to_uint8 = lambda x: np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
+  for row in (2, 3):  # Clip 1's generated and real rows.
+    np.testing.assert_array_equal(image[row * tile + 1:(row + 1) * tile - 1:2, 1:tile - 1:2],
+                                  to_uint8(run.clips["reference"][1, 0]))
+  np.testing.assert_array_equal(image[3 * tile + 1:4 * tile - 1:2, tile + 1:2 * tile - 1:2],
+                                to_uint8(run.clips["video"][1, 0]))
+
+
 def test_the_dubbing_test_re_voices_each_clip_with_another_clips_audio(run):
   report, clips = run.report, run.clips
   shuffled = np.roll(np.arange(NUM_CLIPS), 1)

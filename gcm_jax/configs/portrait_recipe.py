@@ -19,13 +19,13 @@ of the steps for guidance), no masked source.
       --max_caption_bytes=80 --workers=2
   python run_train.py --config=configs/portrait_recipe.py --workdir=/tmp/portrait
   python -m gcm_jax.evaluate --workdir=/tmp/portrait --clip_frames=8
-  gcm-generate --workdir=/tmp/portrait --reference=photo.png --audio=voice.wav \
-      --text="hello there" --output=out.mp4
+  gcm-generate --workdir=/tmp/portrait --reference=photo.png --audio=voice.wav --output=out.mp4
 
 Data: the source takes 6.6 min, the build 4.8 min (80 videos; 1234 / 173 / 262 clips).
-Measured on 2 cores shared with three other jobs (load about 9): 3.7 s per step between
-metric syncs, so the step count is a first guess for an hour on a quiet machine, to be
-timed by the first full run.
+Training was not timed alone: its last 1000 steps took 22 min of wall time on 2 cores
+shared with two or three other jobs; the same-sized dubbing run reads 0.9 s per step with
+the cores to itself, about 45 min for 3000 steps. Measured result: docs/results.md, "The
+portrait recipe".
 
 (`data.data_dir` empty: the build is read from <workdir>/data. The lip-sync loss is off:
 the project SyncNet of the CPU recipe was trained on the synthetic faces; to add it, train
