@@ -90,6 +90,11 @@ class GroundTruth:
                                     dict[str, np.ndarray]]] = None
 
 
+def as_text(value: Any) -> str:
+  """A record's string feature as str (TFDS gives bytes)."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def spread_clips(source: Source) -> ClipMaker:
   """The clip maker of a built dataset: `num_clips` records evenly spaced over the split, in
   its order (all of them if it has fewer), each cut to its first `num_frames` frames (`seed`

@@ -22,6 +22,7 @@ import tqdm
 
 from gcm_jax import frozen_encoders
 from gcm_jax.data import audio
+from gcm_jax.data import contract
 
 LATENTS = frozen_encoders.LATENTS_KEY
 
@@ -29,11 +30,6 @@ LATENTS = frozen_encoders.LATENTS_KEY
 def group_dir(cache_root: str, group: str, identity: str) -> str:
   """The folder of one encoder group's features (see the module docstring)."""
   return os.path.join(cache_root, f"{group}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}")
-
-
-def _caption(record: Mapping[str, Any]) -> str:
-  caption = record.get("caption", b"")
-  return caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
 
 
 def _compute(source: Sequence[Mapping[str, Any]], encoders: frozen_encoders.FrozenEncoders,
@@ -47,7 +43,7 @@ def _compute(source: Sequence[Mapping[str, Any]], encoders: frozen_encoders.Froz
   if group == "text":
     for start in tqdm.trange(0, n, batch_size, desc=desc, unit="batch", leave=False):
       rows = range(start, min(start + batch_size, n))
-      for key, value in encoders.encode_captions([_caption(source[i]) for i in rows]).items():
+      for key, value in encoders.encode_captions([contract.as_text(source[i].get("caption", b"")) for i in rows]).items():
         out[key][start:rows.stop] = value
   elif group == "latents":
     for start in tqdm.trange(0, n, batch_size // 8, desc=desc, unit="batch", leave=False):

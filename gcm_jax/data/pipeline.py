@@ -120,11 +120,6 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
   }
 
 
-def _text(value: Any) -> str:
-  """A record's string feature (bytes from TFDS) as str."""
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def load_clips(data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,
                num_frames: int, seed: int, keys: Sequence[str], text_max_len: int,
                mel_window: int = 16, reference_frames: int = 0) -> dict[str, np.ndarray]:
@@ -148,9 +143,9 @@ def load_clips(data_cfg: ml_collections.ConfigDict, split: str, num_clips: int,
                          references) for r in records]
   out = {k: np.stack([e[k] for e in examples]) for k in keys if k in examples[0]}
   if "caption" in keys:
-    out["caption"] = np.array([_text(r["caption"]) for r in records])
+    out["caption"] = np.array([contract.as_text(r["caption"]) for r in records])
   if "identity" in keys:
-    out["identity"] = np.array([_text(r.get("identity", f"clip {i}"))
+    out["identity"] = np.array([contract.as_text(r.get("identity", f"clip {i}"))
                                 for i, r in enumerate(records)])
   return out
 

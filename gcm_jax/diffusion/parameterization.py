@@ -93,8 +93,6 @@ def keep_known(prediction: str, output: jax.Array, x_t: jax.Array, alpha: jax.Ar
                sigma_data: float = 0.5) -> jax.Array:
   """The raw output whose x0 is keep * known + (1 - keep) * (the output's own x0): the known
   region given, the network's estimate elsewhere (keep in [0, 1], broadcast against x_t)."""
-  if prediction == "x0":
-    return keep * known + (1 - keep) * output
   x0 = keep * known + (1 - keep) * output_to_x0(prediction, output, x_t, alpha, sigma, sigma_data)
   return x0_to_output(prediction, x0, x_t, alpha, sigma, sigma_data)
 

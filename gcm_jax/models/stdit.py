@@ -368,8 +368,8 @@ class STDiT(nn.Module):
       reference = cond["reference"].astype(x.dtype)  # [B, R, H, W, C] -> [B, 1, H, W, R C]
       keep = ~cond.get("drop_reference", jnp.zeros((b,), bool))
       reference = jnp.moveaxis(reference * keep[:, None, None, None, None], 1, -2)
-      parts.append(jnp.broadcast_to(reference.reshape(b, 1, h, w, -1),
-                                    (b, t_frames, h, w, reference.shape[-2] * reference.shape[-1])))
+      reference = reference.reshape(b, 1, h, w, -1)
+      parts.append(jnp.broadcast_to(reference, (b, t_frames) + reference.shape[2:]))
     return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else x
 
   def _reference_inputs(self, x: Array, cond: Mapping[str, Array]) -> Array:

@@ -3,13 +3,13 @@
   python -m gcm_jax.train.train_syncnet --workdir=/tmp/syncnet   # configs/syncnet.py
   python -m gcm_jax.train.train_syncnet --workdir=... --config.train.num_steps=200
 
-Clips come from the registry entry of `config.data.name` (`pipeline.load_clips`: the
-synthetic talking faces draw fresh clips of the train / validation phrases and voices,
-disjoint; a built dataset gives clips spread evenly over its splits) through the pipeline's `preprocess`
-(video in [-1, 1], per-frame 16-frame mel windows, byte-tokenized caption). SyncNet sees
-in-sync pairs (a 5-frame lower-face window and its audio window) and off-sync pairs (the
-audio window of the same clip shifted by `min_shift..max_shift` frames), trained with
-Wav2Lip's cosine-BCE plus an optional InfoNCE term with in-batch negatives.
+Clips come from the registry entry of `config.data.name` (`pipeline.load_clips`: the synthetic
+talking faces draw fresh clips of the train / validation phrases and voices, disjoint; a built
+dataset gives clips spread evenly over its splits) through the pipeline's `preprocess` (video
+in [-1, 1], per-frame 16-frame mel windows, byte-tokenized caption). SyncNet sees in-sync pairs
+(a 5-frame lower-face window and its audio window) and off-sync pairs (the audio window of the
+same clip shifted by `min_shift..max_shift` frames), trained with Wav2Lip's cosine-BCE plus an
+optional InfoNCE term with in-batch negatives.
 
 Both models train in the loop every model family shares (`gcm_jax.train.loop`):
 `gcm_jax.runs.state` (TrainState, AdamW with warmup + cosine decay and clipping, non-finite

@@ -1,9 +1,9 @@
 """Real videos' registry entry (`gcm_jax.data.datasets`): clips built by
 `python -m gcm_jax.data.video_folder` into `config.data.data_dir` (they cannot be built from
 the config: that needs the videos). Evaluation and SyncNet training read clips spread
-evenly over the split (`contract.spread_clips`); the face tracker's mouth box makes the mouth region of the mouth-weighted loss; each
-clip's stored reference frames (other times of its video, `builder.REFERENCE_SOURCES`) are
-its identity reference. No ground truth: the metrics that need it are skipped, with why.
+evenly over the split (`contract.spread_clips`); the face tracker's mouth box makes the
+mouth region of the mouth-weighted loss; each clip's stored reference frames (other times
+of its video, `builder.REFERENCE_SOURCES`) are its identity reference. No ground truth: the metrics that need it are skipped, with why.
 """
 import os
 
@@ -33,10 +33,6 @@ def source(data_cfg: ml_collections.ConfigDict, split: str):
   return builder.as_data_source(split)
 
 
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def reference(record: contract.Record, num_frames: int, resolution: int) -> np.ndarray:
   """uint8 `[K, R, R, 3]`: the first K of the clip's stored reference frames (the builder
   stores them most preferred first, so a record always gives the same ones)."""
@@ -47,13 +43,13 @@ def reference(record: contract.Record, num_frames: int, resolution: int) -> np.n
         f"python -m gcm_jax.data.video_folder --reference_frames={max(num_frames, 4)} (into a "
         "new --output_dir), or train without config.model.reference_frames")
   frames = np.asarray(record["reference"])
-  where = (f"clip of {_text(record.get('source', '?'))} at "
+  where = (f"clip of {contract.as_text(record.get('source', '?'))} at "
            f"{float(record.get('start_time', np.nan)):.2f} s")
-  if _text(record.get("reference_from", "")) == "none":
+  if contract.as_text(record.get("reference_from", "")) == "none":
     raise ValueError(
         f"the {where} has no reference frames (reference_from 'none': its video has one "
         f"clip, no face-track frame outside it and no other video of identity "
-        f"{_text(record.get('identity', '?'))!r} in its split; the build's summary counts "
+        f"{contract.as_text(record.get('identity', '?'))!r} in its split; the build's summary counts "
         "them); add another video of that person, or a longer take, and build again, or "
         "train without config.model.reference_frames")
   if num_frames > len(frames):
