@@ -85,6 +85,27 @@ def seam_ratio(video: np.ndarray, seams: Sequence[int]) -> float:
   return ratio(float(diffs[at_seam].mean()), float(diffs[~at_seam].mean()))
 
 
+def patch_grid_energy(video: np.ndarray, patch: int) -> float:
+  """The fraction of the frames' spatial spectral energy on the patch grid's frequencies.
+
+  Per frame, the grey level (channel mean) minus its mean, `|FFT2|^2`; the grid frequencies
+  are those whose vertical or horizontal frequency is a nonzero multiple of H / patch
+  (W / patch) cycles per frame, where a texture repeated in every `patch` x `patch` patch
+  (the seams of a patch-wise model's unpatchify) puts all its energy. Shift-invariant; a
+  block-constant image (nearest upsampling) puts none there. `video` `[N, T, H, W, C]`, H
+  and W multiples of `patch` >= 2."""
+  v = _check_video(video)
+  h, w = v.shape[2:4]
+  if patch < 2 or h % patch or w % patch:
+    raise ValueError(f"patch must be >= 2 and divide the frame size, got {patch} for {h}x{w}")
+  grey = v.mean(axis=-1)
+  grey = grey - grey.mean(axis=(-2, -1), keepdims=True)
+  power = np.abs(np.fft.fft2(grey)) ** 2                            # [N, T, H, W]
+  on_grid = lambda n: (np.arange(n) % (n // patch) == 0) & (np.arange(n) != 0)
+  grid = on_grid(h)[:, None] | on_grid(w)[None, :]
+  return float(power[..., grid].sum() / max(power.sum(), 1e-30))
+
+
 def ratio(value: float, reference: float) -> float:
   """value / reference; 1 when both are 0, inf when only the reference is."""
   if reference == 0:
