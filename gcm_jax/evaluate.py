@@ -189,6 +189,13 @@ def revoiced_clips(config: ml_collections.ConfigDict, clips: Mapping[str, np.nda
                         if k in clips})
 
 
+def pixel_patch(config: ml_collections.ConfigDict) -> int:
+  """The model's patch in pixels: `model.patch_size`, times the autoencoder's downsampling
+  in a latent run (the period of the patch grid a patch-wise model can leave in frames)."""
+  latent_size = latents.diffusion_shape(config, 1, 1)[2]
+  return config.model.patch_size * (config.data.resolution // latent_size)
+
+
 def without_caption(clips: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """`clips` with the caption dropped: a text mask of all False, which the model reads as
   the null text in every guidance branch (`stdit`: an empty caption is the dropped text)."""
@@ -651,7 +658,8 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
       "fidelity": fidelity.fidelity_report(
           videos, clips["video"],
           seams=extension.seam_frames(clip_frames, config.data.num_frames,
-                                      config.diffusion.max_motion_frames)),
+                                      config.diffusion.max_motion_frames),
+          patch=pixel_patch(config)),
       "skipped": {},
   }
   if revoiced is not None:
@@ -814,7 +822,8 @@ TABLES: tuple[Table, ...] = (
           (("ground truth A vs ground truth B (floor)", ("fidelity", "ground_truth_floor")),
            ("generated A vs ground truth B", ("fidelity", "generated"))),
           (("high-freq. ratio", "hf_ratio"), ("high-freq. energy ratio", "hf_energy_ratio"),
-           ("flicker ratio", "flicker_ratio"), ("window-seam ratio", "seam_ratio"),
+           ("flicker ratio", "flicker_ratio"), ("patch-grid ratio", "patch_grid_ratio"),
+           ("window-seam ratio", "seam_ratio"),
            ("SyncNet-feature FD, windows", "syncnet_fd_window"),
            ("SyncNet-feature FD, clips", "syncnet_fd_clip"))),
     Table("FID / FVD with published networks (few samples: compare runs, not papers)",

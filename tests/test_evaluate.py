@@ -152,8 +152,8 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
   fid = report["fidelity"]
   assert fid["feature_network"] == "SyncNet-feature FD, not comparable with published FID"
   assert fid["halves"] == [2, 2]
-  rows = ("hf_ratio", "hf_energy_ratio", "flicker_ratio", "seam_ratio", "syncnet_fd_window",
-          "syncnet_fd_clip")  # seam_ratio: 8-frame clips from the micro config's shorter windows
+  rows = ("hf_ratio", "hf_energy_ratio", "flicker_ratio", "patch_grid_ratio", "seam_ratio",
+          "syncnet_fd_window", "syncnet_fd_clip")  # seam_ratio: 8-frame clips from the micro config's shorter windows
   assert config.data.num_frames < 8
   for name in ("generated", "ground_truth_floor"):
     assert sorted(fid[name]) == sorted(rows)
@@ -173,6 +173,10 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
       fidelity.flicker(generated[:2]), fidelity.flicker(gt[2:]))
   seams = extension.seam_frames(8, config.data.num_frames, config.diffusion.max_motion_frames)
   assert fid["ground_truth_floor"]["seam_ratio"] == fidelity.seam_ratio(gt[:2], seams)
+  patch = config.model.patch_size  # A pixel run: the grid's period in pixels.
+  assert evaluate.pixel_patch(config) == patch
+  assert fid["generated"]["patch_grid_ratio"] == fidelity.ratio(
+      fidelity.patch_grid_energy(generated[:2], patch), fidelity.patch_grid_energy(gt[2:], patch))
   assert fid["laplacian_abs_255"]["ground_truth"] == pytest.approx(
       127.5 * fidelity.laplacian_abs(gt))
   assert fid["generated"]["hf_ratio"] > 2 * fid["ground_truth_floor"]["hf_ratio"]
@@ -201,7 +205,7 @@ def test_metrics_without_weights_are_skipped_and_the_reports_written(tmp_path, m
   fid = report["fidelity"]
   assert "feature_network" not in fid
   assert sorted(fid["generated"]) == ["flicker_ratio", "hf_energy_ratio", "hf_ratio",
-                                      "seam_ratio"]
+                                      "patch_grid_ratio", "seam_ratio"]
   with open(out / "eval.json", encoding="utf-8") as f:
     assert json.load(f) == json.loads(json.dumps(report))
   md = (out / "eval.md").read_text(encoding="utf-8")

@@ -258,7 +258,7 @@ def feature_report(generated_features: np.ndarray, ground_truth_features: np.nda
 
 def fidelity_report(generated: np.ndarray, ground_truth: np.ndarray,
                     featurize: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-                    seams: Sequence[int] = ()) -> Dict[str, Any]:
+                    seams: Sequence[int] = (), patch: Optional[int] = None) -> Dict[str, Any]:
   """Generated vs ground truth, and the ground truth vs ground truth floor.
 
   The N clips are split into halves A (first N // 2) and B (the rest). Row `generated`:
@@ -276,6 +276,9 @@ def fidelity_report(generated: np.ndarray, ground_truth: np.ndarray,
     seams: the first frame of each later window of a long video (`extension.seam_frames`);
       if any, each row adds `seam_ratio` of its first clip set (generated A; ground truth A,
       whose frames have no windows: the floor).
+    patch: the model's patch in pixels (a latent run's patch times its autoencoder's
+      downsampling); if given, each row adds `patch_grid_ratio`, `patch_grid_energy` of its
+      first clip set over the ground truth B's (1 = as much grid as the data).
   """
   generated, ground_truth = np.asarray(generated), np.asarray(ground_truth)
   if generated.shape != ground_truth.shape:
@@ -290,6 +293,10 @@ def fidelity_report(generated: np.ndarray, ground_truth: np.ndarray,
       "flicker_255": {"generated": PIXEL_SCALE_255 * flicker(generated),
                       "ground_truth": PIXEL_SCALE_255 * flicker(ground_truth)},
   }
+  if patch is not None:
+    real = patch_grid_energy(ground_truth[b], patch)
+    for row, video in (("generated", generated[a]), ("ground_truth_floor", ground_truth[a])):
+      report[row]["patch_grid_ratio"] = ratio(patch_grid_energy(video, patch), real)
   if len(seams):
     report["generated"]["seam_ratio"] = seam_ratio(generated[a], seams)
     report["ground_truth_floor"]["seam_ratio"] = seam_ratio(ground_truth[a], seams)
