@@ -216,27 +216,29 @@ def test_fidelity_report_adds_the_seam_ratio_of_each_row(faces):
 
 
 def test_patch_grid_energy_sees_a_texture_repeated_in_every_patch():
-  """Smooth frames carry little energy on the 4x4 grid's frequencies; the same frames with a
-  texture repeated in every 4x4 patch (what a patch-wise model's seams draw) carry much more;
-  a shift changes nothing and block-constant frames carry none (float64 FFT reference: the
-  energy at k = 8, 16, 24 of 32 on either axis over the total)."""
+  """Smooth frames and their blur read about 1 (no peak on the 4x4 grid's frequencies); the
+  same frames with a texture repeated in every 4x4 patch (what a patch-wise model's seams
+  draw) read far above; a shift changes nothing and block-constant frames read about 0
+  (float64 FFT reference: the mean power on the lines k = 8, 16, 24 of 32 over the mean
+  power on k = 7, 9, 15, 17, 23, 25, both axes)."""
   rng = np.random.default_rng(0)
-  y, x = np.mgrid[:32, :32] / 32.0
-  smooth = np.stack([np.sin(2 * np.pi * (a * x + b * y)) for a, b in
-                     rng.uniform(0.2, 1.5, (6, 2))]).reshape(1, 6, 32, 32, 1).repeat(3, -1)
+  noise = rng.normal(size=(1, 4, 32, 32, 3))
+  smooth = ndimage.gaussian_filter(noise, (0, 0, 1.0, 1.0, 0))
+  blurred = ndimage.gaussian_filter(noise, (0, 0, 2.0, 2.0, 0))
   texture = np.tile(rng.normal(0, 0.2, (4, 4)), (8, 8))[None, None, :, :, None]
-  base = fidelity.patch_grid_energy(smooth, 4)
+  for frames in (smooth, blurred):
+    assert 0.5 < fidelity.patch_grid_energy(frames, 4) < 2.0
   seams = fidelity.patch_grid_energy(smooth + texture, 4)
-  assert base < 0.05 and seams > 5 * base
+  assert seams > 10
   np.testing.assert_allclose(fidelity.patch_grid_energy(np.roll(smooth + texture, 3, axis=3), 4),
                              seams, rtol=1e-9)
   blocks = rng.normal(size=(1, 2, 8, 8, 3)).repeat(4, axis=2).repeat(4, axis=3)
   assert fidelity.patch_grid_energy(blocks, 4) < 1e-20
-  grey = (smooth + texture)[0, 0].mean(-1)
-  power = np.abs(np.fft.fft2(grey - grey.mean())) ** 2
-  grid = np.zeros((32, 32), bool)
-  grid[[8, 16, 24], :] = grid[:, [8, 16, 24]] = True
-  frame = fidelity.patch_grid_energy((smooth + texture)[:, :1], 4)
-  np.testing.assert_allclose(frame, power[grid].sum() / power.sum(), rtol=1e-9)
-  with pytest.raises(ValueError, match="patch must be >= 2 and divide the frame size"):
+  grey = (smooth + texture)[..., :].mean(-1)
+  power = np.abs(np.fft.fft2(grey - grey.mean(axis=(-2, -1), keepdims=True))) ** 2
+  on, near = [8, 16, 24], [7, 15, 23, 9, 17, 25]
+  want = ((power[..., on, :].mean() + power[..., :, on].mean())
+          / (power[..., near, :].mean() + power[..., :, near].mean()))
+  np.testing.assert_allclose(seams, want, rtol=1e-9)
+  with pytest.raises(ValueError, match="patch must be >= 2, divide the frame size"):
     fidelity.patch_grid_energy(smooth, 5)

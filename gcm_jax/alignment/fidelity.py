@@ -86,24 +86,35 @@ def seam_ratio(video: np.ndarray, seams: Sequence[int]) -> float:
 
 
 def patch_grid_energy(video: np.ndarray, patch: int) -> float:
-  """The fraction of the frames' spatial spectral energy on the patch grid's frequencies.
+  """How much the frames' spatial spectrum peaks on the patch grid's frequencies.
 
-  Per frame, the grey level (channel mean) minus its mean, `|FFT2|^2`; the grid frequencies
-  are those whose vertical or horizontal frequency is a nonzero multiple of H / patch
+  Per frame, the grey level (channel mean) minus its mean, `|FFT2|^2`. The grid lines are
+  the rows / columns of the spectrum whose frequency is a nonzero multiple of H / patch
   (W / patch) cycles per frame, where a texture repeated in every `patch` x `patch` patch
-  (the seams of a patch-wise model's unpatchify) puts all its energy. Shift-invariant; a
-  block-constant image (nearest upsampling) puts none there. `video` `[N, T, H, W, C]`, H
-  and W multiples of `patch` >= 2."""
+  (the seams of a patch-wise model's unpatchify) puts all its energy; their neighbours are
+  the lines one frequency step away. Returns the mean power on the grid lines over the mean
+  power on their neighbours: about 1 for a smooth spectrum, whatever its slope (a blur
+  lowers both), above 1 where a patch-periodic texture peaks, about 0 for block-constant
+  frames (nearest upsampling has zeros there). Shift-invariant. `video` `[N, T, H, W, C]`,
+  H and W multiples of `patch` >= 2, H / patch and W / patch >= 3 (so a neighbour is not on
+  the grid)."""
   v = _check_video(video)
   h, w = v.shape[2:4]
-  if patch < 2 or h % patch or w % patch:
-    raise ValueError(f"patch must be >= 2 and divide the frame size, got {patch} for {h}x{w}")
+  if patch < 2 or h % patch or w % patch or min(h, w) // patch < 3:
+    raise ValueError(f"patch must be >= 2, divide the frame size and leave >= 3 patches per "
+                     f"side, got {patch} for {h}x{w}")
   grey = v.mean(axis=-1)
   grey = grey - grey.mean(axis=(-2, -1), keepdims=True)
   power = np.abs(np.fft.fft2(grey)) ** 2                            # [N, T, H, W]
-  on_grid = lambda n: (np.arange(n) % (n // patch) == 0) & (np.arange(n) != 0)
-  grid = on_grid(h)[:, None] | on_grid(w)[None, :]
-  return float(power[..., grid].sum() / max(power.sum(), 1e-30))
+
+  def lines(n: int) -> tuple[np.ndarray, np.ndarray]:
+    grid = np.arange(n // patch, n, n // patch)
+    return grid, np.concatenate([grid - 1, grid + 1])
+
+  (gy, ny), (gx, nx) = lines(h), lines(w)
+  on = power[..., gy, :].mean() + power[..., :, gx].mean()
+  near = power[..., ny, :].mean() + power[..., :, nx].mean()
+  return float(on / max(near, 1e-30))
 
 
 def ratio(value: float, reference: float) -> float:
