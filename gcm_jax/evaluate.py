@@ -44,7 +44,14 @@ denoiser take the caption's attributes from the text and the mouth from the audi
 diagnostic behind docs/results.md) and the caption match under paraphrased captions. Test
 clips come from the entry (`contract.Dataset.clip_records`; real clips: `num_clips`
 clips spread evenly over the built test split, cut to `clip_frames` <= the clip length); without
-ground truth these metrics are listed under `skipped` with why. A ControlNet run generates
+ground truth these metrics are listed under `skipped` with why. Where the ground truth can
+read a face's structure from a frame alone (`truth.face_structure`; the synthetic faces:
+`data/talking_faces/face_parts.py`), `face_structure` gives, for the ground truth, the
+generated and (dubbing) the re-voiced videos, the fraction of frames with both eyes drawn,
+the mean IoU of the head with its best-fit ellipse (a square head reads 0.83), the fraction
+with a visible mouth and, of those, with the mouth in the lower half of the head; the
+fidelity rows add the patch-grid ratio (`fidelity.patch_grid_energy` on the model's patch
+in pixels, `pixel_patch`, over the ground truth's). A ControlNet run generates
 with each test clip's own control maps (its keypoint heatmaps + head layout,
 `pipeline.preprocess`), and the report says so (`control_maps_from_test_clips`); the color
 read-out inside the clip's head layout then also checks that the head follows them.
@@ -128,6 +135,7 @@ NEEDS_TRUTH = {
     "mouth_corr": "the audio-implied mouth opening",
     "condition_usage": "caption attributes and mouth opening",
     "paraphrased_captions": "caption rewordings and their attributes",
+    "face_structure": "the eyes, head outline and mouth read from a frame",
 }
 
 
@@ -675,6 +683,10 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
       report["skipped"][metric.metrics] = f"no --{flag} given ({metric.help})"
   if truth:
     merge(report, truth_metrics(trained, data, keys, seed, noise_levels))
+    if not truth.face_structure:
+      report["skipped"]["face_structure"] = (
+          f"the {config.data.name} registry entry's ground truth does not read "
+          f"{NEEDS_TRUTH['face_structure']}")
   else:
     report["skipped"].update({
         metric: f"needs the dataset's ground truth ({what}); the {config.data.name} registry "
@@ -682,6 +694,19 @@ def evaluate(workdir: str, weights: Optional[Mapping[str, Optional[str]]] = None
   if output_dir:
     write_outputs(report, data, output_dir)
   return report
+
+
+def structure_summary(parts: Mapping[str, np.ndarray]) -> dict[str, Optional[float]]:
+  """The report's face-structure row of per-frame `contract.GroundTruth.face_structure`
+  read-outs: the fraction of frames with both eyes ('eyes_present'), the mean outline IoU,
+  the fraction with a visible mouth and, of those, with it in the lower half of the head
+  ('mouth_placed'; None if no frame shows a mouth)."""
+  placed = np.asarray(parts["mouth_placed"], np.float64)
+  visible = ~np.isnan(placed)
+  return {"eyes_present": float(np.mean(parts["eyes"])),
+          "outline_iou": float(np.mean(parts["outline_iou"])),
+          "mouth_visible": float(np.mean(visible)),
+          "mouth_placed": float(np.mean(placed[visible])) if visible.any() else None}
 
 
 def truth_metrics(trained: diffusion_model.TrainedModel, data: EvalData, keys: Sequence[str],
@@ -711,6 +736,10 @@ def truth_metrics(trained: diffusion_model.TrainedModel, data: EvalData, keys: S
   short_clips = test_clips(data.config, len(videos), data.config.data.num_frames, seed, keys)
   report["condition_usage"] = condition_usage(trained, short_clips, noise_levels,
                                               jax.random.PRNGKey(seed))
+  if truth.face_structure:
+    rows = {"ground_truth": clips["video"], "generated": videos, "revoiced": data.revoiced}
+    report["face_structure"] = {row: structure_summary(truth.face_structure(video))
+                                for row, video in rows.items() if video is not None}
   if truth.paraphrases:
     report["paraphrased_captions"] = paraphrased_caption_match(trained, short_clips,
                                                                jax.random.PRNGKey(seed))
@@ -813,6 +842,16 @@ TABLES: tuple[Table, ...] = (
            ("generated vs another person's reference (floor)",
             ("identity", "vs_reference", "generated_other_person"))),
           IDENTITY_COLUMNS, _identity_note("vs_reference")),
+    Table("Face structure, read from each frame alone (the dataset's ground truth)",
+          (("ground truth", ("face_structure", "ground_truth")),
+           ("generated", ("face_structure", "generated")),
+           ("re-voiced (dubbing)", ("face_structure", "revoiced"))),
+          (("eyes present", "eyes_present"), ("head-outline IoU", "outline_iou"),
+           ("mouth visible", "mouth_visible"), ("mouth in the lower half", "mouth_placed")),
+          lambda report: ["Eyes: both eyes drawn (a white with a darker pupil; a blink reads "
+                          "absent). Outline: IoU of the head with its best-fit ellipse (a "
+                          "square head reads 0.83). Mouth in the lower half: of the frames "
+                          "with a visible mouth."]),
     Table("LSE with syncnet_python's SyncNet (mean over clips, as Wav2Lip's "
           "calculate_scores_LRS.py)",
           (("ground truth", ("lse_syncnet_python", "ground_truth")),

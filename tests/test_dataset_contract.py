@@ -159,6 +159,8 @@ def test_a_third_dataset_trains_samples_evaluates_and_trains_syncnet(tmp_path):
   assert report["square_color"]["ground_truth"] == {"square": 1.0}
   assert report["ground_truth_matched"]["mouth_corr"] > 0.95
   assert set(report["paraphrased_captions"]) == {"article"}
+  assert "face_structure" not in report  # Its ground truth has no face_structure hook.
+  assert report["skipped"]["face_structure"].startswith("the squares registry entry's")
   usage = report["condition_usage"][0]
   assert {"square_square_color_full", "square_square_color_no_text", "mouth_corr_full",
           "mouth_corr_shuffled_audio"} <= set(usage)

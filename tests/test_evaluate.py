@@ -4,6 +4,7 @@ import pytest
 
 from gcm_jax import evaluate
 from gcm_jax.data.talking_faces import captions
+from gcm_jax.data.talking_faces import face_parts
 from gcm_jax.data.talking_faces import ground_truth
 from gcm_jax.models import diffusion_model
 from gcm_jax.models import sync_offsets
@@ -180,6 +181,17 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
   assert fid["laplacian_abs_255"]["ground_truth"] == pytest.approx(
       127.5 * fidelity.laplacian_abs(gt))
   assert fid["generated"]["hf_ratio"] > 2 * fid["ground_truth_floor"]["hf_ratio"]
+  # Face structure: the dataset's hook on each video set, summarized per row.
+  structure = report["face_structure"]
+  assert sorted(structure) == ["generated", "ground_truth"]  # No dubbing: no re-voiced row.
+  for row, video in (("ground_truth", gt), ("generated", generated)):
+    parts = face_parts.face_parts(video)
+    placed = parts["mouth_placed"][~np.isnan(parts["mouth_placed"])]
+    assert structure[row] == pytest.approx({
+        "eyes_present": parts["eyes"].mean(), "outline_iou": parts["outline_iou"].mean(),
+        "mouth_visible": len(placed) / parts["eyes"].size, "mouth_placed": placed.mean()})
+  assert structure["ground_truth"]["eyes_present"] >= 0.9
+  assert structure["ground_truth"]["outline_iou"] >= 0.97
   with pytest.raises(ValueError, match="num_clips must be >= 4"):
     evaluate.evaluate("unused", {"syncnet_workdir": syncnet_workdir}, num_clips=3)
   with pytest.raises(ValueError, match="unknown weights"):

@@ -78,6 +78,11 @@ class GroundTruth:
       -> {'eyes': bool `[N, T]`, 'outline': bool `[N, T]`}: per frame, whether the video kept
       the source frame's eyes and head outline (outside the dubbing mask), for dubbing runs'
       preservation rows; None: the dataset cannot tell (those columns are left out).
+    face_structure: videos `[N, T, R, R, 3]` in [-1, 1] -> per frame, from the frame alone:
+      {'eyes': bool `[N, T]` (both eyes drawn), 'outline_iou': float `[N, T]` (the head's
+      IoU with its best-fit ellipse, 0 without a head), 'mouth_placed': float `[N, T]` (1 if
+      the mouth lies in the lower half of the head, 0 if not, NaN where no mouth is
+      visible)}, `evaluate`'s face-structure rows; None: the dataset cannot tell.
   """
   keys: tuple[str, ...]
   caption_metric: str
@@ -88,6 +93,7 @@ class GroundTruth:
   paraphrases: Mapping[str, Callable[[str], str]] = dataclasses.field(default_factory=dict)
   structure_kept: Optional[Callable[[np.ndarray, np.ndarray, Mapping[str, np.ndarray]],
                                     dict[str, np.ndarray]]] = None
+  face_structure: Optional[Callable[[np.ndarray], dict[str, np.ndarray]]] = None
 
 
 def as_text(value: Any) -> str:

@@ -6,7 +6,8 @@ Training reads the built TFDS splits (`talking_faces.TalkingFaces`, generated in
 training draw fresh clips of any length from the split's phrases and voices (`clips`: the
 test split's are never seen in training). Keypoints make the mouth region of the
 mouth-weighted loss and the ControlNet maps; `ground_truth` reads colors and mouths back, and
-whether a dubbed frame kept the source's eyes and head outline.
+whether a dubbed frame kept the source's eyes and head outline; `face_parts` whether a frame
+drew a head shaped like one, with eyes and the mouth in its lower half.
 """
 import jax
 import ml_collections
@@ -16,6 +17,7 @@ from gcm_jax.data import contract
 from gcm_jax.data.talking_faces import captions
 from gcm_jax.data.talking_faces import corpus
 from gcm_jax.data.talking_faces import example as example_lib
+from gcm_jax.data.talking_faces import face_parts
 from gcm_jax.data.talking_faces import ground_truth
 from gcm_jax.data.talking_faces import identity
 from gcm_jax.data.talking_faces import keypoint_maps
@@ -103,5 +105,6 @@ DATASET = contract.Dataset(
         mouth_track_key="mouth_open",
         mouth_correlation=ground_truth.mouth_correlation,
         paraphrases={style: _paraphrase(style) for style in captions.PARAPHRASES},
-        structure_kept=ground_truth.structure_kept),
+        structure_kept=ground_truth.structure_kept,
+        face_structure=face_parts.face_parts),
 )

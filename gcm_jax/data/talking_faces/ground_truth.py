@@ -66,6 +66,14 @@ MOUTH_COLOR_TOL = 0.2          # max-abs color distance in [-1, 1] units (~25/25
 AREA_PER_OPENNESS = 0.058      # lower-half area per unit openness (fit on 32/64 px renders)
 
 
+def mouth_pixels(frames: jax.Array) -> jax.Array:
+  """bool `[..., H, W]`: the pixels of frames `[..., H, W, 3]` in [-1, 1] painted in the
+  renderer's mouth-interior color (max-abs distance < MOUTH_COLOR_TOL); numpy in, numpy out."""
+  xp = jnp if isinstance(frames, jax.Array) else np
+  inside = xp.asarray(MOUTH_INSIDE_RGB, xp.float32) / 127.5 - 1.0
+  return xp.max(xp.abs(frames - inside), axis=-1) < MOUTH_COLOR_TOL
+
+
 def mouth_area(video: jax.Array) -> jax.Array:
   """Fraction of lower-half pixels painted in the renderer's mouth-interior color.
 
@@ -76,9 +84,8 @@ def mouth_area(video: jax.Array) -> jax.Array:
   """
   if video.ndim != 5 or video.shape[-1] != 3:
     raise ValueError(f"video must be [B, T, H, W, 3], got {tuple(video.shape)}")
-  inside = jnp.asarray(MOUTH_INSIDE_RGB, jnp.float32) / 127.5 - 1.0
-  dist = jnp.max(jnp.abs(syncnet_lib.lower_half(video) - inside), axis=-1)
-  return jnp.mean((dist < MOUTH_COLOR_TOL).astype(jnp.float32), axis=(2, 3))
+  mouth = mouth_pixels(syncnet_lib.lower_half(jnp.asarray(video)))
+  return jnp.mean(mouth.astype(jnp.float32), axis=(2, 3))
 
 
 def oracle_lipsync(video: jax.Array, mouth_open: jax.Array) -> Dict[str, jax.Array]:
