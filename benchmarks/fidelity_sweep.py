@@ -7,7 +7,10 @@ truth (`alignment.fidelity.pixel_compare`: high-frequency ratio, flicker ratio; 
 data), the window-seam ratio of clips longer than the training length
 (`fidelity.seam_ratio`), the face / background color accuracy and the oracle mouth
 correlation with the matched and with shuffled audio (the dataset's ground truth,
-`evaluate.truth_of`, and `evaluate.mouth_correlation`). Rows of one table share the model,
+`evaluate.truth_of`, and `evaluate.mouth_correlation`), the patch-grid ratio
+(`fidelity.patch_grid_energy`, generated / ground truth) and, where the ground truth reads
+a face's structure, the fraction of frames with eyes and the head-outline IoU
+(`evaluate.structure_summary`). Rows of one table share the model,
 the clips and the seed, so they isolate the sampler's part in the generated videos' noise
 (docs/results.md, "Where the sample noise came from").
 
@@ -80,11 +83,18 @@ def measure(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
   row.update(truth.caption_match(videos, clips))
   mouth = evaluate.mouth_correlation(truth, videos, clips, np.roll(np.arange(len(videos)), 1))
   row.update(mouth_matched=mouth["matched"], mouth_shuffled=mouth["shuffled"])
+  row["patch_grid_ratio"] = fidelity.ratio(
+      fidelity.patch_grid_energy(videos, evaluate.pixel_patch(config)),
+      fidelity.patch_grid_energy(clips["video"], evaluate.pixel_patch(config)))
+  if truth.face_structure:
+    row.update(evaluate.structure_summary(truth.face_structure(videos)))
   return row
 
 
 COLUMNS = (("high-freq. ratio", "hf_ratio"), ("flicker ratio", "flicker_ratio"),
-           ("window-seam ratio", "seam_ratio"), ("face / bg color", None), ("mouth corr. matched / shuffled", None))
+           ("window-seam ratio", "seam_ratio"), ("face / bg color", None),
+           ("mouth corr. matched / shuffled", None), ("patch-grid ratio", "patch_grid_ratio"),
+           ("eyes present", "eyes_present"), ("head-outline IoU", "outline_iou"))
 
 
 def table(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray], variants: list[str],
@@ -95,9 +105,12 @@ def table(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray], v
   for variant in variants:
     r = measure(trained, clips, parse_variant(variant), seed)
     seam = "-" if np.isnan(r["seam_ratio"]) else f"{r['seam_ratio']:.2f}"
+    structure = " | ".join(f"{r[key]:.2f}" if key in r else "-"
+                           for key in ("eyes_present", "outline_iou"))
     lines.append(f"| {variant.strip() or 'default'} | {r['hf_ratio']:.2f} | "
                  f"{r['flicker_ratio']:.2f} | {seam} | {r['face']:.2f} / {r['background']:.2f} | "
-                 f"{r['mouth_matched']:.2f} / {r['mouth_shuffled']:.2f} |")
+                 f"{r['mouth_matched']:.2f} / {r['mouth_shuffled']:.2f} | "
+                 f"{r['patch_grid_ratio']:.2f} | {structure} |")
     print(lines[-1], flush=True)
   return "\n".join(lines)
 

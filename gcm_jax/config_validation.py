@@ -128,6 +128,7 @@ RULES: tuple[Rule, ...] = (
     probability("diffusion.p_motion_frames"),
     integer("diffusion.max_motion_frames", 0),
     positive("diffusion.mouth_loss_weight"),
+    positive("diffusion.eye_loss_weight"),
     probability("diffusion.p_drop_reference"),
     positive("diffusion.masked_loss_weight"),
     boolean("diffusion.keep_source"),
@@ -323,6 +324,11 @@ def _dataset_problems(c: ml_collections.ConfigDict) -> list[str]:
     found.append(f"config.model.reference_frames = {c.model.reference_frames} needs reference "
                  f"frames, which config.data.name = {c.data.name!r} does not give (its "
                  f"registry entry has no `reference`)")
+  for key, field in step.WEIGHTED_REGIONS[:2]:  # The dubbing mask: masked_source below.
+    if c.diffusion.get(field, 1.0) != 1.0 and key not in dataset.derived:
+      found.append(f"config.diffusion.{field} = {c.diffusion[field]} weighs the {key!r} "
+                   f"region, which config.data.name = {c.data.name!r} does not make (its "
+                   f"registry entry makes {sorted(dataset.derived)})")
   if c.model.get("masked_source", False) and "source_mask" not in dataset.derived:
     found.append(f"config.model.masked_source needs a dubbing mask, which config.data.name = "
                  f"{c.data.name!r} does not make (its registry entry has no 'source_mask')")

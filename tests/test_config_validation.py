@@ -1,4 +1,5 @@
 """Config validation: every problem is named (field, value, allowed values) before any work."""
+import importlib
 import os
 import subprocess
 import sys
@@ -72,11 +73,15 @@ def test_cross_field_constraints():
   assert any("max_motion_frames = 8 must be < config.data.num_frames = 8" in p for p in found)
   assert any("time_shift = 3.0 shifts the 'uniform' noise distribution; "
              "config.diffusion.noise_distribution is 'lognormal'" in p for p in found)
+  config = importlib.import_module("gcm_jax.configs.video_folder").get_config()
+  config.diffusion.eye_loss_weight = 5.0  # Real clips carry no eye keypoints.
+  assert any("config.diffusion.eye_loss_weight = 5.0 weighs the 'eye_region' region, which "
+             "config.data.name = 'video_folder' does not make" in p
+             for p in config_validation.problems(config))
 
 
 def test_shipped_configs_are_valid():
-  import importlib  # pylint: disable=g-import-not-at-top
-  for name in ("tiny", "talking_faces", "pod", "video_folder"):
+  for name in ("tiny", "talking_faces", "pod", "video_folder", "quick_start"):
     assert config_validation.problems(importlib.import_module(f"gcm_jax.configs.{name}").get_config()) == []
 
 

@@ -246,11 +246,13 @@ def test_config_checks_name_what_identity_needs(monkeypatch):
 def test_step_batch_keys_and_masked_loss_weight():
   config = train_utils.micro_config()
   config.model.update(reference_frames=1, masked_source=True)
+  config.diffusion.masked_loss_weight = 3.0
   assert {"reference", "source_mask"} <= set(step_lib.batch_keys(config))
   mask = np.zeros((1, 2, 4, 4), bool)
   mask[:, :, 2:] = True
   weights = np.asarray(step_lib.loss_weights({"source_mask": jnp.asarray(mask)},
-                                             jnp.zeros((1, 2), bool), 1.0, None, 3.0))
+                                             jnp.zeros((1, 2), bool),
+                                             step_lib.region_weights(config.diffusion)))
   np.testing.assert_array_equal(weights, np.where(mask, 3.0, 1.0))
 
 

@@ -77,7 +77,8 @@ def test_mouth_region_pools_to_the_latent_grid():
   region = np.zeros((1, 1, 32, 32), bool)
   region[0, 0, 20, 9] = True  # One pixel -> latent cell (2, 1) of a 4x4 grid.
   weights = step_lib.loss_weights({"mouth_region": jnp.asarray(region)},
-                                  jnp.zeros((1, 1), bool), 5.0, size=4)
+                                  jnp.zeros((1, 1), bool), {"mouth_region": 5.0},
+                                  size=4)
   expected = np.ones((1, 1, 4, 4))
   expected[0, 0, 2, 1] = 5.0
   np.testing.assert_array_equal(weights, expected)

@@ -6,8 +6,13 @@ import optax
 import pytest
 
 from gcm_jax import config_validation
+from gcm_jax.data import datasets
+from gcm_jax.data.talking_faces import captions
+from gcm_jax.data.talking_faces import renderer
+from gcm_jax.data.talking_faces import visemes
 from gcm_jax.parallel import mesh as mesh_lib
 from gcm_jax.runs import state as state_lib
+from gcm_jax.train import step as step_lib
 from gcm_jax.train import trainer
 
 
@@ -145,16 +150,42 @@ def test_loss_weights_from_the_mouth_region_feature():
            "mouth_region": np.stack([
                datasets.DATASETS["talking_faces"].derived["mouth_region"]({"keypoints": k}, r)
                for k in keypoints])}
-  plain = step_lib.loss_weights(batch, frame_mask, 1.0)
+  plain = step_lib.loss_weights(batch, frame_mask, {})
   np.testing.assert_array_equal(plain[..., 0, 0], ~frame_mask)
-  weighted = np.asarray(step_lib.loss_weights(batch, frame_mask, 5.0))
+  weighted = np.asarray(step_lib.loss_weights(batch, frame_mask, {"mouth_region": 5.0}))
   disc = _mouth_disc(keypoints, r)
   assert disc.shape == (2, t, r, r) and 0 < disc[:, 1:].mean() < 0.2
   np.testing.assert_array_equal(weighted[0, 0], 0.0)
   np.testing.assert_array_equal(weighted[0, 1:], np.where(disc[0, 1:], 5.0, 1.0))
   np.testing.assert_array_equal(weighted[1], np.where(disc[1], 5.0, 1.0))
-  with pytest.raises(ValueError, match="'mouth_region'"):
-    step_lib.loss_weights({"video": batch["video"]}, frame_mask, 5.0)
+  with pytest.raises(ValueError, match="mouth_loss_weight != 1 needs the batch feature "
+                                       "'mouth_region'"):
+    step_lib.loss_weights({"video": batch["video"]}, frame_mask, {"mouth_region": 5.0})
+
+
+def test_eye_region_covers_the_rendered_eyes_and_weighs_them():
+  """The talking faces' 'eye_region' holds every pixel the renderer's eyes paint (the frame
+  with the eyes vs the same frame with eye openness 0) and stays under 6% of the frame; the
+  weights are `eye_loss_weight` there and 1 elsewhere, the two regions' weights multiply."""
+  t, r = 4, 32
+  attributes = captions.Attributes("pink", "blue", "up")
+  track = visemes.MouthTrack(np.zeros(t, np.int32), np.full(t, 0.5, np.float32),
+                             np.zeros(t, np.float32))
+  centers = renderer.head_centers("up", t)
+  eyes, keypoints = renderer.draw(attributes, centers, 1.05, track, np.ones(t, np.float32), r)
+  no_eyes, _ = renderer.draw(attributes, centers, 1.05, track, np.zeros(t, np.float32), r)
+  painted = np.any(eyes != no_eyes, axis=-1)
+  region = datasets.DATASETS["talking_faces"].derived["eye_region"]({"keypoints": keypoints}, r)
+  assert region.shape == (t, r, r) and painted.any()
+  assert not (painted & ~region).any() and region.mean() < 0.06
+  mouth = datasets.DATASETS["talking_faces"].derived["mouth_region"]({"keypoints": keypoints}, r)
+  batch = {"eye_region": region[None], "mouth_region": mouth[None]}
+  weights = np.asarray(step_lib.loss_weights(batch, jnp.zeros((1, t), bool),
+                                             {"eye_region": 3.0, "mouth_region": 5.0}))
+  np.testing.assert_array_equal(weights[0], np.where(region, 3.0, 1.0) * np.where(mouth, 5.0, 1.0))
+  config = train_utils.micro_config()
+  config.diffusion.update(eye_loss_weight=3.0, mouth_loss_weight=5.0)
+  assert step_lib.region_weights(config.diffusion) == {"mouth_region": 5.0, "eye_region": 3.0}
 
 
 def test_batch_keys_are_the_features_the_step_reads():
@@ -165,6 +196,9 @@ def test_batch_keys_are_the_features_the_step_reads():
   config.diffusion.mouth_loss_weight = 5.0
   config.control.enabled = True
   assert step_lib.batch_keys(config) == base + ("mouth_region", "control_maps")
+  config.diffusion.eye_loss_weight = 5.0
+  assert step_lib.batch_keys(config) == base + ("mouth_region", "eye_region", "control_maps")
+  config.diffusion.eye_loss_weight = 1.0
   config.model.update(text_encoder="minilm", audio_encoder="whisper")
   assert step_lib.batch_keys(config) == ("video", "mel", "text_embeddings", "text_mask", "mask",
                                          "whisper", "mouth_region", "control_maps")

@@ -112,6 +112,7 @@ def get_config() -> ml_collections.ConfigDict:
       p_motion_frames=0.5,      # train with the first frames given as context
       max_motion_frames=2,
       mouth_loss_weight=1.0,    # loss weight of mouth-region pixels (1 = plain mean)
+      eye_loss_weight=1.0,      # loss weight of eye-region pixels (the dataset's 'eye_region')
       p_drop_reference=0.1,     # reference-frame dropout for CFG (model.reference_frames > 0)
       masked_loss_weight=1.0,   # loss weight inside the dubbing mask (model.masked_source)
       keep_source=False,        # dubbing: the x0 estimate is the source outside the mask, in

@@ -10,7 +10,9 @@ This teaches the model the motion-frame conditioning used for long-video extensi
 With `config.diffusion.mouth_loss_weight` w != 1, pixels in the mouth region (the batch
 feature `mouth_region`, made by the input pipeline from the talking-faces keypoints)
 weigh w times the others in the per-example mean: the mouth is ~1% of a 32 px frame, yet
-it is the only part of the image the audio determines.
+it is the only part of the image the audio determines. `eye_loss_weight` does the same for
+the eyes (`eye_region`, ~3% of a 32 px frame: unweighted, a short run draws no eyes,
+docs/results.md "The quick start"), `masked_loss_weight` for a dubbing run's mask.
 """
 import dataclasses
 from typing import Any, Mapping, Optional
@@ -96,31 +98,39 @@ def make_conditioning(key: jax.Array, batch: Mapping[str, jax.Array],
   }
 
 
+# Loss-weighted regions: (batch feature, bool `[B, T, H, W]` made by the input pipeline from
+# the dataset's `derived` makers; its weight's field in config.diffusion).
+WEIGHTED_REGIONS = (("mouth_region", "mouth_loss_weight"), ("eye_region", "eye_loss_weight"),
+                    ("source_mask", "masked_loss_weight"))
+
+
+def region_weights(diffusion_config: ml_collections.ConfigDict) -> dict[str, float]:
+  """{batch feature: loss weight} of the `WEIGHTED_REGIONS` whose weight is not 1."""
+  weights = {key: float(diffusion_config.get(field, 1.0)) for key, field in WEIGHTED_REGIONS}
+  return {key: w for key, w in weights.items() if w != 1.0}
+
+
 def loss_weights(batch: Mapping[str, jax.Array], frame_mask: jax.Array,
-                 mouth_loss_weight: float, size: Optional[int] = None,
-                 masked_loss_weight: float = 1.0) -> jax.Array:
+                 weights: Mapping[str, float], size: Optional[int] = None) -> jax.Array:
   """Per-pixel loss weights `[B, T, H, W]` (or `[B, T, 1, 1]` without region weighting).
 
-  0 on the given context frames (`frame_mask` `[B, T]`), else 1, times `mouth_loss_weight`
-  inside `batch['mouth_region']` and `masked_loss_weight` inside `batch['source_mask']`
-  (bool `[B, T, H, W]`, made by the input pipeline). With `size` (the latent grid of a
-  latent run) a region is pooled to `[B, T, size, size]`: a latent cell is in it if any of
-  its pixels is.
+  0 on the given context frames (`frame_mask` `[B, T]`), else 1, times `weights[key]` inside
+  each region `batch[key]` (bool `[B, T, H, W]`; `region_weights`: the mouth, the eyes, the
+  dubbing mask). With `size` (the latent grid of a latent run) a region is pooled to
+  `[B, T, size, size]`: a latent cell is in it if any of its pixels is.
   """
-  weights = (~frame_mask).astype(jnp.float32)[:, :, None, None]
-  for key, weight, field in (("mouth_region", mouth_loss_weight, "mouth_loss_weight"),
-                             ("source_mask", masked_loss_weight, "masked_loss_weight")):
-    if weight == 1.0:
-      continue
+  out = (~frame_mask).astype(jnp.float32)[:, :, None, None]
+  fields = dict(WEIGHTED_REGIONS)
+  for key, weight in weights.items():
     if key not in batch:
-      raise ValueError(f"config.diffusion.{field} != 1 needs the batch feature {key!r} "
-                       f"(bool [B, T, H, W], gcm_jax.data.pipeline.preprocess)")
+      raise ValueError(f"config.diffusion.{fields.get(key, key)} != 1 needs the batch feature "
+                       f"{key!r} (bool [B, T, H, W], gcm_jax.data.pipeline.preprocess)")
     region = batch[key]
     if size is not None and region.shape[2] != size:
       b, t, h, w = region.shape
       region = region.reshape(b, t, size, h // size, size, w // size).any(axis=(3, 5))
-    weights = weights * jnp.where(region, weight, 1.0)
-  return weights
+    out = out * jnp.where(region, weight, 1.0)
+  return out
 
 
 def lipsync_term(expert: experts.Expert, key: jax.Array, x0_hat: jax.Array, logsnr: jax.Array,
@@ -185,9 +195,9 @@ def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
           + ((audio,) if audio != "mel" else ()))
   if pixel_loss_weight(config) > 0 and target_key(config) != "video":
     keys += ("video",)  # The decoded pixel loss's reference frames.
-  if config.diffusion.mouth_loss_weight != 1.0:
-    keys += ("mouth_region",)
-  return keys + conditioning.identity_keys(config.model) + control.batch_keys(config)
+  keys += tuple(region_weights(config.diffusion))
+  return tuple(dict.fromkeys(keys + conditioning.identity_keys(config.model)
+                             + control.batch_keys(config)))
 
 
 def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
@@ -222,9 +232,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   cond = make_conditioning(k_cond, batch, config.diffusion, config.model, target_key(config))
   loss_cfg = make_loss_config(config.diffusion)
   example_weight = batch["mask"].astype(jnp.float32)
-  pixel_weights = loss_weights(batch, cond["frame_mask"], config.diffusion.mouth_loss_weight,
-                               target.shape[2],
-                               config.diffusion.get("masked_loss_weight", 1.0))
+  pixel_weights = loss_weights(batch, cond["frame_mask"], region_weights(config.diffusion),
+                               target.shape[2])
 
   pixel_weight = pixel_loss_weight(config)
 

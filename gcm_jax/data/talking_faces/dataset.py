@@ -93,6 +93,8 @@ DATASET = contract.Dataset(
             np.asarray(record["keypoints"], np.float32), r),
         "control_maps": lambda record, r: keypoint_maps.control_maps(
             np.asarray(record["keypoints"], np.float32), r),
+        "eye_region": lambda record, r: ground_truth.eye_patches(
+            np.asarray(record["keypoints"], np.float32), r).any(axis=-3),
         "source_mask": identity.source_mask,
     },
     control_channels=keypoint_maps.NUM_CONTROL_CHANNELS,
