@@ -88,7 +88,7 @@ def test_batches_are_global_arrays_sharded_over_the_mesh(data_dir, mesh):
       "face_color": ((b,), np.int32), "background_color": ((b,), np.int32),
       "motion": ((b,), np.int32), "mask": ((b,), np.bool_),
       "mouth_region": ((b, t, r, r), np.bool_), "control_maps": ((b, t, r, r, 9), np.float32),
-      "source_mask": ((b, t, r, r), np.bool_),
+      "source_mask": ((b, t, r, r), np.bool_), "eye_region": ((b, t, r, r), np.bool_),
   }
   assert set(batch) == set(expected)
   for key, (shape, dtype) in expected.items():
