@@ -83,9 +83,9 @@ def measure(trained: diffusion_model.TrainedModel, clips: dict[str, np.ndarray],
   row.update(truth.caption_match(videos, clips))
   mouth = evaluate.mouth_correlation(truth, videos, clips, np.roll(np.arange(len(videos)), 1))
   row.update(mouth_matched=mouth["matched"], mouth_shuffled=mouth["shuffled"])
-  row["patch_grid_ratio"] = fidelity.ratio(
-      fidelity.patch_grid_energy(videos, evaluate.pixel_patch(config)),
-      fidelity.patch_grid_energy(clips["video"], evaluate.pixel_patch(config)))
+  patch = evaluate.pixel_patch(config)
+  row["patch_grid_ratio"] = fidelity.ratio(fidelity.patch_grid_energy(videos, patch),
+                                           fidelity.patch_grid_energy(clips["video"], patch))
   if truth.face_structure:
     row.update(evaluate.structure_summary(truth.face_structure(videos)))
   return row

@@ -324,7 +324,7 @@ def _dataset_problems(c: ml_collections.ConfigDict) -> list[str]:
     found.append(f"config.model.reference_frames = {c.model.reference_frames} needs reference "
                  f"frames, which config.data.name = {c.data.name!r} does not give (its "
                  f"registry entry has no `reference`)")
-  for key, field in step.WEIGHTED_REGIONS[:2]:  # The dubbing mask: masked_source below.
+  for key, field in step.WEIGHTED_REGIONS:
     if c.diffusion.get(field, 1.0) != 1.0 and key not in dataset.derived:
       found.append(f"config.diffusion.{field} = {c.diffusion[field]} weighs the {key!r} "
                    f"region, which config.data.name = {c.data.name!r} does not make (its "

@@ -848,10 +848,10 @@ TABLES: tuple[Table, ...] = (
            ("re-voiced (dubbing)", ("face_structure", "revoiced"))),
           (("eyes present", "eyes_present"), ("head-outline IoU", "outline_iou"),
            ("mouth visible", "mouth_visible"), ("mouth in the lower half", "mouth_placed")),
-          lambda report: ["Eyes: both eyes drawn (a white with a darker pupil; a blink reads "
-                          "absent). Outline: IoU of the head with its best-fit ellipse (a "
-                          "square head reads 0.83). Mouth in the lower half: of the frames "
-                          "with a visible mouth."]),
+          lambda report: ["Eyes: both eyes drawn (an eye white beside a darker pixel; a "
+                          "blink reads absent). Outline: IoU of the head with its best-fit "
+                          "ellipse (a square head reads 0.83). Mouth in the lower half: of "
+                          "the frames with a visible mouth."]),
     Table("LSE with syncnet_python's SyncNet (mean over clips, as Wav2Lip's "
           "calculate_scores_LRS.py)",
           (("ground truth", ("lse_syncnet_python", "ground_truth")),

@@ -153,8 +153,9 @@ def test_evaluate_report_has_the_fidelity_rows(tmp_path, monkeypatch):
   fid = report["fidelity"]
   assert fid["feature_network"] == "SyncNet-feature FD, not comparable with published FID"
   assert fid["halves"] == [2, 2]
+  # seam_ratio: 8-frame clips from the micro config's shorter windows.
   rows = ("hf_ratio", "hf_energy_ratio", "flicker_ratio", "patch_grid_ratio", "seam_ratio",
-          "syncnet_fd_window", "syncnet_fd_clip")  # seam_ratio: 8-frame clips from the micro config's shorter windows
+          "syncnet_fd_window", "syncnet_fd_clip")
   assert config.data.num_frames < 8
   for name in ("generated", "ground_truth_floor"):
     assert sorted(fid[name]) == sorted(rows)

@@ -129,9 +129,9 @@ class Dataset:
     features: ground truth its records carry that the model inputs keep: {name: dtype}.
     derived: per-record features made from what the record has, only when a run asks for
       them: {name: (record, R) -> array}; 'mouth_region' bool `[T, R, R]` (the mouth-weighted
-      loss), 'eye_region' bool `[T, R, R]` (the eye-weighted loss), 'source_mask' bool `[T, R, R]` (the area dubbing regenerates: from face
-      keypoints, or `lower_half`) and 'control_maps' float32 `[T, R, R, control_channels]`
-      (ControlNet runs).
+      loss), 'eye_region' bool `[T, R, R]` (the eye-weighted loss), 'source_mask' bool
+      `[T, R, R]` (the area dubbing regenerates: from face keypoints, or `lower_half`) and
+      'control_maps' float32 `[T, R, R, control_channels]` (ControlNet runs).
     control_channels: the channels of its 'control_maps' (0: it has none).
     reference: (record, K, R) -> uint8 `[K, R, R, 3]`: K frames of the record's person from
       other times of its video, never the record's own frames (identity conditioning,

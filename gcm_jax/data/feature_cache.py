@@ -43,7 +43,8 @@ def _compute(source: Sequence[Mapping[str, Any]], encoders: frozen_encoders.Froz
   if group == "text":
     for start in tqdm.trange(0, n, batch_size, desc=desc, unit="batch", leave=False):
       rows = range(start, min(start + batch_size, n))
-      for key, value in encoders.encode_captions([contract.as_text(source[i].get("caption", b"")) for i in rows]).items():
+      captions = [contract.as_text(source[i].get("caption", b"")) for i in rows]
+      for key, value in encoders.encode_captions(captions).items():
         out[key][start:rows.stop] = value
   elif group == "latents":
     for start in tqdm.trange(0, n, batch_size // 8, desc=desc, unit="batch", leave=False):

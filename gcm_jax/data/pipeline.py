@@ -70,8 +70,8 @@ def preprocess(features: dict[str, Any], mel_window: int = 16,
     example); the `dataset`'s ground-truth `features` the record has (talking faces:
     'visemes' int32 [T], 'mouth_open' float32 [T], 'keypoints' float32 [T, K, 2],
     'face_color', 'background_color', 'motion' int32 []); the `derived` features the dataset
-    makes ('mouth_region' / 'eye_region' / 'source_mask' bool [T, R, R], 'control_maps' float32
-    [T, R, R, C]); with `reference_frames` K > 0, 'reference' float32 [K, R, R, 3] in
+    makes ('mouth_region' / 'eye_region' / 'source_mask' bool [T, R, R], 'control_maps'
+    float32 [T, R, R, C]); with `reference_frames` K > 0, 'reference' float32 [K, R, R, 3] in
     [-1, 1] (`contract.Dataset.reference`); and the frozen-encoder features cached with the
     record (`feature_cache`).
   """

@@ -56,30 +56,32 @@ MOUTH_INSIDE = 0.9     # the mouth lies inside the head's moment ellipse shrunk 
 MIN_MOUTH_PIXELS = 3   # at 32 px; a smaller mouth-coloured blob is no visible mouth
 
 
+def largest_region(mask: np.ndarray) -> np.ndarray:
+  """bool `[R, R]`: the largest connected region of `mask` `[R, R]` (all False if none)."""
+  labels, count = ndimage.label(mask)
+  if count == 0:
+    return np.zeros(mask.shape, bool)
+  sizes = ndimage.sum(mask, labels, np.arange(1, count + 1))
+  return labels == 1 + int(np.argmax(sizes))
+
+
 def head_mask(frame: np.ndarray) -> np.ndarray:
   """bool `[R, R]`: the head of `frame` `[R, R, 3]` in [-1, 1] (module docstring): the
   largest connected region unlike the border's colour, holes filled (all False if none)."""
   border = ground_truth.border_mask(frame.shape[0])
   background = np.median(frame[border], axis=0)
   foreground = np.linalg.norm(frame - background, axis=-1) > HEAD_TOLERANCE
-  labels, count = ndimage.label(foreground)
-  if count == 0:
-    return foreground
-  sizes = ndimage.sum(foreground, labels, np.arange(1, count + 1))
-  return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+  return ndimage.binary_fill_holes(largest_region(foreground))
 
 
 def mouth_blob(frame: np.ndarray) -> np.ndarray:
   """bool `[R, R]`: the largest connected region of mouth-interior pixels of `frame`
   (`ground_truth.mouth_pixels`), if it has at least MIN_MOUTH_PIXELS x (R / 32)^2 pixels;
   else none (a closed mouth, or a pupil's anti-aliased edge, which can match the colour)."""
-  labels, count = ndimage.label(ground_truth.mouth_pixels(frame))
-  if count == 0:
-    return labels > 0
-  sizes = ndimage.sum(labels > 0, labels, np.arange(1, count + 1))
-  if sizes.max() < MIN_MOUTH_PIXELS * (frame.shape[0] / 32) ** 2:
-    return np.zeros_like(labels, bool)
-  return labels == 1 + int(np.argmax(sizes))
+  blob = largest_region(ground_truth.mouth_pixels(frame))
+  if blob.sum() < MIN_MOUTH_PIXELS * (frame.shape[0] / 32) ** 2:
+    return np.zeros_like(blob)
+  return blob
 
 
 def moment_ellipse(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,16 +126,18 @@ def _eye_contrast(frame: np.ndarray, head: np.ndarray, centre: np.ndarray,
 
 def frame_parts(frame: np.ndarray) -> dict[str, float]:
   """One frame `[R, R, 3]` in [-1, 1]: {'head': 1. if a head was found, 'outline_iou',
-  'eye_contrast' (the worse eye's), 'mouth_placed' (the fraction of the mouth's pixels in the
-  lower half of the head, NaN without a visible mouth)}. Without a head (fewer than
-  MIN_HEAD_PIXELS, or all on one line) all are 0 (the mouth NaN without a mouth)."""
+  'eye_contrast' (the worse eye's), 'mouth_placed' (1. if the mouth blob's centroid is in the
+  lower half of the head, 0. if not, NaN without a visible mouth)}. Without a head (fewer
+  than MIN_HEAD_PIXELS, or all on one line) all are 0 (the mouth NaN without a mouth)."""
   head = head_mask(frame)
   mouth = mouth_blob(frame)
-  if head.sum() >= MIN_HEAD_PIXELS:
-    centre, covariance = moment_ellipse(head)
-  if head.sum() < MIN_HEAD_PIXELS or np.linalg.det(covariance) <= 1e-9:
-    return {"head": 0.0, "outline_iou": 0.0, "eye_contrast": 0.0,
-            "mouth_placed": 0.0 if mouth.any() else float("nan")}
+  no_head = {"head": 0.0, "outline_iou": 0.0, "eye_contrast": 0.0,
+             "mouth_placed": 0.0 if mouth.any() else float("nan")}
+  if head.sum() < MIN_HEAD_PIXELS:
+    return no_head
+  centre, covariance = moment_ellipse(head)
+  if np.linalg.det(covariance) <= 1e-9:
+    return no_head
   radius2 = ellipse_radius2(centre, covariance, frame.shape[0])
   ellipse = radius2 <= 1.0
   lower = (radius2 <= MOUTH_INSIDE ** 2) & (np.arange(frame.shape[0])[:, None] + 0.5 > centre[1])

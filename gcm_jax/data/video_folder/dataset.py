@@ -3,7 +3,8 @@
 the config: that needs the videos). Evaluation and SyncNet training read clips spread
 evenly over the split (`contract.spread_clips`); the face tracker's mouth box makes the
 mouth region of the mouth-weighted loss; each clip's stored reference frames (other times
-of its video, `builder.REFERENCE_SOURCES`) are its identity reference. No ground truth: the metrics that need it are skipped, with why.
+of its video, `builder.REFERENCE_SOURCES`) are its identity reference. No ground truth:
+the metrics that need it are skipped, with why.
 """
 import os
 
@@ -49,8 +50,8 @@ def reference(record: contract.Record, num_frames: int, resolution: int) -> np.n
     raise ValueError(
         f"the {where} has no reference frames (reference_from 'none': its video has one "
         f"clip, no face-track frame outside it and no other video of identity "
-        f"{contract.as_text(record.get('identity', '?'))!r} in its split; the build's summary counts "
-        "them); add another video of that person, or a longer take, and build again, or "
+        f"{contract.as_text(record.get('identity', '?'))!r} in its split; the build's summary "
+        "counts them); add another video of that person, or a longer take, and build again, or "
         "train without config.model.reference_frames")
   if num_frames > len(frames):
     raise ValueError(
